@@ -1,0 +1,1 @@
+//! fleetsnap API types (group `fleetsnap.io`, version `v1alpha1`).

@@ -1,0 +1,4 @@
+//! The fleetsnap executor engine: restic-format repositories (v1 read, v2 read/write).
+
+/// Version of this executor build, reported by `fleetsnap --version` and run records.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
