@@ -2,3 +2,5 @@
 
 /// Version of this executor build, reported by `fleetsnap --version` and run records.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod backend;
