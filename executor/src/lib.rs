@@ -4,3 +4,6 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod backend;
+pub mod crypto;
+pub mod format;
+pub mod id;
