@@ -9,6 +9,10 @@
 
 use std::fmt;
 
+pub mod local;
+
+pub use local::LocalBackend;
+
 /// The kinds of files in a restic repository, each with its own directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FileType {
@@ -79,7 +83,77 @@ pub struct BackendError {
     pub message: String,
 }
 
+impl BackendError {
+    pub fn new(
+        kind: BackendErrorKind,
+        op: &'static str,
+        what: impl Into<String>,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        BackendError {
+            kind,
+            op,
+            what: what.into(),
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == BackendErrorKind::NotFound
+    }
+}
+
 pub type BackendResult<T> = Result<T, BackendError>;
+
+/// True for names restic accepts as file IDs (64 hex digits). Listing skips everything
+/// else, which is what keeps temporary files and stray junk invisible to the engine.
+pub fn is_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The object's path relative to the repository root, e.g. `data/3f/3f…` (or `data/3f…`
+/// with the REST layout, which keeps packs flat). Used for storage keys and in messages.
+pub fn object_path(t: FileType, name: &str, flat_packs: bool) -> String {
+    match t {
+        FileType::Config => "config".to_string(),
+        FileType::Pack if !flat_packs => {
+            format!("data/{}/{}", name.get(..2).unwrap_or(name), name)
+        }
+        _ => format!("{}/{}", t.dirname(), name),
+    }
+}
+
+/// Rejects names that could escape the type's directory or collide with the layout.
+/// `config` has a fixed name, so whatever the caller passes for it is ignored.
+pub(crate) fn check_name(
+    t: FileType,
+    name: &str,
+    op: &'static str,
+    location: &str,
+) -> BackendResult<()> {
+    if t == FileType::Config {
+        return Ok(());
+    }
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\\')
+        || name.contains('\0')
+        || (t == FileType::Pack && name.len() < 2);
+    if bad {
+        return Err(BackendError::new(
+            BackendErrorKind::Other,
+            op,
+            format!("{}/{:?}", t.dirname(), name),
+            location,
+            "invalid file name",
+        ));
+    }
+    Ok(())
+}
 
 /// One file as listed by a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +176,13 @@ pub trait Backend: Send + Sync {
     /// Read a whole file.
     fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>>;
     /// Read `length` bytes at `offset`.
-    fn read_range(&self, t: FileType, name: &str, offset: u64, length: u64)
-    -> BackendResult<Vec<u8>>;
+    fn read_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> BackendResult<Vec<u8>>;
     /// Store a whole file atomically and durably.
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()>;
     /// Delete a file. Deleting a file that does not exist is not an error.
