@@ -7,3 +7,5 @@ pub mod backend;
 pub mod crypto;
 pub mod format;
 pub mod id;
+pub mod lock;
+pub mod repo;
