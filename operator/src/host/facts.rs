@@ -1,0 +1,219 @@
+//! Observed host facts: what the planner compares the desired state against.
+//!
+//! Facts are collected with one remote script per reconcile (one round trip matters on slow
+//! hosts) and parsed here as pure code. The script prints tab-separated records; paths come
+//! from [`super::layout`] and never contain tabs or newlines.
+
+use std::collections::BTreeMap;
+
+/// Paths and units the planner wants facts about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FactQuery {
+    /// Plain files: hash the content.
+    pub files: Vec<String>,
+    /// `systemd-creds encrypt` output: hash the decrypted content (on the host; the secret
+    /// itself never travels back).
+    pub encrypted_files: Vec<String>,
+    pub dirs: Vec<String>,
+    pub links: Vec<String>,
+    pub units: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileFact {
+    /// sha256 of the content (for encrypted credentials: of the decrypted content).
+    pub sha256: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirFact {
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitFact {
+    /// `systemctl is-enabled` output (`enabled`, `disabled`, `not-found`, ...).
+    pub enabled: String,
+    /// `systemctl is-active` output (`active`, `inactive`, `failed`, ...).
+    pub active: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub arch: String,
+    pub kernel: String,
+    /// First line of `systemctl --version`, e.g. `systemd 252 (252.33-1~deb12u1)`.
+    pub systemd: String,
+    /// `systemd-creds has-tpm2` verdict (`yes`, `partial`, `no`), if the tool exists.
+    pub tpm2: Option<String>,
+    /// A probe `systemd-creds encrypt` succeeded, so credentials are stored encrypted.
+    pub creds_encrypt: bool,
+    /// Present files (absent ones are simply missing from the map).
+    pub files: BTreeMap<String, FileFact>,
+    pub dirs: BTreeMap<String, DirFact>,
+    /// Symlink → target.
+    pub links: BTreeMap<String, String>,
+    pub units: BTreeMap<String, UnitFact>,
+}
+
+impl HostFacts {
+    pub fn systemd_version(&self) -> Option<u32> {
+        self.systemd.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    pub fn unit_installed(&self, unit: &str) -> bool {
+        self.units
+            .get(unit)
+            .is_some_and(|u| !matches!(u.enabled.as_str(), "" | "not-found"))
+    }
+}
+
+/// The remote fact-gathering script. Arguments: groups introduced by `-f` (plain files),
+/// `-e` (encrypted credentials), `-d` (dirs), `-l` (links), `-u` (units).
+///
+/// Encrypted credentials are decrypted into a pipe to sha256sum; their plaintext is never
+/// printed. The encryption probe encrypts a constant, not a secret.
+pub const GATHER_SCRIPT: &str = r#"
+set -u
+printf 'sys\tarch\t%s\n' "$(uname -m)"
+printf 'sys\tkernel\t%s\n' "$(uname -r)"
+printf 'sys\tsystemd\t%s\n' "$(systemctl --version 2>/dev/null | head -n1)"
+if command -v systemd-creds >/dev/null 2>&1; then
+  printf 'sys\ttpm2\t%s\n' "$(systemd-creds has-tpm2 2>/dev/null | head -n1)"
+  if printf probe | systemd-creds encrypt --name=fleetsnap-probe - - >/dev/null 2>&1; then
+    printf 'sys\tcreds\tencrypt\n'
+  fi
+fi
+meta() { stat -c '%a	%U	%G' -- "$1"; }
+mode=f
+for a in "$@"; do
+  case "$a" in
+    -f|-e|-d|-l|-u) mode=${a#-}; continue ;;
+  esac
+  case "$mode" in
+    f) if [ -f "$a" ] && [ ! -L "$a" ]; then
+         h=$(sha256sum -- "$a" | cut -d' ' -f1)
+         printf 'file\t%s\t%s\t%s\n' "$a" "$(meta "$a")" "$h"
+       fi ;;
+    e) if [ -f "$a" ]; then
+         id=${a##*.}
+         # Decrypt twice: a pipeline's status is sha256sum's, which would hide a failure.
+         if systemd-creds decrypt --name="$id" "$a" - >/dev/null 2>&1; then
+           h=$(systemd-creds decrypt --name="$id" "$a" - | sha256sum | cut -d' ' -f1)
+         else h=undecryptable; fi
+         printf 'file\t%s\t%s\t%s\n' "$a" "$(meta "$a")" "$h"
+       fi ;;
+    d) if [ -d "$a" ]; then printf 'dir\t%s\t%s\n' "$a" "$(meta "$a")"; fi ;;
+    l) if [ -L "$a" ]; then printf 'link\t%s\t%s\n' "$a" "$(readlink -- "$a")"; fi ;;
+    u) printf 'unit\t%s\t%s\t%s\n' "$a" "$(systemctl is-enabled -- "$a" 2>/dev/null | head -n1)" \
+         "$(systemctl is-active -- "$a" 2>/dev/null | head -n1)" ;;
+  esac
+done
+"#;
+
+pub fn gather_args(q: &FactQuery) -> Vec<String> {
+    let mut args = Vec::new();
+    for (flag, list) in [
+        ("-f", &q.files),
+        ("-e", &q.encrypted_files),
+        ("-d", &q.dirs),
+        ("-l", &q.links),
+        ("-u", &q.units),
+    ] {
+        args.push(flag.to_string());
+        args.extend(list.iter().cloned());
+    }
+    args
+}
+
+/// Parses [`GATHER_SCRIPT`] output. Unknown record types are an error rather than being
+/// skipped, so a drifted script is noticed in tests and not as a wrong plan in production.
+pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
+    let mut f = HostFacts::default();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            ["sys", "arch", v] => f.arch = v.to_string(),
+            ["sys", "kernel", v] => f.kernel = v.to_string(),
+            ["sys", "systemd", v] => f.systemd = v.to_string(),
+            ["sys", "tpm2", v] => f.tpm2 = Some(v.to_string()),
+            ["sys", "creds", "encrypt"] => f.creds_encrypt = true,
+            ["file", path, mode, owner, group, sha] => {
+                f.files.insert(
+                    path.to_string(),
+                    FileFact {
+                        sha256: sha.to_string(),
+                        mode: parse_mode(mode)?,
+                        owner: owner.to_string(),
+                        group: group.to_string(),
+                    },
+                );
+            }
+            ["dir", path, mode, owner, group] => {
+                f.dirs.insert(
+                    path.to_string(),
+                    DirFact {
+                        mode: parse_mode(mode)?,
+                        owner: owner.to_string(),
+                        group: group.to_string(),
+                    },
+                );
+            }
+            ["link", path, target] => {
+                f.links.insert(path.to_string(), target.to_string());
+            }
+            ["unit", name, enabled, active] => {
+                f.units.insert(
+                    name.to_string(),
+                    UnitFact {
+                        enabled: enabled.to_string(),
+                        active: active.to_string(),
+                    },
+                );
+            }
+            _ => return Err(format!("unexpected line {line:?}")),
+        }
+    }
+    if f.arch.is_empty() {
+        return Err("no architecture reported".into());
+    }
+    Ok(f)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|_| format!("bad mode {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_record_kinds() {
+        let out = "sys\tarch\tx86_64\nsys\tkernel\t6.1.0\nsys\tsystemd\tsystemd 252 (252.33-1~deb12u1)\n\
+                   sys\ttpm2\tpartial\nsys\tcreds\tencrypt\n\
+                   file\t/etc/fleetsnap/a.json\t644\troot\troot\tabc\n\
+                   dir\t/var/lib/fleetsnap\t755\troot\troot\n\
+                   link\t/usr/local/bin/fleetsnap\t/usr/local/lib/fleetsnap/1/fleetsnap\n\
+                   unit\tx.timer\tenabled\tactive\nunit\ty.timer\t\tinactive\n";
+        let f = parse_gather_output(out).unwrap();
+        assert_eq!(f.systemd_version(), Some(252));
+        assert!(f.creds_encrypt);
+        assert_eq!(f.files["/etc/fleetsnap/a.json"].mode, 0o644);
+        assert_eq!(f.dirs["/var/lib/fleetsnap"].mode, 0o755);
+        assert!(f.unit_installed("x.timer"));
+        assert!(!f.unit_installed("y.timer"));
+        assert!(!f.unit_installed("z.timer"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_gather_output("sys\tarch\tx86_64\nwat\n").is_err());
+        assert!(parse_gather_output("").is_err());
+    }
+}

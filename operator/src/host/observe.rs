@@ -1,0 +1,192 @@
+//! Observation for status: the newest run records of a job and the state of its timer.
+
+use tracing::{Instrument, info_span};
+
+use super::error::HostError;
+use super::layout::JobId;
+use super::record::RunRecord;
+use super::shell::{HostShell, run_ok, run_script};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimerState {
+    pub unit: String,
+    /// `ActiveState` (`active`, `inactive`, `failed`, ...).
+    pub active_state: String,
+    /// `UnitFileState` (`enabled`, `disabled`, ...).
+    pub unit_file_state: String,
+    /// Unix seconds of the last trigger, if it ever fired.
+    pub last_trigger: Option<i64>,
+    /// Unix seconds of the next scheduled elapse (wall clock), if scheduled.
+    pub next_elapse: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobObservation {
+    /// Oldest first.
+    pub records: Vec<RunRecord>,
+    /// Records that exist but could not be parsed: (file name, reason).
+    pub unreadable: Vec<(String, String)>,
+    pub timer: Option<TimerState>,
+}
+
+impl JobObservation {
+    pub fn last_run(&self) -> Option<&RunRecord> {
+        self.records.last()
+    }
+
+    pub fn last_success(&self) -> Option<&RunRecord> {
+        self.records.iter().rev().find(|r| r.succeeded())
+    }
+}
+
+/// Prints the newest `$2` complete records of directory `$1`, each as name NUL content NUL.
+/// Names sort by start time (see `RunRecord::file_name`); in-progress `.json.tmp` files are
+/// skipped.
+const READ_RECORDS: &str = r#"set -eu
+[ -d "$1" ] || exit 0
+cd -- "$1"
+ls -1 | grep '\.json$' | sort | tail -n "$2" | while IFS= read -r f; do
+  printf '%s\0' "$f"; cat -- "$f"; printf '\0'
+done
+"#;
+
+pub async fn observe_job<S: HostShell>(
+    sh: &S,
+    job: &JobId,
+    max_records: usize,
+) -> Result<JobObservation, HostError> {
+    let span = info_span!("observe", host = %sh.host_name(), job = %job.slug());
+    async {
+        let n = max_records.max(1).to_string();
+        let out = run_script(
+            sh,
+            "read run records",
+            READ_RECORDS,
+            &[&job.runs_dir(), &n],
+            b"",
+        )
+        .await?;
+        let mut obs = parse_records(&out.stdout);
+        obs.timer = timer_states(sh, &[job.timer_unit()]).await?.pop();
+        Ok(obs)
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn parse_records(raw: &[u8]) -> JobObservation {
+    let mut obs = JobObservation::default();
+    let mut parts = raw.split(|b| *b == 0);
+    while let (Some(name), Some(body)) = (parts.next(), parts.next()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if name.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<RunRecord>(body) {
+            Ok(r) => obs.records.push(r),
+            Err(e) => obs.unreadable.push((name, e.to_string())),
+        }
+    }
+    obs
+}
+
+/// `systemctl show` for the given timers (glob patterns such as `fleetsnap-*.timer` match
+/// loaded units).
+pub async fn timer_states<S: HostShell>(
+    sh: &S,
+    units: &[String],
+) -> Result<Vec<TimerState>, HostError> {
+    let mut argv = vec!["systemctl", "show", "--timestamp=unix"];
+    for p in [
+        "Id",
+        "ActiveState",
+        "UnitFileState",
+        "LastTriggerUSec",
+        "NextElapseUSecRealtime",
+    ] {
+        argv.extend(["-p", p]);
+    }
+    argv.extend(units.iter().map(String::as_str));
+    let out = match sh.run(&argv, b"").await? {
+        o if o.success() => o,
+        // systemd < 251 lacks --timestamp=unix; fall back to the default format, whose
+        // timestamps are then not parsed.
+        _ => {
+            argv.remove(2);
+            run_ok(sh, "systemctl show timers", &argv, b"").await?
+        }
+    };
+    Ok(parse_show(&out.stdout_text()))
+}
+
+pub fn parse_show(text: &str) -> Vec<TimerState> {
+    text.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|block| {
+            let mut t = TimerState::default();
+            for line in block.lines() {
+                let Some((k, v)) = line.split_once('=') else {
+                    continue;
+                };
+                match k {
+                    "Id" => t.unit = v.to_string(),
+                    "ActiveState" => t.active_state = v.to_string(),
+                    "UnitFileState" => t.unit_file_state = v.to_string(),
+                    "LastTriggerUSec" => t.last_trigger = parse_unix(v),
+                    "NextElapseUSecRealtime" => t.next_elapse = parse_unix(v),
+                    _ => {}
+                }
+            }
+            t
+        })
+        .collect()
+}
+
+fn parse_unix(v: &str) -> Option<i64> {
+    v.strip_prefix('@')?.parse().ok().filter(|s| *s > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_show_blocks() {
+        let text = "Id=fleetsnap-backup-a.timer\nActiveState=active\nUnitFileState=enabled\n\
+                    LastTriggerUSec=@1740794400\nNextElapseUSecRealtime=@1740880800\n\n\
+                    Id=fleetsnap-verify-a.timer\nActiveState=inactive\nUnitFileState=disabled\n\
+                    LastTriggerUSec=n/a\nNextElapseUSecRealtime=\n";
+        let t = parse_show(text);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].last_trigger, Some(1740794400));
+        assert_eq!(t[0].next_elapse, Some(1740880800));
+        assert_eq!(t[1].last_trigger, None);
+        assert_eq!(t[1].unit_file_state, "disabled");
+    }
+
+    #[test]
+    fn parses_records_and_reports_bad_ones() {
+        let good = br#"{"policy":"a","kind":"backup","started":"2025-03-01T02:00:03Z","finished":"2025-03-01T02:00:05Z","exit_code":0,"snapshot_id":"ab","files_new":1,"files_changed":0,"files_unmodified":0,"bytes_added":10,"duration_seconds":2.0,"error":null}"#;
+        let failed = br#"{"policy":"a","kind":"backup","started":"2025-03-02T02:00:03Z","finished":"2025-03-02T02:00:04Z","exit_code":3,"duration_seconds":1.0,"error":"repository unreachable"}"#;
+        let mut raw = Vec::new();
+        for (n, b) in [
+            (&b"20250301T020003Z.json"[..], &good[..]),
+            (b"20250302T020003Z.json", &failed[..]),
+            (b"broken.json", b"{"),
+        ] {
+            raw.extend_from_slice(n);
+            raw.push(0);
+            raw.extend_from_slice(b);
+            raw.push(0);
+        }
+        let obs = parse_records(&raw);
+        assert_eq!(obs.records.len(), 2);
+        assert_eq!(obs.unreadable.len(), 1);
+        assert_eq!(obs.last_run().unwrap().exit_code, 3);
+        assert_eq!(
+            obs.last_success().unwrap().snapshot_id.as_deref(),
+            Some("ab")
+        );
+        assert!(parse_records(b"").records.is_empty());
+    }
+}

@@ -1,0 +1,553 @@
+use super::*;
+use crate::host::facts::{DirFact, FileFact, UnitFact};
+use crate::host::model::{AwsCredentials, IoSchedulingClass, PolicyKind, StdinSource};
+
+const PASSWORD: &str = "correct-horse-battery-staple";
+const AWS_ID: &str = "AKIAFLEETSNAPTEST";
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+fn artifact(version: &str) -> ExecutorArtifact {
+    ExecutorArtifact {
+        version: version.into(),
+        sha256: sha256_hex(version.as_bytes()),
+        local_path: format!("/cache/fleetsnap-{version}").into(),
+    }
+}
+
+fn policy(kind: PolicyKind) -> PolicySpec {
+    PolicySpec {
+        name: "nightly".into(),
+        kind,
+        repository: "s3:http://10.0.2.100:9000/backups/hosts/ct1".into(),
+        paths: vec!["/etc".into(), "/home".into()],
+        excludes: vec!["/home/*/.cache".into()],
+        exclude_caches: true,
+        one_file_system: true,
+        stdin_sources: vec![],
+        tags: vec!["nightly".into()],
+        host_tag: "ct1".into(),
+        on_calendar: "*-*-* 02:00:00".into(),
+        randomized_delay_sec: 900,
+        persistent: true,
+        nice: Some(10),
+        io_scheduling_class: Some(IoSchedulingClass::Idle),
+        io_scheduling_priority: Some(7),
+        extra_args: vec![],
+    }
+}
+
+fn creds(aws: bool) -> Credentials {
+    Credentials {
+        repository_password: SecretBytes::new(PASSWORD),
+        aws: aws.then(|| AwsCredentials {
+            access_key_id: SecretBytes::new(AWS_ID),
+            secret_access_key: SecretBytes::new(AWS_SECRET),
+        }),
+    }
+}
+
+fn fresh_host(encrypt: bool) -> HostFacts {
+    HostFacts {
+        arch: "x86_64".into(),
+        kernel: "6.1.0".into(),
+        systemd: "systemd 252 (252.33-1~deb12u1)".into(),
+        tpm2: Some("partial".into()),
+        creds_encrypt: encrypt,
+        ..Default::default()
+    }
+}
+
+/// Facts of a host on which `desired` has been fully applied.
+fn converged(mut facts: HostFacts, desired: &DesiredState) -> HostFacts {
+    for d in &desired.dirs {
+        facts.dirs.insert(
+            d.path.clone(),
+            DirFact {
+                mode: d.mode,
+                owner: d.owner.clone(),
+                group: d.group.clone(),
+            },
+        );
+    }
+    for f in desired.files.iter().chain(&desired.units) {
+        facts.files.insert(
+            f.path.clone(),
+            FileFact {
+                sha256: f.sha256.clone(),
+                mode: f.mode,
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+            },
+        );
+    }
+    let exe = &desired.executor;
+    facts.files.insert(
+        exe.path.clone(),
+        FileFact {
+            sha256: exe.sha256.clone(),
+            mode: 0o755,
+            owner: ROOT.into(),
+            group: ROOT.into(),
+        },
+    );
+    facts
+        .links
+        .insert(layout::BIN_LINK.into(), exe.path.clone());
+    facts.units.insert(
+        desired.timer.clone(),
+        UnitFact {
+            enabled: "enabled".into(),
+            active: "active".into(),
+        },
+    );
+    facts.units.insert(
+        desired.service.clone(),
+        UnitFact {
+            enabled: "static".into(),
+            active: "inactive".into(),
+        },
+    );
+    facts
+}
+
+fn plan(a: &ExecutorArtifact, p: &PolicySpec, c: &Credentials, f: &HostFacts) -> HostPlan {
+    plan_job(
+        &JobInputs {
+            artifact: a,
+            policy: p,
+            credentials: c,
+        },
+        f,
+    )
+    .unwrap()
+}
+
+fn text(f: &DesiredFile) -> String {
+    String::from_utf8(f.content.bytes().to_vec()).unwrap()
+}
+
+fn unit_text(plan: &HostPlan, suffix: &str) -> String {
+    let d = plan.desired.as_ref().unwrap();
+    text(d.units.iter().find(|u| u.path.ends_with(suffix)).unwrap())
+}
+
+#[test]
+fn fresh_host_gets_everything_in_order() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let plan = plan(&a, &p, &c, &fresh_host(true));
+    let labels: Vec<String> = plan.actions.iter().map(Action::label).collect();
+    let pos = |needle: &str| {
+        labels
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle} missing in {labels:?}"))
+    };
+    assert!(pos("ensure directory") < pos("install executor"));
+    assert!(pos("install executor") < pos("switch executor link"));
+    assert!(pos("switch executor link") < pos("write /etc/fleetsnap/backup-nightly.json"));
+    assert!(pos("write /etc/fleetsnap/credstore.encrypted/") < pos("install units"));
+    assert!(pos("install units") < pos("systemctl daemon-reload"));
+    assert!(pos("systemctl daemon-reload") < pos("enable fleetsnap-backup-nightly.timer"));
+    // Three credentials (password + AWS pair), encrypted, 0600 root.
+    let creds: Vec<&DesiredFile> = plan
+        .desired
+        .as_ref()
+        .unwrap()
+        .files
+        .iter()
+        .filter(|f| matches!(f.role, FileRole::Credential { .. }))
+        .collect();
+    assert_eq!(creds.len(), 3);
+    for f in creds {
+        assert_eq!((f.mode, f.owner.as_str()), (0o600, "root"));
+        assert!(
+            f.path
+                .starts_with("/etc/fleetsnap/credstore.encrypted/backup-nightly.")
+        );
+    }
+}
+
+#[test]
+fn converged_host_needs_nothing() {
+    for encrypt in [false, true] {
+        for kind in [
+            PolicyKind::Backup,
+            PolicyKind::Retention,
+            PolicyKind::Verify,
+        ] {
+            let (a, p, c) = (artifact("0.1.0"), policy(kind), creds(encrypt));
+            let first = plan(&a, &p, &c, &fresh_host(encrypt));
+            let facts = converged(fresh_host(encrypt), first.desired.as_ref().unwrap());
+            let second = plan(&a, &p, &c, &facts);
+            assert!(second.is_noop(), "{kind:?}/{encrypt}: {:?}", second.actions);
+        }
+    }
+}
+
+#[test]
+fn no_secret_in_units_config_or_debug() {
+    for encrypt in [false, true] {
+        let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+        let plan = plan(&a, &p, &c, &fresh_host(encrypt));
+        let d = plan.desired.as_ref().unwrap();
+        let public: Vec<&DesiredFile> = d
+            .units
+            .iter()
+            .chain(&d.files)
+            .filter(|f| !matches!(f.role, FileRole::Credential { .. }))
+            .collect();
+        assert_eq!(public.len(), 3, "config + service + timer");
+        let debug = format!("{plan:?} {plan:#?}");
+        for secret in [PASSWORD, AWS_ID, AWS_SECRET] {
+            for f in &public {
+                assert!(!text(f).contains(secret), "{secret} in {}", f.path);
+            }
+            assert!(!debug.contains(secret), "{secret} in Debug of the plan");
+        }
+        let service = unit_text(&plan, ".service");
+        assert!(!service.contains("Environment"));
+        // Secrets do reach the credential files (otherwise this test proves nothing).
+        let pw = d
+            .files
+            .iter()
+            .find(|f| f.path.ends_with(".repository-password"))
+            .unwrap();
+        assert_eq!(pw.content.bytes(), PASSWORD.as_bytes());
+    }
+}
+
+#[test]
+fn service_unit_rendering() {
+    let (a, mut p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let s = unit_text(&plan(&a, &p, &c, &fresh_host(true)), ".service");
+    for line in [
+        "Type=oneshot",
+        "ExecStart=/usr/local/bin/fleetsnap run --config /etc/fleetsnap/backup-nightly.json",
+        "LoadCredentialEncrypted=repository-password:/etc/fleetsnap/credstore.encrypted/backup-nightly.repository-password",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/fleetsnap /var/cache/fleetsnap",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectHome=read-only",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallArchitectures=native",
+        "CapabilityBoundingSet=CAP_DAC_READ_SEARCH",
+        "Nice=10",
+        "IOSchedulingClass=idle",
+        "IOSchedulingPriority=7",
+    ] {
+        assert!(s.lines().any(|l| l == line), "missing {line:?} in\n{s}");
+    }
+    assert!(!s.contains("aws"), "no AWS credentials configured");
+
+    let plain = unit_text(&plan(&a, &p, &c, &fresh_host(false)), ".service");
+    assert!(plain.lines().any(|l| l
+        == "LoadCredential=repository-password:/etc/fleetsnap/credstore/backup-nightly.repository-password"));
+    assert!(!plain.contains("LoadCredentialEncrypted"));
+
+    p.stdin_sources.push(StdinSource {
+        name: "pg".into(),
+        command: vec![
+            "runuser".into(),
+            "-u".into(),
+            "postgres".into(),
+            "--".into(),
+            "pg_dumpall".into(),
+        ],
+        filename: "pg_dumpall.sql".into(),
+    });
+    let s = unit_text(&plan(&a, &p, &c, &fresh_host(true)), ".service");
+    assert!(s.contains("\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID\n"));
+
+    for kind in [PolicyKind::Retention, PolicyKind::Verify] {
+        let s = unit_text(&plan(&a, &policy(kind), &c, &fresh_host(true)), ".service");
+        assert!(s.contains("\nCapabilityBoundingSet=\n"), "{s}");
+        assert!(s.contains("\nProtectHome=yes\n"));
+        assert!(s.contains(&format!("/etc/fleetsnap/{kind}-nightly.json")));
+    }
+}
+
+#[test]
+fn timer_and_config_rendering() {
+    let (a, mut p, c) = (artifact("0.1.0"), policy(PolicyKind::Verify), creds(true));
+    p.extra_args = vec!["--read-data-subset".into(), "1/7".into()];
+    let plan = plan(&a, &p, &c, &fresh_host(true));
+    let t = unit_text(&plan, ".timer");
+    for line in [
+        "OnCalendar=*-*-* 02:00:00",
+        "RandomizedDelaySec=900",
+        "Persistent=true",
+        "AccuracySec=1s",
+        "Unit=fleetsnap-verify-nightly.service",
+        "WantedBy=timers.target",
+    ] {
+        assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
+    }
+    let d = plan.desired.as_ref().unwrap();
+    let cfg_file = &d.files[0];
+    assert_eq!(
+        (cfg_file.path.as_str(), cfg_file.mode),
+        ("/etc/fleetsnap/verify-nightly.json", 0o644)
+    );
+    let cfg: render::ExecutorConfig = serde_json::from_slice(cfg_file.content.bytes()).unwrap();
+    assert_eq!(cfg.kind, PolicyKind::Verify);
+    assert_eq!(cfg.extra_args, ["--read-data-subset", "1/7"]);
+    assert_eq!(cfg.run_record_dir, "/var/lib/fleetsnap/runs/verify-nightly");
+    assert_eq!(
+        cfg.credentials.aws_secret_access_key.as_deref(),
+        Some("aws-secret-access-key")
+    );
+    // Deterministic: same inputs, same bytes.
+    let again = plan_job(
+        &JobInputs {
+            artifact: &a,
+            policy: &p,
+            credentials: &c,
+        },
+        &fresh_host(true),
+    )
+    .unwrap();
+    assert_eq!(again.desired, plan.desired);
+}
+
+#[test]
+fn executor_upgrade_only_switches_binary_and_link() {
+    let (p, c) = (policy(PolicyKind::Backup), creds(false));
+    let v1 = plan(&artifact("0.1.0"), &p, &c, &fresh_host(true));
+    let facts = converged(fresh_host(true), v1.desired.as_ref().unwrap());
+    let v2 = plan(&artifact("0.2.0"), &p, &c, &facts);
+    let labels: Vec<String> = v2.actions.iter().map(Action::label).collect();
+    assert_eq!(
+        labels,
+        [
+            "ensure directory /usr/local/lib/fleetsnap/0.2.0",
+            "install executor 0.2.0",
+            "switch executor link to /usr/local/lib/fleetsnap/0.2.0/fleetsnap",
+        ]
+    );
+    // Units run the link, so they are untouched by an upgrade.
+    assert!(
+        !v2.actions
+            .iter()
+            .any(|a| matches!(a, Action::InstallUnits { .. } | Action::DaemonReload))
+    );
+}
+
+#[test]
+fn tampered_executor_is_reinstalled() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let mut facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    facts
+        .files
+        .get_mut("/usr/local/lib/fleetsnap/0.1.0/fleetsnap")
+        .unwrap()
+        .sha256 = "0".repeat(64);
+    let again = plan(&a, &p, &c, &facts);
+    assert!(matches!(
+        again.actions.as_slice(),
+        [Action::InstallExecutor(_)]
+    ));
+}
+
+#[test]
+fn metadata_drift_is_fixed_without_rewriting() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let mut facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    let cred = "/etc/fleetsnap/credstore.encrypted/backup-nightly.repository-password";
+    facts.files.get_mut(cred).unwrap().mode = 0o644;
+    let again = plan(&a, &p, &c, &facts);
+    assert_eq!(
+        again.actions,
+        [Action::SetMetadata {
+            path: cred.into(),
+            mode: 0o600,
+            owner: "root".into(),
+            group: "root".into()
+        }]
+    );
+}
+
+#[test]
+fn schedule_change_rewrites_only_the_timer_and_restarts_it() {
+    let (a, mut p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    p.on_calendar = "hourly".into();
+    let again = plan(&a, &p, &c, &facts);
+    match again.actions.as_slice() {
+        [
+            Action::InstallUnits { units, changed },
+            Action::DaemonReload,
+            Action::RestartTimer { unit },
+        ] => {
+            assert_eq!(units.len(), 2, "both units are staged for verification");
+            assert_eq!(
+                changed,
+                &["/etc/systemd/system/fleetsnap-backup-nightly.timer"]
+            );
+            assert_eq!(unit, "fleetsnap-backup-nightly.timer");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stopped_timer_is_started_again() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let mut facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    facts
+        .units
+        .get_mut("fleetsnap-backup-nightly.timer")
+        .unwrap()
+        .active = "inactive".into();
+    let again = plan(&a, &p, &c, &facts);
+    assert_eq!(
+        again.actions,
+        [Action::EnableTimer {
+            unit: "fleetsnap-backup-nightly.timer".into()
+        }]
+    );
+}
+
+#[test]
+fn switching_to_encrypted_storage_removes_plain_files() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let plain = plan(&a, &p, &c, &fresh_host(false));
+    let mut facts = converged(fresh_host(false), plain.desired.as_ref().unwrap());
+    facts.creds_encrypt = true;
+    let enc = plan(&a, &p, &c, &facts);
+    let removed = match enc.actions.last() {
+        Some(Action::RemoveFiles { paths }) => paths.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(removed.len(), 3);
+    assert!(
+        removed
+            .iter()
+            .all(|p| p.starts_with("/etc/fleetsnap/credstore/"))
+    );
+    assert!(
+        enc.actions
+            .iter()
+            .any(|a| matches!(a, Action::InstallUnits { .. }))
+    );
+}
+
+#[test]
+fn removal_plan_cleans_up_but_never_touches_data() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let mut facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    facts
+        .units
+        .get_mut("fleetsnap-backup-nightly.service")
+        .unwrap()
+        .active = "activating".into();
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let removal = plan_removal(&job, &facts);
+    match removal.actions.as_slice() {
+        [
+            Action::DisableTimer { unit: t },
+            Action::StopService { unit: s },
+            Action::RemoveFiles { paths },
+            Action::DaemonReload,
+            Action::ResetFailed { .. },
+        ] => {
+            assert_eq!(t, "fleetsnap-backup-nightly.timer");
+            assert_eq!(s, "fleetsnap-backup-nightly.service");
+            assert_eq!(paths.len(), 6, "{paths:?}");
+            for p in paths {
+                assert!(p.starts_with("/etc/"), "{p}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // After removal the host is clean: planning the removal again does nothing.
+    let clean = fresh_host(true);
+    assert!(plan_removal(&job, &clean).is_noop());
+    // The other kind with the same policy name is not affected.
+    let other = plan_removal(
+        &JobId::new(PolicyKind::Retention, "nightly").unwrap(),
+        &facts,
+    );
+    assert!(other.is_noop(), "{:?}", other.actions);
+}
+
+#[test]
+fn spec_errors() {
+    let (a, c) = (artifact("0.1.0"), creds(false));
+    let f = fresh_host(true);
+    let run = |p: &PolicySpec, a: &ExecutorArtifact| {
+        plan_job(
+            &JobInputs {
+                artifact: a,
+                policy: p,
+                credentials: &c,
+            },
+            &f,
+        )
+    };
+    let mut p = policy(PolicyKind::Backup);
+    p.on_calendar = "daily\nExecStartPre=/bin/evil".into();
+    assert!(run(&p, &a).unwrap_err().contains("onCalendar"));
+    let mut p = policy(PolicyKind::Backup);
+    p.name = "../etc".into();
+    assert!(run(&p, &a).is_err());
+    let mut p = policy(PolicyKind::Backup);
+    p.nice = Some(40);
+    assert!(run(&p, &a).is_err());
+    let mut bad = a.clone();
+    bad.version = "../../bin".into();
+    assert!(run(&policy(PolicyKind::Backup), &bad).is_err());
+}
+
+#[test]
+fn fact_query_covers_what_the_plan_compares() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let q = fact_query(&job, Some(&a));
+    for encrypt in [false, true] {
+        let d = desired_state(
+            &JobInputs {
+                artifact: &a,
+                policy: &p,
+                credentials: &c,
+            },
+            encrypt,
+        )
+        .unwrap();
+        for f in d.files.iter().chain(&d.units) {
+            let listed = if matches!(
+                f.role,
+                FileRole::Credential {
+                    encrypted: true,
+                    ..
+                }
+            ) {
+                q.encrypted_files.contains(&f.path)
+            } else {
+                q.files.contains(&f.path)
+            };
+            assert!(listed, "{} not queried", f.path);
+        }
+        for dir in &d.dirs {
+            assert!(q.dirs.contains(&dir.path), "{} not queried", dir.path);
+        }
+    }
+    assert!(
+        q.files
+            .contains(&"/usr/local/lib/fleetsnap/0.1.0/fleetsnap".to_string())
+    );
+    assert!(
+        q.units
+            .contains(&"fleetsnap-backup-nightly.timer".to_string())
+    );
+}

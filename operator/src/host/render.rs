@@ -1,0 +1,245 @@
+//! Rendering of the per-job files: the executor config (JSON) and the systemd units.
+//!
+//! Rendering is deterministic (same inputs ⇒ same bytes) because idempotence is decided by
+//! comparing content hashes with what the host has. Secrets are not inputs here at all: the
+//! units only name credential files, and the config only names credential ids.
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::{self, JobId};
+use super::model::{PolicyKind, PolicySpec};
+
+/// Schema version of [`ExecutorConfig`]; bump on incompatible changes.
+pub const CONFIG_FORMAT: u32 = 1;
+
+/// The config file the executor reads (`fleetsnap run --config <path>`). Documented in
+/// `docs/host-layout.md`; the executor can deserialize the same JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorConfig {
+    pub format: u32,
+    pub policy: String,
+    pub kind: PolicyKind,
+    pub repository: String,
+    pub paths: Vec<String>,
+    pub excludes: Vec<String>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    pub stdin: Vec<StdinConfig>,
+    pub tags: Vec<String>,
+    pub host: String,
+    pub extra_args: Vec<String>,
+    /// Credential ids to read from `$CREDENTIALS_DIRECTORY`.
+    pub credentials: CredentialIds,
+    /// Where the executor writes its run record for each run.
+    pub run_record_dir: String,
+    pub cache_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdinConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    pub filename: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialIds {
+    pub repository_password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<String>,
+}
+
+pub fn config_json(job: &JobId, policy: &PolicySpec, with_aws: bool) -> Vec<u8> {
+    let cfg = ExecutorConfig {
+        format: CONFIG_FORMAT,
+        policy: policy.name.clone(),
+        kind: policy.kind,
+        repository: policy.repository.clone(),
+        paths: policy.paths.clone(),
+        excludes: policy.excludes.clone(),
+        exclude_caches: policy.exclude_caches,
+        one_file_system: policy.one_file_system,
+        stdin: policy
+            .stdin_sources
+            .iter()
+            .map(|s| StdinConfig {
+                name: s.name.clone(),
+                command: s.command.clone(),
+                filename: s.filename.clone(),
+            })
+            .collect(),
+        tags: policy.tags.clone(),
+        host: policy.host_tag.clone(),
+        extra_args: policy.extra_args.clone(),
+        credentials: CredentialIds {
+            repository_password: layout::CRED_REPOSITORY_PASSWORD.into(),
+            aws_access_key_id: with_aws.then(|| layout::CRED_AWS_ACCESS_KEY_ID.into()),
+            aws_secret_access_key: with_aws.then(|| layout::CRED_AWS_SECRET_ACCESS_KEY.into()),
+        },
+        run_record_dir: job.runs_dir(),
+        cache_dir: layout::CACHE_DIR.into(),
+    };
+    let mut out = serde_json::to_vec_pretty(&cfg).expect("config serializes");
+    out.push(b'\n');
+    out
+}
+
+/// Values that end up in a unit file must stay on their line: a newline in an OnCalendar
+/// value would let a spec inject arbitrary directives (ExecStartPre=...).
+pub fn validate_unit_value(field: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() || c == '\\' || c == '%')
+    {
+        return Err(format!(
+            "{field} {value:?} contains control characters, '\\' or '%', which systemd would interpret"
+        ));
+    }
+    Ok(())
+}
+
+const HEADER: &str = "# Managed by fleetsnap-operator. Local changes are overwritten.\n";
+
+/// The service unit. `creds` lists (credential id, file path) pairs.
+pub fn service_unit(
+    job: &JobId,
+    policy: &PolicySpec,
+    creds: &[(String, String)],
+    encrypted: bool,
+) -> Vec<u8> {
+    let mut u = String::from(HEADER);
+    u.push_str("[Unit]\n");
+    u.push_str(&format!(
+        "Description=fleetsnap {} job for policy {}\n",
+        job.kind, job.policy
+    ));
+    u.push_str("Documentation=https://github.com/fleetsnap/fleetsnap\n");
+    // Repositories are remote; a run started before the network is up would just fail.
+    u.push_str("Wants=network-online.target\nAfter=network-online.target\n");
+    u.push_str("\n[Service]\nType=oneshot\n");
+    u.push_str(&format!(
+        "ExecStart={} run --config {}\n",
+        layout::BIN_LINK,
+        job.config_path()
+    ));
+    // Secrets reach the executor only through $CREDENTIALS_DIRECTORY (a private ramfs set up
+    // by systemd for this service); the unit names files, never contents.
+    let directive = if encrypted {
+        "LoadCredentialEncrypted"
+    } else {
+        "LoadCredential"
+    };
+    for (id, path) in creds {
+        u.push_str(&format!("{directive}={id}:{path}\n"));
+    }
+    u.push_str("UMask=0077\n");
+
+    u.push_str("\n# Sandbox\n");
+    // The whole OS is read-only; only the state (run records, repository locks) and cache
+    // directories are writable.
+    u.push_str("ProtectSystem=strict\n");
+    u.push_str(&format!(
+        "ReadWritePaths={} {}\n",
+        layout::STATE_DIR,
+        layout::CACHE_DIR
+    ));
+    let reads_host_files = job.kind == PolicyKind::Backup;
+    // Backups must read home directories; retention and verify only talk to the repository.
+    u.push_str(if reads_host_files {
+        "ProtectHome=read-only\n"
+    } else {
+        "ProtectHome=yes\n"
+    });
+    for line in [
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "RestrictNamespaces=yes",
+        "LockPersonality=yes",
+        // The executor is native code without a JIT. Stdin commands that need W+X memory
+        // (JIT runtimes) would fail here; none of the usual dump tools do.
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallArchitectures=native",
+        // Unix sockets for local dump commands (e.g. PostgreSQL), IP for the repository.
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ] {
+        u.push_str(line);
+        u.push('\n');
+    }
+    u.push_str(&capabilities_comment_and_line(job.kind, policy));
+
+    u.push_str("\n# Resource controls from the policy\n");
+    if let Some(n) = policy.nice {
+        u.push_str(&format!("Nice={n}\n"));
+    }
+    if let Some(c) = policy.io_scheduling_class {
+        u.push_str(&format!("IOSchedulingClass={}\n", c.as_systemd()));
+    }
+    if let Some(p) = policy.io_scheduling_priority {
+        u.push_str(&format!("IOSchedulingPriority={p}\n"));
+    }
+    u.into_bytes()
+}
+
+/// The service runs as root, but with a capability bounding set, so "root" only means
+/// owning /var/lib/fleetsnap plus the listed capabilities.
+fn capabilities_comment_and_line(kind: PolicyKind, policy: &PolicySpec) -> String {
+    match kind {
+        PolicyKind::Backup if policy.stdin_sources.is_empty() => {
+            "# Read every file regardless of permissions, without being able to write them.\n\
+             CapabilityBoundingSet=CAP_DAC_READ_SEARCH\n"
+                .to_string()
+        }
+        PolicyKind::Backup => {
+            // Dump commands usually must run as the database's own user
+            // (`runuser -u postgres -- pg_dumpall`), which needs setuid/setgid. NoNewPrivileges
+            // still blocks setuid binaries, so this does not widen to arbitrary escalation.
+            "# Read every file; CAP_SETUID/CAP_SETGID let stdin commands switch to the\n\
+             # database user (runuser -u postgres -- pg_dumpall).\n\
+             CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID\n"
+                .to_string()
+        }
+        PolicyKind::Retention | PolicyKind::Verify => {
+            "# Talks only to the repository and its own state: no capabilities at all.\n\
+             CapabilityBoundingSet=\n"
+                .to_string()
+        }
+    }
+}
+
+pub fn timer_unit(job: &JobId, policy: &PolicySpec) -> Vec<u8> {
+    let mut u = String::from(HEADER);
+    u.push_str("[Unit]\n");
+    u.push_str(&format!(
+        "Description=schedule of fleetsnap {} job for policy {}\n",
+        job.kind, job.policy
+    ));
+    u.push_str("\n[Timer]\n");
+    u.push_str(&format!("OnCalendar={}\n", policy.on_calendar.trim()));
+    u.push_str(&format!(
+        "RandomizedDelaySec={}\n",
+        policy.randomized_delay_sec
+    ));
+    u.push_str(&format!(
+        "Persistent={}\n",
+        if policy.persistent { "true" } else { "false" }
+    ));
+    // The default (1 min) would add a second, unrandomized skew on top of
+    // RandomizedDelaySec; 1 s keeps the schedule what the policy says.
+    u.push_str("AccuracySec=1s\n");
+    u.push_str(&format!("Unit={}\n", job.service_unit()));
+    u.push_str("\n[Install]\nWantedBy=timers.target\n");
+    u.into_bytes()
+}
