@@ -1,0 +1,289 @@
+//! `BackupPolicy`: what to back up on which hosts, and when.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, LocalObjectRef, Schedule};
+
+/// Paths, sources, schedule and resource limits for the backup job on every selected host.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "fleetsnap.io",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    namespaced,
+    doc = "Backs up the selected Hosts into a BackupRepository on a systemd timer, and reports per host whether the last backup succeeded and is recent enough.",
+    status = "BackupPolicyStatus",
+    shortname = "fsbp",
+    category = "fleetsnap",
+    printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.hostsTotal"),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "integer",
+        json_path = ".status.hostsSucceeded"
+    ),
+    printcolumn(
+        name = "Failing",
+        type_ = "integer",
+        json_path = ".status.hostsFailing"
+    ),
+    printcolumn(name = "Stale", type_ = "integer", json_path = ".status.hostsStale"),
+    printcolumn(
+        name = "Last Success",
+        type_ = "date",
+        json_path = ".status.lastSnapshotTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Oldest Success",
+        type_ = "date",
+        json_path = ".status.oldestLastSuccess",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Repository",
+        type_ = "string",
+        json_path = ".spec.repositoryRef.name",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".spec.schedule.onCalendar",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.paths) && size(self.paths) > 0) || (has(self.stdinSources) && size(self.stdinSources) > 0)")
+    .message("a backup needs something to back up: set paths, stdinSources, or both"))]
+pub struct BackupPolicySpec {
+    /// Hosts (in this namespace) this policy applies to, by label. `{}` selects every Host.
+    pub host_selector: LabelSelector,
+    /// The BackupRepository (in this namespace) snapshots are written to.
+    pub repository_ref: LocalObjectRef,
+    /// Absolute paths to back up, e.g. `/etc`, `/home`, `/var/lib/myapp`.
+    #[serde(default)]
+    #[schemars(length(max = 128), inner(length(min = 1, max = 4096)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, p.startsWith('/') && size(p) <= 4096)")
+        .message("every entry of paths must be an absolute path (starting with '/') of at most 4096 characters"))]
+    pub paths: Vec<String>,
+    /// Exclude patterns in restic `--exclude` syntax, e.g. `/var/lib/myapp/tmp` or `*.tmp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 4096)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, size(e) > 0 && size(e) <= 4096)")
+        .message("excludes entries must be non-empty patterns of at most 4096 characters"))]
+    pub excludes: Vec<String>,
+    /// Skip directories containing a `CACHEDIR.TAG` file.
+    #[serde(default)]
+    pub exclude_caches: bool,
+    /// Do not cross filesystem boundaries below the given paths.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Commands whose standard output is stored as a file in its own snapshot, e.g.
+    /// `pg_dumpall` for a consistent database dump instead of a torn copy of its data directory.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, self.exists_one(t, t.name == s.name))")
+        .message("stdinSources names must be unique"))]
+    pub stdin_sources: Vec<StdinSource>,
+    /// Tags added to every snapshot, e.g. `fleet`, `prod`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(t, t.matches('^[A-Za-z0-9._:=@+-]{1,128}$'))")
+        .message("tags may only contain letters, digits and . _ : = @ + - (commas separate tags in restic)"))]
+    pub tags: Vec<String>,
+    /// When the backup runs on each host.
+    pub schedule: Schedule,
+    /// CPU and IO priority of the backup process, so it does not disturb the host's workload.
+    #[serde(default)]
+    pub resources: ResourceControls,
+    /// A host whose last success is older than this counts as stale (and alerts). A
+    /// duration such as `26h`; defaults to the schedule's interval plus its randomized delay
+    /// plus one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1m')"
+    ).message("stalenessWindow must be a duration such as '26h' or '90m', at least 1m"))]
+    pub staleness_window: Option<String>,
+    /// Stop scheduling new runs (timers are disabled on the hosts; units and data stay).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// A command whose output is backed up as one file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StdinSource {
+    /// Identifier of this source, used in unit and record names.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$')")
+        .message("name must be lower-case letters, digits and '-', e.g. 'postgres'"))]
+    pub name: String,
+    /// Program and arguments, executed directly without a shell, e.g. `["pg_dumpall"]`.
+    /// The first element is an absolute path or a name looked up in PATH.
+    #[schemars(length(min = 1, max = 64), inner(length(max = 4096)))]
+    #[x_kube(validation = kube::core::Rule::new("size(self[0]) > 0")
+        .message("the first element of command, the program, must not be empty"))]
+    pub command: Vec<String>,
+    /// File name the output is stored under in the snapshot, e.g. `pg_dumpall.sql`.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9._-]+$') && self != '.' && self != '..'")
+        .message("filename must be a plain file name such as 'pg_dumpall.sql' (no '/')"))]
+    pub filename: String,
+    /// Run the command as this user (e.g. `postgres`) instead of the backup's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z_][a-z0-9_.-]*[$]?$')")
+        .message("user must be a POSIX user name such as 'postgres'"))]
+    pub user: Option<String>,
+}
+
+/// IO scheduling class of the backup process (`IOSchedulingClass=`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoSchedulingClass {
+    Realtime,
+    #[default]
+    BestEffort,
+    Idle,
+}
+
+impl IoSchedulingClass {
+    /// The value systemd expects.
+    pub fn as_systemd(self) -> &'static str {
+        match self {
+            IoSchedulingClass::Realtime => "realtime",
+            IoSchedulingClass::BestEffort => "best-effort",
+            IoSchedulingClass::Idle => "idle",
+        }
+    }
+}
+
+/// Process priority settings for the backup unit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceControls {
+    /// CPU niceness (`Nice=`), -20 (greedy) to 19 (polite).
+    #[serde(default = "default_nice")]
+    #[schemars(range(min = -20, max = 19))]
+    pub nice: i32,
+    /// IO scheduling class (`IOSchedulingClass=`): `realtime`, `best-effort` or `idle`.
+    #[serde(default)]
+    pub io_scheduling_class: IoSchedulingClass,
+    /// IO priority within the class (`IOSchedulingPriority=`), 0 (highest) to 7 (lowest).
+    #[serde(default = "default_io_priority")]
+    #[schemars(range(min = 0, max = 7))]
+    pub io_scheduling_priority: i32,
+    /// CPU time limit (`CPUQuota=`) as a percentage of one CPU, e.g. `50%` or `200%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[1-9][0-9]{0,4}%$')")
+        .message("cpuQuota must be a percentage such as '50%' (100% is one full CPU)"))]
+    pub cpu_quota: Option<String>,
+}
+
+fn default_nice() -> i32 {
+    10
+}
+
+fn default_io_priority() -> i32 {
+    7
+}
+
+impl Default for ResourceControls {
+    fn default() -> Self {
+        ResourceControls {
+            nice: default_nice(),
+            io_scheduling_class: IoSchedulingClass::default(),
+            io_scheduling_priority: default_io_priority(),
+            cpu_quota: None,
+        }
+    }
+}
+
+/// Summary state of one host under this policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HostBackupState {
+    /// Selected but no run observed yet.
+    Pending,
+    /// Last run succeeded within the staleness window.
+    Succeeded,
+    /// Last run failed, or the host cannot be reached.
+    Failing,
+    /// No success within the staleness window (including a timer that stopped firing).
+    Stale,
+}
+
+/// One selected host as seen by this policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyHostSummary {
+    /// Name of the Host object.
+    pub name: String,
+    /// Summary state.
+    pub state: HostBackupState,
+    /// When the last successful backup finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Time>,
+    /// Snapshot of the last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Why the host is failing or stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Observed state of a BackupPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    /// Number of Hosts the selector matches.
+    #[serde(default)]
+    pub hosts_total: i32,
+    /// Hosts whose last run succeeded within the staleness window.
+    #[serde(default)]
+    pub hosts_succeeded: i32,
+    /// Hosts whose last run failed or that cannot be reached.
+    #[serde(default)]
+    pub hosts_failing: i32,
+    /// Hosts without a success within the staleness window.
+    #[serde(default)]
+    pub hosts_stale: i32,
+    /// The oldest "last success" over all selected hosts: how far back the worst-off host's
+    /// newest backup is. Unset while some host has never succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_last_success: Option<Time>,
+    /// Time of the newest snapshot written by any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_time: Option<Time>,
+    /// Per-host summary, sorted by host name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub hosts: Vec<PolicyHostSummary>,
+    /// Standard conditions: `Ready` (every selected host succeeded recently), `Reconciling`,
+    /// `Stalled`; reasons such as `HostsFailing`, `HostsStale`, `NoHostsSelected`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

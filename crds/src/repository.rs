@@ -1,0 +1,388 @@
+//! `BackupRepository`: where snapshots are stored.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretKeyRef, SecretRef};
+
+/// Storage backend and credentials. Exactly one of `s3`, `local` and `rest` is set.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "fleetsnap.io",
+    version = "v1alpha1",
+    kind = "BackupRepository",
+    namespaced,
+    doc = "Where backups go: an S3 bucket, a directory on each host, or a restic REST server, with one restic-format repository per host under pathTemplate.",
+    status = "BackupRepositoryStatus",
+    shortname = "fsrepo",
+    category = "fleetsnap",
+    printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.s3.bucket"),
+    printcolumn(name = "Path", type_ = "string", json_path = ".spec.pathTemplate"),
+    printcolumn(
+        name = "Append-Only",
+        type_ = "boolean",
+        json_path = ".spec.appendOnly"
+    ),
+    printcolumn(
+        name = "Hosts",
+        type_ = "integer",
+        json_path = ".status.initializedHosts"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.s3.endpoint",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Last Maintenance",
+        type_ = "date",
+        json_path = ".status.lastMaintenance",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.s3) ? 1 : 0) + (has(self.local) ? 1 : 0) + (has(self.rest) ? 1 : 0) == 1"
+).message("set exactly one of s3, local or rest"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!self.appendOnly || has(self.maintenanceCredentialsSecretRef)"
+).message("appendOnly repositories need maintenanceCredentialsSecretRef: hosts cannot delete, so forget/prune runs in the operator with these separate credentials"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.s3) == has(oldSelf.s3) && has(self.local) == has(oldSelf.local) && has(self.rest) == has(oldSelf.rest)"
+).message("the backend type is immutable: create a new BackupRepository to move to another backend"))]
+pub struct BackupRepositorySpec {
+    /// An S3 or S3-compatible bucket (AWS, MinIO, Ceph RGW, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Backend>,
+    /// A directory on each host's own filesystem (typically a mounted NFS share or a
+    /// separate disk). Offers no protection against a host compromise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalBackend>,
+    /// A restic REST server (`rest-server`, `rclone serve restic`); run it with
+    /// `--append-only` for append-only repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestBackend>,
+    /// Path of each host's repository below the backend's root (bucket, directory or URL).
+    /// `{hostname}` expands to the Host's hostname and must appear, so that each host
+    /// writes only to its own repository; `{namespace}` expands to this object's namespace.
+    /// Immutable, because changing it would orphan every existing repository.
+    #[serde(default = "default_path_template")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = kube::core::Rule::new("self.contains('{hostname}')")
+        .message("pathTemplate must contain {hostname} so every host gets its own repository"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^[A-Za-z0-9._{}-]+(/[A-Za-z0-9._{}-]+)*$') && !self.split('/').exists(s, s == '.' || s == '..')"
+    ).message("pathTemplate must be a relative path of letters, digits, '.', '_', '-' and placeholders, without '..' or empty segments"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf")
+        .message("pathTemplate is immutable: changing it would orphan every existing host repository"))]
+    pub path_template: String,
+    /// Secret key holding the repository password that encrypts all data client-side.
+    /// Losing it makes every snapshot unreadable; keep a copy outside the cluster.
+    pub password_secret_ref: SecretKeyRef,
+    /// Hosts get credentials that can add data but not delete or overwrite it. Retention
+    /// then has to run with `runOn: Operator`, using maintenanceCredentialsSecretRef.
+    #[serde(default)]
+    pub append_only: bool,
+    /// Credentials with delete rights, used only by the operator for forget/prune and never
+    /// sent to hosts. Same keys as the backend's credentials Secret. Required when appendOnly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_credentials_secret_ref: Option<SecretRef>,
+    /// Object Lock configured on the bucket, declared so prune can expect (and report rather
+    /// than fail on) deletions refused inside the lock window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
+}
+
+fn default_path_template() -> String {
+    "hosts/{hostname}".to_string()
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.credentialsSecretRef) && has(self.perHostCredentials))")
+    .message("set credentialsSecretRef or perHostCredentials, not both"))]
+pub struct S3Backend {
+    /// Endpoint URL, e.g. `https://s3.us-east-1.amazonaws.com` or `http://minio.minio:9000`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^/?#\\\\s]+(/[^?#\\\\s]*)?$')")
+        .message("endpoint must be an http:// or https:// URL without query string"))]
+    pub endpoint: String,
+    /// Region, e.g. `us-east-1`; MinIO accepts any value.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Bucket name. Immutable.
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9][a-z0-9.-]*[a-z0-9]$')")
+        .message("bucket must be a valid S3 bucket name (lower-case letters, digits, '.' and '-')"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf")
+        .message("bucket is immutable: create a new BackupRepository to use another bucket"))]
+    pub bucket: String,
+    /// Address objects as `endpoint/bucket/key` instead of `bucket.endpoint/key`; needed by
+    /// most self-hosted S3 servers such as MinIO.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Secret with keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
+    /// `AWS_SESSION_TOKEN`, shared by all hosts. Leave both this and perHostCredentials
+    /// unset to use the host's own credential chain (e.g. an EC2 instance profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// One credentials Secret per host, so each host's key can be scoped by IAM policy to
+    /// its own prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_host_credentials: Option<PerHostCredentials>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+/// Per-host S3 credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PerHostCredentials {
+    /// Name of each host's Secret, with `{hostname}` or `{host}` (the Host object's name)
+    /// expanded, e.g. `s3-{host}`. Keys as in credentialsSecretRef.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.contains('{hostname}') || self.contains('{host}')")
+        .message("secretNameTemplate must contain {hostname} or {host}, otherwise every host would share one Secret"))]
+    pub secret_name_template: String,
+}
+
+/// A directory on each host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalBackend {
+    /// Absolute directory under which host repositories are created. Immutable.
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')")
+        .message("local.path must be an absolute path without '..'"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf")
+        .message("local.path is immutable: create a new BackupRepository to use another directory"))]
+    pub path: String,
+}
+
+/// A restic REST server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestBackend {
+    /// Base URL of the server, e.g. `https://backup.example.com:8000/`. Credentials do not
+    /// belong in the URL; use credentialsSecretRef.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^/?#@\\\\s]+(/[^?#\\\\s]*)?$')")
+        .message("rest.url must be an http:// or https:// URL without user:password@ or query string"))]
+    pub url: String,
+    /// Secret with keys `username` and `password` for HTTP basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// S3 Object Lock mode, as configured on the bucket.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ObjectLockMode {
+    /// Users with the bypass permission can still delete locked versions.
+    #[serde(rename = "GOVERNANCE")]
+    Governance,
+    /// Nobody can delete a locked version before its retention ends.
+    #[serde(rename = "COMPLIANCE")]
+    Compliance,
+}
+
+/// Object Lock configured on the bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLock {
+    /// Lock mode of the bucket's default retention.
+    pub mode: ObjectLockMode,
+    /// Default retention in days.
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: i32,
+}
+
+/// Observed state of a BackupRepository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositoryStatus {
+    /// Number of host repositories known to be initialised.
+    #[serde(default)]
+    pub initialized_hosts: i32,
+    /// When operator-side maintenance (forget/prune) last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_maintenance: Option<Time>,
+    /// Standard conditions: `Ready` (credentials and backend reachable), `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Why a pathTemplate cannot be expanded into a repository path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathTemplateError {
+    MissingHostname,
+    UnknownPlaceholder(String),
+    Unbalanced,
+    /// A value would escape or reshape the path (`/`, `..`, empty, odd characters).
+    UnsafeValue {
+        placeholder: String,
+        value: String,
+    },
+}
+
+impl fmt::Display for PathTemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathTemplateError::MissingHostname => {
+                f.write_str("pathTemplate does not contain {hostname}")
+            }
+            PathTemplateError::UnknownPlaceholder(p) => {
+                write!(
+                    f,
+                    "unknown placeholder {{{p}}}; use {{hostname}} or {{namespace}}"
+                )
+            }
+            PathTemplateError::Unbalanced => f.write_str("unbalanced '{' or '}' in pathTemplate"),
+            PathTemplateError::UnsafeValue { placeholder, value } => {
+                write!(
+                    f,
+                    "{{{placeholder}}} value {value:?} is not a single safe path segment"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for PathTemplateError {}
+
+fn safe_segment(v: &str) -> bool {
+    !v.is_empty()
+        && v != "."
+        && v != ".."
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Expands `{hostname}` and `{namespace}` in a pathTemplate.
+///
+/// Substituted values must be single path segments: a hostname of `../other` must never
+/// let one host reach another host's repository, whatever admission allowed.
+pub fn expand_path_template(
+    template: &str,
+    hostname: &str,
+    namespace: &str,
+) -> Result<String, PathTemplateError> {
+    let mut out = String::with_capacity(template.len() + hostname.len());
+    let mut rest = template;
+    let mut saw_hostname = false;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(PathTemplateError::Unbalanced);
+        }
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or(PathTemplateError::Unbalanced)?;
+        let name = &after[..close];
+        let value = match name {
+            "hostname" => {
+                saw_hostname = true;
+                hostname
+            }
+            "namespace" => namespace,
+            other if other.contains('{') => return Err(PathTemplateError::Unbalanced),
+            other => return Err(PathTemplateError::UnknownPlaceholder(other.to_string())),
+        };
+        if !safe_segment(value) {
+            return Err(PathTemplateError::UnsafeValue {
+                placeholder: name.to_string(),
+                value: value.to_string(),
+            });
+        }
+        out.push_str(value);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    if !saw_hostname {
+        return Err(PathTemplateError::MissingHostname);
+    }
+    Ok(out)
+}
+
+impl BackupRepositorySpec {
+    /// This host's repository path below the backend root.
+    pub fn host_path(&self, hostname: &str, namespace: &str) -> Result<String, PathTemplateError> {
+        expand_path_template(&self.path_template, hostname, namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_default_template() {
+        assert_eq!(
+            expand_path_template("hosts/{hostname}", "db1.prod.example.com", "backup").unwrap(),
+            "hosts/db1.prod.example.com"
+        );
+    }
+
+    #[test]
+    fn expands_namespace_and_repeated_placeholders() {
+        assert_eq!(
+            expand_path_template("{namespace}/hosts/{hostname}/{hostname}", "h1", "team-a")
+                .unwrap(),
+            "team-a/hosts/h1/h1"
+        );
+    }
+
+    #[test]
+    fn refuses_templates_without_hostname_or_with_unknown_placeholders() {
+        assert_eq!(
+            expand_path_template("shared", "h1", "ns"),
+            Err(PathTemplateError::MissingHostname)
+        );
+        assert_eq!(
+            expand_path_template("hosts/{host}", "h1", "ns"),
+            Err(PathTemplateError::UnknownPlaceholder("host".into()))
+        );
+        assert_eq!(
+            expand_path_template("hosts/{hostname", "h1", "ns"),
+            Err(PathTemplateError::Unbalanced)
+        );
+        assert_eq!(
+            expand_path_template("hosts/}{hostname}", "h1", "ns"),
+            Err(PathTemplateError::Unbalanced)
+        );
+    }
+
+    #[test]
+    fn refuses_values_that_escape_their_segment() {
+        for bad in ["../other", "a/b", "", "..", "h1\n", "h 1"] {
+            assert!(
+                matches!(
+                    expand_path_template("hosts/{hostname}", bad, "ns"),
+                    Err(PathTemplateError::UnsafeValue { .. })
+                ),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+}
