@@ -8,10 +8,33 @@
 //! with the same code.
 
 use std::fmt;
+use std::sync::Arc;
 
 pub mod local;
+pub mod rest;
+pub mod retry;
+pub mod s3;
+pub mod url;
 
 pub use local::LocalBackend;
+pub use rest::RestBackend;
+pub use s3::{S3Backend, S3Options};
+pub use url::Location;
+
+/// Open the repository at `url` in any form restic accepts for the supported backends:
+/// a plain path or `local:/path`, `s3:[http(s)://]host[:port]/bucket[/prefix]`,
+/// `rest:http(s)://[user:pass@]host[:port]/[prefix/]`. S3 settings that are not part of
+/// the URL come from the environment (see [`S3Options::from_env`]).
+///
+/// Nothing is contacted yet except that S3 resolves credentials and region; a missing
+/// repository shows up as `NotFound` on the first read of `config`.
+pub fn open(url: &str) -> BackendResult<Arc<dyn Backend>> {
+    Ok(match url::parse(url)? {
+        Location::Local(path) => Arc::new(LocalBackend::new(path)),
+        Location::S3(loc) => Arc::new(S3Backend::open(loc, S3Options::from_env())?),
+        Location::Rest(loc) => Arc::new(RestBackend::open(loc)?),
+    })
+}
 
 /// The kinds of files in a restic repository, each with its own directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

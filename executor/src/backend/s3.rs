@@ -1,0 +1,754 @@
+//! S3 and S3-compatible object storage (AWS, MinIO, Ceph RGW, ...) through aws-sdk-s3.
+//!
+//! The trait is synchronous while the SDK is async, so the backend owns one multi-thread
+//! tokio runtime and every call does `block_on` on it. `Runtime::block_on` takes `&self`, so
+//! the engine's upload threads each drive their own request concurrently over one shared
+//! connection pool. Calling into this backend from inside another tokio runtime would
+//! panic; the engine is plain threads, so that does not arise.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_http_client::tls;
+use tokio::runtime::Runtime;
+use tracing::{debug, debug_span, warn};
+
+use super::local::short_read_error;
+use super::url::S3Location;
+use super::{
+    Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, FileType, check_name, is_id,
+    object_path,
+};
+
+/// Objects above this size go up in parts: a failed part is retried on its own instead of
+/// restarting a large pack, and parts travel in parallel.
+pub const DEFAULT_MULTIPART_THRESHOLD: usize = 64 << 20;
+const DEFAULT_PART_SIZE: usize = 16 << 20;
+/// Parts of one object in flight at once; several objects are already uploaded in parallel
+/// by the engine, so this stays small to bound memory and connections.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Settings that do not belong in the URL. `from_env` reads the usual variables; tests and
+/// the operator can fill fields directly.
+#[derive(Clone, Default)]
+pub struct S3Options {
+    /// Path-style (`host/bucket/key`) instead of virtual-hosted (`bucket.host/key`)
+    /// addressing. `None`: on for custom endpoints, off for AWS.
+    pub path_style: Option<bool>,
+    /// Region override; otherwise AWS_REGION / AWS_DEFAULT_REGION / profile, then us-east-1.
+    pub region: Option<String>,
+    /// Access key and secret, bypassing the AWS credential chain.
+    pub static_credentials: Option<(String, String)>,
+    pub multipart_threshold: Option<usize>,
+    pub part_size: Option<usize>,
+    /// Total attempts per request including the first (SDK standard retry mode).
+    pub max_attempts: Option<u32>,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("path_style", &self.path_style)
+            .field("region", &self.region)
+            .field(
+                "static_credentials",
+                &self.static_credentials.as_ref().map(|(k, _)| (k, "***")),
+            )
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl S3Options {
+    pub fn from_env() -> Self {
+        let path_style = std::env::var("FLEETSNAP_S3_PATH_STYLE").ok().and_then(|v| {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Some(true),
+                "0" | "false" | "no" | "off" => Some(false),
+                _ => {
+                    warn!(value = %v, "ignoring FLEETSNAP_S3_PATH_STYLE: not a boolean");
+                    None
+                }
+            }
+        });
+        S3Options {
+            path_style,
+            ..Default::default()
+        }
+    }
+}
+
+pub struct S3Backend {
+    rt: Runtime,
+    client: Client,
+    loc: S3Location,
+    multipart_threshold: usize,
+    part_size: usize,
+    region: String,
+}
+
+impl S3Backend {
+    pub fn open(loc: S3Location, opts: S3Options) -> BackendResult<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("fleetsnap-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                BackendError::new(
+                    BackendErrorKind::Other,
+                    "open",
+                    "s3 client",
+                    loc.display(),
+                    format!("cannot start the I/O runtime: {e}"),
+                )
+            })?;
+
+        // ring is already in the tree for kube's TLS; the SDK's default would add aws-lc.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let region_chain = match &opts.region {
+            Some(r) => RegionProviderChain::first_try(Region::new(r.clone())),
+            None => RegionProviderChain::default_provider(),
+        }
+        .or_else(Region::from_static("us-east-1"));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(region_chain);
+        if let Some((key, secret)) = &opts.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                key.clone(),
+                secret.clone(),
+                None,
+                None,
+                "fleetsnap-static",
+            ));
+        }
+        let shared = rt.block_on(loader.load());
+        let region = shared
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+
+        let retry = RetryConfig::standard()
+            .with_max_attempts(opts.max_attempts.unwrap_or(6))
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(20));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build();
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .force_path_style(opts.path_style.unwrap_or(loc.endpoint.is_some()));
+        if let Some(ep) = &loc.endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        let client = Client::from_conf(conf.build());
+
+        let part_size = opts.part_size.unwrap_or(DEFAULT_PART_SIZE).max(5 << 20);
+        Ok(S3Backend {
+            rt,
+            client,
+            multipart_threshold: opts
+                .multipart_threshold
+                .unwrap_or(DEFAULT_MULTIPART_THRESHOLD)
+                .max(part_size),
+            part_size,
+            loc,
+            region,
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.loc.bucket
+    }
+
+    /// The object key for a repository file (restic's default layout, packs in data/xx/).
+    pub fn key(&self, t: FileType, name: &str) -> String {
+        self.with_prefix(&object_path(t, name, false))
+    }
+
+    fn with_prefix(&self, rel: &str) -> String {
+        if self.loc.prefix.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{}", self.loc.prefix, rel)
+        }
+    }
+
+    fn err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        op: &'static str,
+        what: impl Into<String>,
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> BackendError {
+        let (kind, message) = classify(e);
+        BackendError::new(kind, op, what, self.location(), message)
+    }
+
+    /// Version IDs of one repository file, newest first. Only meaningful on versioned
+    /// buckets; used by maintenance and tests that deal with Object Lock.
+    pub fn versions(&self, t: FileType, name: &str) -> BackendResult<Vec<String>> {
+        let key = self.key(t, name);
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.versions", backend = "s3", what = %what).entered();
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            // The SDK has no paginator for versions; follow the markers by hand.
+            let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = self
+                    .client
+                    .list_object_versions()
+                    .bucket(&self.loc.bucket)
+                    .prefix(&key)
+                    .set_key_marker(key_marker.take())
+                    .set_version_id_marker(version_marker.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.err("list", what.clone(), &e))?;
+                for v in page.versions() {
+                    if v.key() == Some(key.as_str())
+                        && let Some(id) = v.version_id()
+                    {
+                        out.push(id.to_string());
+                    }
+                }
+                if !page.is_truncated().unwrap_or(false) {
+                    break;
+                }
+                key_marker = page.next_key_marker().map(str::to_owned);
+                version_marker = page.next_version_id_marker().map(str::to_owned);
+                if key_marker.is_none() && version_marker.is_none() {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Permanently delete one version. Unlike `remove`, this is refused on an Object Lock
+    /// bucket while the version is under retention, which surfaces as `Locked`.
+    pub fn remove_version(&self, t: FileType, name: &str, version_id: &str) -> BackendResult<()> {
+        let what = format!("{} (version {version_id})", object_path(t, name, false));
+        let _span = debug_span!("backend.remove_version", backend = "s3", what = %what).entered();
+        self.rt.block_on(async {
+            match self
+                .client
+                .delete_object()
+                .bucket(&self.loc.bucket)
+                .key(self.key(t, name))
+                .version_id(version_id)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = self.err("remove", what, &e);
+                    if err.kind == BackendErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
+                }
+            }
+        })
+    }
+
+    async fn put_single(&self, key: &str, what: &str, data: &[u8]) -> BackendResult<()> {
+        self.client
+            .put_object()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.err("write", what, &e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, what: &str, data: &[u8]) -> BackendResult<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err("write", what, &e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(BackendError::new(
+                BackendErrorKind::Other,
+                "write",
+                what,
+                self.location(),
+                "server started a multipart upload without an upload id",
+            ));
+        };
+
+        let result = self.upload_parts(key, what, &upload_id, data).await;
+        if result.is_err() {
+            // Abandoned uploads keep costing storage until a lifecycle rule removes them.
+            if let Err(e) = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.loc.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await
+            {
+                warn!(key, error = %self.err("write", what, &e), "aborting multipart upload failed");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        what: &str,
+        upload_id: &str,
+        data: &[u8],
+    ) -> BackendResult<()> {
+        let chunks: Vec<(i32, &[u8])> = data
+            .chunks(self.part_size)
+            .enumerate()
+            .map(|(i, c)| (i as i32 + 1, c))
+            .collect();
+        let mut completed = Vec::with_capacity(chunks.len());
+        for batch in chunks.chunks(PARTS_IN_FLIGHT) {
+            let uploads = batch.iter().map(|&(number, chunk)| async move {
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.loc.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .content_length(chunk.len() as i64)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| self.err("write", format!("{what} (part {number})"), &e))?;
+                Ok::<_, BackendError>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                        .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_owned))
+                        .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_owned))
+                        .set_checksum_sha1(out.checksum_sha1().map(str::to_owned))
+                        .set_checksum_sha256(out.checksum_sha256().map(str::to_owned))
+                        .build(),
+                )
+            });
+            for part in join_all(uploads).await {
+                completed.push(part?);
+            }
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("write", what, &e))?;
+        Ok(())
+    }
+
+    async fn list_prefix(&self, rel_dir: &str, what: &str) -> BackendResult<Vec<FileInfo>> {
+        let prefix = self.with_prefix(&format!("{rel_dir}/"));
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.loc.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("list", what, &e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key() else { continue };
+                let name = key.rsplit('/').next().unwrap_or(key);
+                if is_id(name) {
+                    out.push(FileInfo {
+                        name: name.to_string(),
+                        size: obj.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Run futures concurrently and collect their results in order. A handful of parts does not
+/// justify pulling in the `futures` crate.
+async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().map(|r| r.unwrap()).collect()
+}
+
+/// Decide what an S3 failure means for the engine. The SDK has already retried what its
+/// standard retry mode considers transient by the time an error gets here.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> (BackendErrorKind, String) {
+    use BackendErrorKind as K;
+    match e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("");
+            let msg = se.err().message().unwrap_or("");
+            let text = if code.is_empty() && msg.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("{code}: {msg} (HTTP {status})")
+            };
+            (classify_service(status, code, msg), text)
+        }
+        SdkError::TimeoutError(_) => (K::Transient, format!("timed out: {}", chain(e))),
+        SdkError::DispatchFailure(_) => (K::Transient, format!("connection failed: {}", chain(e))),
+        SdkError::ResponseError(_) => (K::Transient, format!("bad response: {}", chain(e))),
+        _ => (K::Other, chain(e)),
+    }
+}
+
+fn classify_service(status: u16, code: &str, msg: &str) -> BackendErrorKind {
+    use BackendErrorKind as K;
+    let lower = msg.to_ascii_lowercase();
+    let lock_words = [
+        "worm",
+        "retention",
+        "legal hold",
+        "object lock",
+        "object-lock",
+    ];
+    let mentions_lock = lock_words.iter().any(|w| lower.contains(w));
+    match (status, code) {
+        (_, "NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchVersion") | (404, _) => K::NotFound,
+        (_, "AccessDenied" | "InvalidRequest") | (403, _) | (400, _) if mentions_lock => K::Locked,
+        (_, "ObjectLocked") => K::Locked,
+        (
+            _,
+            "AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch",
+        )
+        | (403, _) => K::Denied,
+        (_, "XMinioStorageFull" | "XMinioAdminBucketQuotaExceeded" | "QuotaExceeded")
+        | (507, _) => K::NoSpace,
+        (_, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
+        | (500..=599, _)
+        | (408 | 429, _) => K::Transient,
+        _ => K::Other,
+    }
+}
+
+/// The error and its sources on one line; the SDK's top-level Display is often just
+/// "dispatch failure" with the useful part further down.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.loc.display()
+    }
+
+    fn create(&self) -> BackendResult<()> {
+        let _span =
+            debug_span!("backend.create", backend = "s3", bucket = %self.loc.bucket).entered();
+        self.rt.block_on(async {
+            let head = self
+                .client
+                .head_bucket()
+                .bucket(&self.loc.bucket)
+                .send()
+                .await;
+            let err = match head {
+                Ok(_) => return Ok(()),
+                Err(e) => self.err("create", format!("bucket {}", self.loc.bucket), &e),
+            };
+            match err.kind {
+                // Per-host credentials often may write objects but not inspect the bucket;
+                // the first real write will tell if the bucket is unusable.
+                BackendErrorKind::Denied => {
+                    debug!("no permission to check the bucket, assuming it exists");
+                    return Ok(());
+                }
+                BackendErrorKind::NotFound => {}
+                _ => return Err(err),
+            }
+            let mut req = self.client.create_bucket().bucket(&self.loc.bucket);
+            if self.region != "us-east-1" {
+                req = req.create_bucket_configuration(
+                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                        .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                            self.region.as_str(),
+                        ))
+                        .build(),
+                );
+            }
+            match req.send().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+                    // Someone else (or an earlier attempt of ours) won the race.
+                    if code == "BucketAlreadyOwnedByYou" {
+                        Ok(())
+                    } else {
+                        Err(self.err("create", format!("bucket {}", self.loc.bucket), &e))
+                    }
+                }
+            }
+        })
+    }
+
+    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
+        let _span = debug_span!("backend.list", backend = "s3", what = %t).entered();
+        self.rt.block_on(async {
+            if t == FileType::Config {
+                return match self
+                    .client
+                    .head_object()
+                    .bucket(&self.loc.bucket)
+                    .key(self.key(t, "config"))
+                    .send()
+                    .await
+                {
+                    Ok(h) => Ok(vec![FileInfo {
+                        name: "config".into(),
+                        size: h.content_length().unwrap_or(0).max(0) as u64,
+                    }]),
+                    Err(e) => {
+                        let err = self.err("list", "config", &e);
+                        if err.kind == BackendErrorKind::NotFound {
+                            Ok(vec![])
+                        } else {
+                            Err(err)
+                        }
+                    }
+                };
+            }
+            self.list_prefix(t.dirname(), t.dirname()).await
+        })
+    }
+
+    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
+        check_name(t, name, "read", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.read", backend = "s3", what = %what).entered();
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.loc.bucket)
+                .key(self.key(t, name))
+                .send()
+                .await
+                .map_err(|e| self.err("read", what.clone(), &e))?;
+            let body = resp.body.collect().await.map_err(|e| {
+                BackendError::new(
+                    BackendErrorKind::Transient,
+                    "read",
+                    what.clone(),
+                    self.location(),
+                    format!("download interrupted: {}", chain(&e)),
+                )
+            })?;
+            Ok(body.into_bytes().to_vec())
+        })
+    }
+
+    fn read_range(
+        &self,
+        t: FileType,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> BackendResult<Vec<u8>> {
+        check_name(t, name, "read", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.read_range", backend = "s3", what = %what, offset, length)
+            .entered();
+        if length == 0 {
+            return Ok(Vec::new());
+        }
+        let buf = self.rt.block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.loc.bucket)
+                .key(self.key(t, name))
+                .range(format!("bytes={}-{}", offset, offset + length - 1))
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    if status == Some(416) {
+                        // The range starts past the end: a truncated file, reported like one.
+                        return Ok(Vec::new());
+                    }
+                    return Err(self.err("read", what.clone(), &e));
+                }
+            };
+            let body = resp.body.collect().await.map_err(|e| {
+                BackendError::new(
+                    BackendErrorKind::Transient,
+                    "read",
+                    what.clone(),
+                    self.location(),
+                    format!("download interrupted: {}", chain(&e)),
+                )
+            })?;
+            Ok(body.into_bytes().to_vec())
+        })?;
+        if (buf.len() as u64) < length {
+            return Err(short_read_error(
+                what,
+                self.location(),
+                offset,
+                length,
+                buf.len(),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
+        check_name(t, name, "write", &self.location())?;
+        let what = object_path(t, name, false);
+        let key = self.key(t, name);
+        let _span =
+            debug_span!("backend.write", backend = "s3", what = %what, size = data.len()).entered();
+        self.rt.block_on(async {
+            if data.len() > self.multipart_threshold {
+                self.put_multipart(&key, &what, data).await
+            } else {
+                self.put_single(&key, &what, data).await
+            }
+        })
+    }
+
+    fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
+        check_name(t, name, "remove", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.remove", backend = "s3", what = %what).entered();
+        self.rt.block_on(async {
+            // On a versioned bucket this adds a delete marker and older versions stay: that
+            // is exactly what Object Lock setups rely on, and restic sees the file as gone.
+            match self
+                .client
+                .delete_object()
+                .bucket(&self.loc.bucket)
+                .key(self.key(t, name))
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = self.err("remove", what, &e);
+                    if err.kind == BackendErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use BackendErrorKind as K;
+
+    #[test]
+    fn service_errors_map_to_engine_kinds() {
+        assert_eq!(classify_service(404, "NoSuchKey", ""), K::NotFound);
+        assert_eq!(classify_service(404, "", ""), K::NotFound);
+        assert_eq!(
+            classify_service(403, "AccessDenied", "Access Denied."),
+            K::Denied
+        );
+        assert_eq!(
+            classify_service(
+                403,
+                "AccessDenied",
+                "Access Denied. Object is WORM protected and cannot be overwritten"
+            ),
+            K::Locked
+        );
+        assert_eq!(
+            classify_service(
+                400,
+                "InvalidRequest",
+                "Object is protected by retention settings"
+            ),
+            K::Locked
+        );
+        assert_eq!(
+            classify_service(400, "InvalidRequest", "bad part"),
+            K::Other
+        );
+        assert_eq!(classify_service(507, "XMinioStorageFull", ""), K::NoSpace);
+        assert_eq!(classify_service(503, "SlowDown", ""), K::Transient);
+        assert_eq!(classify_service(500, "", ""), K::Transient);
+    }
+}
