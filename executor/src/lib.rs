@@ -4,8 +4,11 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod backend;
+pub mod check;
 pub mod crypto;
 pub mod format;
 pub mod id;
 pub mod lock;
+pub mod pattern;
 pub mod repo;
+pub mod restore;

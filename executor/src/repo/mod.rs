@@ -353,6 +353,12 @@ pub fn decode_blob(
 }
 
 impl IndexedRepository {
+    pub fn from_parts(repo: Repository, index: MasterIndex) -> IndexedRepository {
+        IndexedRepository { repo, index }
+    }
+    pub fn into_parts(self) -> (Repository, MasterIndex) {
+        (self.repo, self.index)
+    }
     pub fn index(&self) -> &MasterIndex {
         &self.index
     }
