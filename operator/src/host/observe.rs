@@ -96,7 +96,9 @@ pub async fn timer_states<S: HostShell>(
     sh: &S,
     units: &[String],
 ) -> Result<Vec<TimerState>, HostError> {
-    let mut argv = vec!["systemctl", "show", "--timestamp=unix"];
+    // `show` prints local time in the host's zone (and ignores --timestamp= on systemd 252);
+    // forcing UTC makes the output parseable everywhere.
+    let mut argv = vec!["env", "TZ=UTC", "LC_ALL=C", "systemctl", "show"];
     for p in [
         "Id",
         "ActiveState",
@@ -107,15 +109,7 @@ pub async fn timer_states<S: HostShell>(
         argv.extend(["-p", p]);
     }
     argv.extend(units.iter().map(String::as_str));
-    let out = match sh.run(&argv, b"").await? {
-        o if o.success() => o,
-        // systemd < 251 lacks --timestamp=unix; fall back to the default format, whose
-        // timestamps are then not parsed.
-        _ => {
-            argv.remove(2);
-            run_ok(sh, "systemctl show timers", &argv, b"").await?
-        }
-    };
+    let out = run_ok(sh, "systemctl show timers", &argv, b"").await?;
     Ok(parse_show(&out.stdout_text()))
 }
 
@@ -142,8 +136,15 @@ pub fn parse_show(text: &str) -> Vec<TimerState> {
         .collect()
 }
 
+/// `Mon 2026-11-23 03:00:59 UTC` (with TZ=UTC) or `@1700000000` → unix seconds.
 fn parse_unix(v: &str) -> Option<i64> {
-    v.strip_prefix('@')?.parse().ok().filter(|s| *s > 0)
+    if let Some(secs) = v.strip_prefix('@') {
+        return secs.parse().ok().filter(|s| *s > 0);
+    }
+    let rest = v.split_once(' ')?.1.strip_suffix(" UTC")?;
+    chrono::NaiveDateTime::parse_from_str(rest, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
 }
 
 #[cfg(test)]
@@ -153,13 +154,13 @@ mod tests {
     #[test]
     fn parses_show_blocks() {
         let text = "Id=fleetsnap-backup-a.timer\nActiveState=active\nUnitFileState=enabled\n\
-                    LastTriggerUSec=@1740794400\nNextElapseUSecRealtime=@1740880800\n\n\
+                    LastTriggerUSec=@1740794400\nNextElapseUSecRealtime=Mon 2025-03-03 02:00:00 UTC\n\n\
                     Id=fleetsnap-verify-a.timer\nActiveState=inactive\nUnitFileState=disabled\n\
                     LastTriggerUSec=n/a\nNextElapseUSecRealtime=\n";
         let t = parse_show(text);
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].last_trigger, Some(1740794400));
-        assert_eq!(t[0].next_elapse, Some(1740880800));
+        assert_eq!(t[0].next_elapse, Some(1740967200));
         assert_eq!(t[1].last_trigger, None);
         assert_eq!(t[1].unit_file_state, "disabled");
     }
