@@ -221,6 +221,22 @@ async fn apply_is_idempotent_secret_free_and_removable() {
     assert!(!report2.changed());
     assert_eq!(snapshot(&host, &slug).await, before);
 
+    // A schedule systemd rejects: verification fails on the host and the installed units,
+    // config and credentials stay exactly as they were.
+    let mut bad = p.clone();
+    bad.on_calendar = "not a calendar".into();
+    let bad_inputs = JobInputs {
+        artifact: &a1,
+        policy: &bad,
+        credentials: &creds,
+    };
+    let err = reconcile_job(&host, &bad_inputs).await.unwrap_err();
+    assert!(matches!(err, HostError::VerifyFailed { .. }), "{err}");
+    assert!(err.to_string().contains("calendar"), "{err}");
+    assert_eq!(snapshot(&host, &slug).await, before);
+    let (_, staged) = sh_out(&host, "ls -A /etc/fleetsnap/.staging", b"").await;
+    assert_eq!(staged, "", "staging left behind");
+
     // Executor upgrade: new versioned binary, link switched, units untouched.
     let a2 = artifact(tmp.path(), "0.0.2-it");
     let inputs2 = JobInputs {
