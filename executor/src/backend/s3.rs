@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
@@ -120,10 +122,13 @@ impl S3Backend {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        // Not the SDK's default region chain: that ends at EC2 instance metadata, which
+        // means a network probe (and a delay) on every host that is not on EC2.
         let region_chain = match &opts.region {
             Some(r) => RegionProviderChain::first_try(Region::new(r.clone())),
-            None => RegionProviderChain::default_provider(),
+            None => RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new()),
         }
+        .or_else(ProfileFileRegionProvider::new())
         .or_else(Region::from_static("us-east-1"));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)

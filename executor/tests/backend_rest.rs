@@ -1,0 +1,153 @@
+//! The REST backend against a real `rclone serve restic` on 127.0.0.1.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Rclone, id, pattern};
+use fleetsnap::backend::{self, Backend, BackendErrorKind, FileInfo, FileType};
+
+#[test]
+fn every_trait_method_against_rclone() {
+    let server = Rclone::start(&[]);
+    let b = backend::open(&server.url(None)).unwrap();
+    b.create().unwrap();
+    b.create().unwrap();
+    for t in [
+        FileType::Config,
+        FileType::Key,
+        FileType::Pack,
+        FileType::Lock,
+    ] {
+        assert!(b.list(t).unwrap().is_empty(), "{t} not empty");
+    }
+    assert_eq!(
+        b.read(FileType::Config, "config").unwrap_err().kind,
+        BackendErrorKind::NotFound
+    );
+
+    let pack = pattern(40 << 20, 3);
+    b.write(FileType::Config, "config", b"cfg").unwrap();
+    b.write(FileType::Key, &id(1), b"key").unwrap();
+    b.write(FileType::Pack, &id(2), &pack).unwrap();
+    b.write(FileType::Lock, &id(3), b"lock").unwrap();
+
+    assert_eq!(b.read(FileType::Config, "config").unwrap(), b"cfg");
+    assert!(b.read(FileType::Pack, &id(2)).unwrap() == pack);
+    assert_eq!(
+        b.read_range(FileType::Pack, &id(2), 12345, 777).unwrap(),
+        &pack[12345..12345 + 777]
+    );
+    let short = b
+        .read_range(FileType::Pack, &id(2), (40 << 20) - 5, 10)
+        .unwrap_err();
+    assert!(short.message.contains("too short"), "{short}");
+
+    assert_eq!(
+        b.list(FileType::Config).unwrap(),
+        vec![FileInfo {
+            name: "config".into(),
+            size: 3
+        }]
+    );
+    assert_eq!(
+        b.list(FileType::Pack).unwrap(),
+        vec![FileInfo {
+            name: id(2),
+            size: 40 << 20
+        }]
+    );
+    assert_eq!(b.list(FileType::Key).unwrap()[0].name, id(1));
+
+    b.remove(FileType::Lock, &id(3)).unwrap();
+    b.remove(FileType::Lock, &id(3)).unwrap();
+    assert!(b.list(FileType::Lock).unwrap().is_empty());
+    let e = b.read(FileType::Lock, &id(3)).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::NotFound, "{e}");
+    // The REST layout keeps packs flat under data/.
+    assert!(
+        b.read(FileType::Pack, &id(9))
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("data/{}", id(9)))
+    );
+}
+
+#[test]
+fn concurrent_writes_from_many_threads() {
+    let server = Rclone::start(&[]);
+    let b = backend::open(&server.url(None)).unwrap();
+    b.create().unwrap();
+    std::thread::scope(|s| {
+        for w in 0..8u64 {
+            let b: Arc<dyn Backend> = b.clone();
+            s.spawn(move || {
+                for i in 0..8u64 {
+                    let n = w * 100 + i;
+                    b.write(FileType::Pack, &id(n), &pattern(100_000 + n as usize, n))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(b.list(FileType::Pack).unwrap().len(), 64);
+    for n in [0u64, 107, 703] {
+        assert_eq!(
+            b.read(FileType::Pack, &id(n)).unwrap(),
+            pattern(100_000 + n as usize, n)
+        );
+    }
+}
+
+#[test]
+fn append_only_server_refuses_delete_clearly() {
+    let server = Rclone::start(&["--append-only"]);
+    let b = backend::open(&server.url(None)).unwrap();
+    b.create().unwrap();
+    b.write(FileType::Snapshot, &id(1), b"snap").unwrap();
+
+    let e = b.remove(FileType::Snapshot, &id(1)).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Denied, "{e}");
+    assert!(
+        e.message.contains(&format!(
+            "the REST server refused to delete snapshots/{}: it is append-only for this identity",
+            id(1)
+        )),
+        "{e}"
+    );
+    assert_eq!(b.read(FileType::Snapshot, &id(1)).unwrap(), b"snap");
+}
+
+#[test]
+fn basic_auth_and_no_password_in_messages() {
+    let server = Rclone::start(&["--user", "host-1", "--pass", "s3cr3t/pw"]);
+    let good = backend::open(&server.url(Some("host-1:s3cr3t%2Fpw"))).unwrap();
+    good.create().unwrap();
+    good.write(FileType::Key, &id(1), b"k").unwrap();
+    assert_eq!(good.list(FileType::Key).unwrap().len(), 1);
+    assert!(!good.location().contains("s3cr3t"), "{}", good.location());
+
+    let bad = backend::open(&server.url(Some("host-1:wrong-pw"))).unwrap();
+    let e = bad.list(FileType::Key).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Denied, "{e}");
+    assert!(!e.to_string().contains("wrong-pw"), "{e}");
+}
+
+#[test]
+fn unreachable_server_fails_as_transient() {
+    let port = common::free_port();
+    let b = backend::RestBackend::open(
+        match backend::url::parse(&format!("rest:http://127.0.0.1:{port}/")).unwrap() {
+            backend::Location::Rest(l) => l,
+            other => panic!("{other:?}"),
+        },
+    )
+    .unwrap()
+    .with_retry(backend::retry::RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(2),
+    });
+    let e = b.list(FileType::Index).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
+}

@@ -1,0 +1,265 @@
+//! The S3 backend against a real MinIO on 127.0.0.1.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Minio, id, pattern};
+use fleetsnap::backend::url::{Location, parse};
+use fleetsnap::backend::{Backend, BackendErrorKind, FileInfo, FileType, S3Backend, S3Options};
+
+fn s3_location(endpoint: &str, bucket: &str, prefix: &str) -> fleetsnap::backend::url::S3Location {
+    match parse(&format!("s3:{endpoint}/{bucket}/{prefix}")).unwrap() {
+        Location::S3(l) => l,
+        other => panic!("not an s3 location: {other:?}"),
+    }
+}
+
+fn backend(minio: &Minio, bucket: &str, prefix: &str, opts: S3Options) -> S3Backend {
+    let opts = S3Options {
+        static_credentials: Some((common::MINIO_USER.into(), common::MINIO_PASSWORD.into())),
+        ..opts
+    };
+    S3Backend::open(s3_location(&minio.endpoint, bucket, prefix), opts).unwrap()
+}
+
+fn sorted(mut v: Vec<FileInfo>) -> Vec<FileInfo> {
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+#[test]
+fn every_trait_method_against_minio() {
+    let minio = Minio::start();
+    let b = backend(&minio, "repo", "hosts/web-1", S3Options::default());
+
+    // create() makes the bucket and is idempotent.
+    b.create().unwrap();
+    b.create().unwrap();
+    for t in [
+        FileType::Config,
+        FileType::Key,
+        FileType::Pack,
+        FileType::Lock,
+    ] {
+        assert!(b.list(t).unwrap().is_empty(), "{t} not empty");
+    }
+    let e = b.read(FileType::Config, "config").unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::NotFound, "{e}");
+
+    let pack = pattern(300_000, 1);
+    b.write(FileType::Config, "config", b"cfg").unwrap();
+    b.write(FileType::Key, &id(1), b"key").unwrap();
+    b.write(FileType::Pack, &id(2), &pack).unwrap();
+    b.write(FileType::Snapshot, &id(3), b"snap").unwrap();
+    b.write(FileType::Index, &id(4), b"").unwrap();
+
+    // restic's default layout under the prefix, packs fanned out by two hex digits.
+    let mut keys = minio.admin().keys("repo");
+    keys.sort();
+    let p2 = id(2);
+    assert!(
+        keys.contains(&format!("hosts/web-1/data/{}/{p2}", &p2[..2])),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"hosts/web-1/config".to_string()), "{keys:?}");
+
+    assert_eq!(b.read(FileType::Config, "config").unwrap(), b"cfg");
+    assert_eq!(b.read(FileType::Pack, &id(2)).unwrap(), pack);
+    assert_eq!(b.read(FileType::Index, &id(4)).unwrap(), b"");
+    assert_eq!(
+        b.read_range(FileType::Pack, &id(2), 1000, 5000).unwrap(),
+        &pack[1000..6000]
+    );
+    assert_eq!(
+        b.read_range(FileType::Pack, &id(2), 299_990, 10).unwrap(),
+        &pack[299_990..]
+    );
+    let short = b
+        .read_range(FileType::Pack, &id(2), 299_990, 20)
+        .unwrap_err();
+    assert!(short.message.contains("too short"), "{short}");
+    let past = b
+        .read_range(FileType::Pack, &id(2), 400_000, 20)
+        .unwrap_err();
+    assert!(past.message.contains("too short"), "{past}");
+
+    assert_eq!(
+        b.list(FileType::Config).unwrap(),
+        vec![FileInfo {
+            name: "config".into(),
+            size: 3
+        }]
+    );
+    assert_eq!(
+        b.list(FileType::Pack).unwrap(),
+        vec![FileInfo {
+            name: id(2),
+            size: 300_000
+        }]
+    );
+    assert_eq!(b.list(FileType::Key).unwrap().len(), 1);
+
+    b.remove(FileType::Pack, &id(2)).unwrap();
+    b.remove(FileType::Pack, &id(2)).unwrap();
+    assert!(b.list(FileType::Pack).unwrap().is_empty());
+    let e = b.read(FileType::Pack, &id(2)).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::NotFound);
+    assert!(
+        e.to_string().contains(&format!("data/{}/{p2}", &p2[..2])),
+        "{e}"
+    );
+
+    // Another prefix in the same bucket is another repository.
+    let other = backend(&minio, "repo", "hosts/web-2", S3Options::default());
+    assert!(other.list(FileType::Key).unwrap().is_empty());
+
+    let shown = b.location();
+    assert!(!shown.contains(common::MINIO_PASSWORD) && !shown.contains(common::MINIO_USER));
+    assert_eq!(shown, format!("s3:{}/repo/hosts/web-1", minio.endpoint));
+}
+
+#[test]
+fn listing_paginates_past_a_thousand_objects() {
+    let minio = Minio::start();
+    let b = Arc::new(backend(&minio, "many", "", S3Options::default()));
+    b.create().unwrap();
+    let n = 1100u64;
+    std::thread::scope(|s| {
+        for w in 0..8u64 {
+            let b = b.clone();
+            s.spawn(move || {
+                for i in (w..n).step_by(8) {
+                    b.write(FileType::Index, &id(i), b"i").unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(b.list(FileType::Index).unwrap().len(), n as usize);
+}
+
+#[test]
+fn concurrent_writes_from_many_threads() {
+    let minio = Minio::start();
+    let b: Arc<dyn Backend> = Arc::new(backend(&minio, "conc", "r", S3Options::default()));
+    b.create().unwrap();
+    std::thread::scope(|s| {
+        for w in 0..8u64 {
+            let b = b.clone();
+            s.spawn(move || {
+                for i in 0..8u64 {
+                    let n = w * 100 + i;
+                    b.write(FileType::Pack, &id(n), &pattern(200_000 + n as usize, n))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let listed = sorted(b.list(FileType::Pack).unwrap());
+    assert_eq!(listed.len(), 64);
+    for w in 0..8u64 {
+        for i in 0..8u64 {
+            let n = w * 100 + i;
+            assert_eq!(
+                b.read(FileType::Pack, &id(n)).unwrap(),
+                pattern(200_000 + n as usize, n)
+            );
+        }
+    }
+}
+
+#[test]
+fn large_pack_goes_up_in_parts() {
+    let minio = Minio::start();
+    let b = backend(&minio, "big", "r", S3Options::default());
+    b.create().unwrap();
+    let data = pattern(100 << 20, 7);
+    let name = id(77);
+    b.write(FileType::Pack, &name, &data).unwrap();
+
+    // A multipart object's ETag is "<md5 of part md5s>-<number of parts>".
+    let etag = minio
+        .admin()
+        .etag("big", &format!("r/data/{}/{name}", &name[..2]));
+    assert!(etag.trim_matches('"').ends_with("-7"), "etag {etag}");
+
+    assert_eq!(
+        b.list(FileType::Pack).unwrap(),
+        vec![FileInfo {
+            name: name.clone(),
+            size: 100 << 20
+        }]
+    );
+    // Across the 16 MiB part boundary.
+    let off = (16 << 20) - 1000;
+    assert_eq!(
+        b.read_range(FileType::Pack, &name, off, 4000).unwrap(),
+        &data[off as usize..off as usize + 4000]
+    );
+    assert!(b.read(FileType::Pack, &name).unwrap() == data);
+}
+
+#[test]
+fn object_lock_refuses_deleting_a_locked_version() {
+    let minio = Minio::start();
+    minio.admin().create_locked_bucket("worm");
+    let b = backend(&minio, "worm", "r", S3Options::default());
+    b.create().unwrap();
+    let name = id(5);
+    b.write(FileType::Snapshot, &name, b"precious").unwrap();
+
+    // A plain delete leaves a delete marker: the file is gone for restic, history stays.
+    b.remove(FileType::Snapshot, &name).unwrap();
+    assert!(b.list(FileType::Snapshot).unwrap().is_empty());
+    assert_eq!(
+        b.read(FileType::Snapshot, &name).unwrap_err().kind,
+        BackendErrorKind::NotFound
+    );
+
+    let versions = b.versions(FileType::Snapshot, &name).unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let e = b
+        .remove_version(FileType::Snapshot, &name, &versions[0])
+        .unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Locked, "{e}");
+    assert!(e.to_string().contains(&format!("snapshots/{name}")), "{e}");
+    assert_eq!(b.versions(FileType::Snapshot, &name).unwrap(), versions);
+}
+
+#[test]
+fn wrong_credentials_are_denied() {
+    let minio = Minio::start();
+    minio.admin().create_bucket("private");
+    let loc = s3_location(&minio.endpoint, "private", "r");
+    let b = S3Backend::open(
+        loc,
+        S3Options {
+            static_credentials: Some((common::MINIO_USER.into(), "not-the-secret".into())),
+            max_attempts: Some(2),
+            ..S3Options::default()
+        },
+    )
+    .unwrap();
+    let e = b.write(FileType::Key, &id(1), b"k").unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Denied, "{e}");
+    assert!(!e.to_string().contains("not-the-secret"), "{e}");
+    let e = b.list(FileType::Key).unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Denied, "{e}");
+}
+
+#[test]
+fn unreachable_endpoint_is_transient() {
+    let port = common::free_port();
+    let loc = s3_location(&format!("http://127.0.0.1:{port}"), "b", "");
+    let b = S3Backend::open(
+        loc,
+        S3Options {
+            static_credentials: Some(("k".into(), "s".into())),
+            max_attempts: Some(2),
+            ..S3Options::default()
+        },
+    )
+    .unwrap();
+    let e = b.read(FileType::Config, "config").unwrap_err();
+    assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
+}
