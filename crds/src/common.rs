@@ -581,3 +581,82 @@ mod tests {
         );
     }
 }
+
+/// The admission regex for `onCalendar` is checked here with the `regex` crate, whose syntax
+/// matches the RE2 dialect CEL uses, and against `systemd-analyze calendar` where available:
+/// anything admission accepts must be something systemd accepts.
+#[cfg(test)]
+mod on_calendar_regex {
+    use super::ON_CALENDAR_CEL;
+
+    fn admission_regex() -> regex::Regex {
+        let start = ON_CALENDAR_CEL.find("matches('").unwrap() + "matches('".len();
+        let end = ON_CALENDAR_CEL.rfind("')").unwrap();
+        regex::Regex::new(&ON_CALENDAR_CEL[start..end]).unwrap()
+    }
+
+    const ACCEPTED: &[&str] = &[
+        "daily",
+        "weekly",
+        "minutely",
+        "Sat",
+        "Mon..Fri 22:00",
+        "Mon,Wed,Fri *-*-* 03:15:00",
+        "Sun *-*-* 04:30:00",
+        "*-*-* 02:00:00",
+        "*:0/15",
+        "*-*-01 03:00:00",
+        "*-*-* 00/6:00:00",
+        "2026-12-24 18:00:00 UTC",
+        "*-*-* 02:00:00 Europe/Berlin",
+        "*-02~1",
+    ];
+
+    const REJECTED: &[&str] = &[
+        "",
+        "0 2 * * *",
+        "@daily",
+        "every night",
+        "daily\nExecStart=/bin/sh",
+        "*-*-* 02:00:00\n",
+        "nightly",
+        "Sun  04:30",
+        "02:00; rm -rf /",
+    ];
+
+    #[test]
+    fn accepts_common_expressions() {
+        let re = admission_regex();
+        for e in ACCEPTED {
+            assert!(re.is_match(e), "{e:?} should pass admission");
+        }
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let re = admission_regex();
+        for e in REJECTED {
+            assert!(!re.is_match(e), "{e:?} should be refused at admission");
+        }
+    }
+
+    #[test]
+    fn systemd_agrees_with_everything_admission_accepts() {
+        let probe = std::process::Command::new("systemd-analyze")
+            .arg("--version")
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("SKIP: systemd-analyze not installed");
+            return;
+        }
+        for e in ACCEPTED {
+            let ok = std::process::Command::new("systemd-analyze")
+                .args(["calendar", e])
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "admission accepts {e:?} but systemd does not");
+        }
+    }
+}

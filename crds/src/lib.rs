@@ -106,3 +106,146 @@ pub fn generated_files() -> Vec<GeneratedFile> {
         })
         .collect()
 }
+
+/// Markers around the generated part of docs/api.md; crdgen replaces what lies between them.
+pub const DOCS_BEGIN: &str = "<!-- BEGIN GENERATED FIELD REFERENCE: edit the doc comments in crds/src, then run `cargo run -p fleetsnap-crds --bin crdgen` -->";
+pub const DOCS_END: &str = "<!-- END GENERATED FIELD REFERENCE -->";
+
+/// A Markdown field table per kind, generated from the same schemas the apiserver enforces,
+/// so the reference cannot drift from the API.
+pub fn field_reference_markdown() -> String {
+    let mut out = String::new();
+    for crd in all_crds() {
+        let version = &crd.spec.versions[0];
+        let schema = serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("derived CRDs carry a schema"),
+        )
+        .expect("a schema always serializes");
+        let names = &crd.spec.names;
+        out.push_str(&format!(
+            "\n### {} reference\n\n`kubectl get {}` (short name `{}`)\n",
+            names.kind,
+            names.plural,
+            names
+                .short_names
+                .as_deref()
+                .unwrap_or_default()
+                .join("`, `")
+        ));
+        for part in ["spec", "status"] {
+            let Some(sub) = schema.get("properties").and_then(|p| p.get(part)) else {
+                continue;
+            };
+            out.push_str(&format!(
+                "\n| `{part}` field | type | default | description |\n|---|---|---|---|\n"
+            ));
+            let mut rows = Vec::new();
+            field_rows("", sub, &mut rows);
+            for row in rows {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn field_rows(prefix: &str, schema: &serde_json::Value, rows: &mut Vec<String>) {
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    for (name, prop) in props {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let (ty, inner) = match prop.get("type").and_then(|t| t.as_str()) {
+            Some("array") => {
+                let items = prop.get("items").cloned().unwrap_or_default();
+                let item_ty = items
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("object")
+                    .to_string();
+                (format!("[]{item_ty}"), Some(items))
+            }
+            Some("string") if prop.get("format").and_then(|f| f.as_str()) == Some("date-time") => {
+                ("timestamp".to_string(), None)
+            }
+            Some(t) => (t.to_string(), None),
+            None => ("object".to_string(), None),
+        };
+        let mut ty = ty;
+        if required.contains(&name.as_str()) {
+            ty.push_str(", required");
+        }
+        if let Some(values) = prop.get("enum").and_then(|e| e.as_array()) {
+            let values: Vec<String> = values.iter().map(|v| format!("`{}`", plain(v))).collect();
+            ty.push_str(&format!(": {}", values.join(" \\| ")));
+        }
+        if let (Some(min), Some(max)) = (prop.get("minimum"), prop.get("maximum")) {
+            ty.push_str(&format!(" ({}..{})", number(min), number(max)));
+        }
+        let default = prop
+            .get("default")
+            .map(|d| match plain(d) {
+                empty if empty.is_empty() => "`\"\"`".to_string(),
+                d => format!("`{d}`"),
+            })
+            .unwrap_or_default();
+        let description = prop
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .replace('\n', " ")
+            .replace('|', "\\|");
+        rows.push(format!("| `{path}` | {ty} | {default} | {description} |"));
+        // Label selectors are a standard Kubernetes type; their insides are not ours to document.
+        if name.ends_with("Selector") {
+            continue;
+        }
+        field_rows(&path, prop, rows);
+        if let Some(items) = inner {
+            field_rows(&format!("{path}[]"), &items, rows);
+        }
+    }
+}
+
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn number(v: &serde_json::Value) -> String {
+    // schemars writes bounds as floats (`1.0`); integers read better in docs.
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{}", f as i64),
+        _ => v.to_string(),
+    }
+}
+
+/// Replaces the generated section of a docs page, leaving the hand-written parts alone.
+pub fn splice_field_reference(doc: &str) -> Option<String> {
+    let begin = doc.find(DOCS_BEGIN)? + DOCS_BEGIN.len();
+    let end = doc.find(DOCS_END)?;
+    (begin <= end).then(|| {
+        format!(
+            "{}\n{}\n{}",
+            &doc[..begin],
+            field_reference_markdown().trim(),
+            &doc[end..]
+        )
+    })
+}

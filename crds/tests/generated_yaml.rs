@@ -176,3 +176,16 @@ fn every_cel_rule_has_a_message() {
     }
     assert!(bad.is_empty(), "rules without a message: {bad:#?}");
 }
+
+#[test]
+fn docs_field_reference_is_up_to_date() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
+    let page =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let regenerated = fleetsnap_crds::splice_field_reference(&page)
+        .unwrap_or_else(|| panic!("{} lacks the generated-reference markers", path.display()));
+    assert!(
+        page == regenerated,
+        "the field reference in docs/api.md is stale; {HINT}"
+    );
+}

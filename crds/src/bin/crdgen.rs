@@ -1,5 +1,6 @@
 //! Writes the CRD YAML of every fleetsnap kind into the crate's `generated/` folder and
-//! into the Helm chart's `crds/` folder, replacing whatever was there.
+//! into the Helm chart's `crds/` folder, replacing whatever was there, and refreshes the
+//! generated field reference in docs/api.md.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,5 +35,15 @@ fn main() -> std::io::Result<()> {
         write_all(dir)?;
         println!("wrote {}", dir.display());
     }
+    let docs = crate_dir.join("../docs/api.md");
+    let page = fs::read_to_string(&docs)?;
+    let updated = fleetsnap_crds::splice_field_reference(&page).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "{} lacks the generated-reference markers",
+            docs.display()
+        ))
+    })?;
+    fs::write(&docs, updated)?;
+    println!("wrote {}", docs.display());
     Ok(())
 }
