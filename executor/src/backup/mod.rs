@@ -1,0 +1,622 @@
+//! `backup`: walk → compare with the parent snapshot → chunk → hash → dedup → (pool:)
+//! compress → encrypt → pack → upload; then index, then snapshot.
+
+pub mod node;
+pub mod saver;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use crate::backend::FileType;
+use crate::format::index::{IndexBlob, IndexFile, IndexPack};
+use crate::format::pack::BlobType;
+use crate::format::snapshot::{Snapshot, SnapshotSummary};
+use crate::format::time::GoTime;
+use crate::format::tree::{Node, NodeType, Tree};
+use crate::id::Id;
+use crate::pattern::PathMatcher;
+use crate::repo::{IndexedRepository, RepoError, Result, corrupt};
+use node::{Names, node_from_metadata};
+use saver::Saver;
+
+pub const MIN_CHUNK: u32 = 512 * 1024;
+pub const AVG_CHUNK: u32 = 1024 * 1024;
+pub const MAX_CHUNK: u32 = 8 * 1024 * 1024;
+/// Index files are split like restic's (any size is readable, smaller loads faster).
+const INDEX_MAX_BLOBS: usize = 50_000;
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+pub enum Source {
+    Paths(Vec<PathBuf>),
+    /// Store one stream under this file name (stdin or a command's stdout).
+    Stream {
+        filename: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+pub struct BackupOptions {
+    pub excludes: PathMatcher,
+    pub exclude_patterns: Vec<String>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    pub tags: Vec<String>,
+    pub host: String,
+    /// Called with a JSON status line now and then (for `--json`).
+    pub progress: Option<Box<dyn FnMut(&Progress)>>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Progress {
+    pub files_done: u64,
+    pub bytes_done: u64,
+    pub seconds_elapsed: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BackupResult {
+    pub snapshot_id: String,
+    pub parent: Option<String>,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+    pub data_added: u64,
+    pub data_added_packed: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+    pub total_duration: f64,
+    /// Source entries that could not be read (exit code 3 when non-empty).
+    pub errors: Vec<String>,
+}
+
+struct Walker<'a> {
+    repo: &'a IndexedRepository,
+    saver: &'a Saver,
+    opts: &'a mut BackupOptions,
+    names: Names,
+    res: BackupResult,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl Walker<'_> {
+    fn save_blob(&mut self, t: BlobType, data: Vec<u8>) -> Result<Id> {
+        let id = Id::hash(&data);
+        let known = self.repo.index().has(t, &id);
+        self.saver.save(t, id, data, known)?;
+        Ok(id)
+    }
+
+    fn save_tree(&mut self, nodes: Vec<Node>) -> Result<Id> {
+        let json = Tree { nodes }.to_json().map_err(|e| corrupt("tree", e))?;
+        self.save_blob(BlobType::Tree, json)
+    }
+
+    fn progress(&mut self) {
+        if self.last_progress.elapsed().as_secs() >= 1
+            && let Some(cb) = self.opts.progress.as_mut()
+        {
+            self.last_progress = Instant::now();
+            cb(&Progress {
+                files_done: self.res.total_files_processed,
+                bytes_done: self.res.total_bytes_processed,
+                seconds_elapsed: self.started.elapsed().as_secs(),
+            });
+        }
+    }
+
+    /// Chunk a stream into data blobs; never holds more than one chunk here.
+    fn chunk_stream(&mut self, r: impl Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+        let mut content = Vec::new();
+        let mut total = 0u64;
+        for chunk in fastcdc::v2020::StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(fastcdc::v2020::Error::IoError(e)) => return Err(e),
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
+            total += chunk.length as u64;
+            match self.save_blob(BlobType::Data, chunk.data) {
+                Ok(id) => content.push(id),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok((content, total)))
+    }
+
+    fn file_unchanged(node: &Node, old: Option<&Node>, repo: &IndexedRepository) -> bool {
+        let Some(o) = old else { return false };
+        o.node_type == NodeType::File
+            && o.size == node.size
+            && o.mtime.unix() == node.mtime.unix()
+            && o.ctime.unix() == node.ctime.unix()
+            && o.inode == node.inode
+            && o.content
+                .as_ref()
+                .is_some_and(|c| c.iter().all(|id| repo.index().has(BlobType::Data, id)))
+    }
+
+    /// Back up one filesystem entry; None when excluded or unreadable (recorded).
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        old: Option<&Node>,
+        dev: Option<u64>,
+    ) -> Result<Option<Node>> {
+        if self.opts.excludes.matches(path.as_os_str().as_bytes()) {
+            return Ok(None);
+        }
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.res.errors.push(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        let mut node = node_from_metadata(name, path, &meta, &mut self.names);
+        self.progress();
+        match node.node_type {
+            NodeType::File => {
+                self.res.total_files_processed += 1;
+                self.res.total_bytes_processed += node.size;
+                if Self::file_unchanged(&node, old, self.repo) {
+                    node.content = old.and_then(|o| o.content.clone());
+                    self.res.files_unmodified += 1;
+                    return Ok(Some(node));
+                }
+                let f = match File::open(path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.res.errors.push(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                };
+                match self.chunk_stream(f) {
+                    Ok(r) => {
+                        let (content, _) = r?;
+                        node.content = Some(content);
+                    }
+                    Err(e) => {
+                        self.res.errors.push(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                }
+                if old.is_some() {
+                    self.res.files_changed += 1;
+                } else {
+                    self.res.files_new += 1;
+                }
+            }
+            NodeType::Dir => {
+                if let Some(d) = dev
+                    && self.opts.one_file_system
+                    && meta.dev() != d
+                {
+                    return Ok(None);
+                }
+                let old_tree = match old.and_then(|o| o.subtree) {
+                    Some(t) => self.repo.load_tree(&t).ok(),
+                    None => None,
+                };
+                let sub = self.dir(path, old_tree.as_ref(), Some(dev.unwrap_or(meta.dev())))?;
+                let old_sub = old.and_then(|o| o.subtree);
+                match old_sub {
+                    None => self.res.dirs_new += 1,
+                    Some(o) if o == sub => self.res.dirs_unmodified += 1,
+                    Some(_) => self.res.dirs_changed += 1,
+                }
+                node.subtree = Some(sub);
+            }
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    fn dir(&mut self, path: &Path, old: Option<&Tree>, dev: Option<u64>) -> Result<Id> {
+        let mut entries: Vec<Vec<u8>> = match std::fs::read_dir(path) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Err(err) => {
+                        self.res.errors.push(format!("{}: {err}", path.display()));
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.res.errors.push(format!("{}: {e}", path.display()));
+                Vec::new()
+            }
+        };
+        if self.opts.exclude_caches && is_cache_dir(path) {
+            entries.retain(|n| n == b"CACHEDIR.TAG");
+        }
+        entries.sort();
+        let mut nodes = Vec::with_capacity(entries.len());
+        for name in entries {
+            let child = path.join(std::ffi::OsStr::from_bytes(&name));
+            let old_node = old.and_then(|t| t.nodes.iter().find(|n| n.name == name));
+            if let Some(n) = self.entry(&child, &name, old_node, dev)? {
+                nodes.push(n);
+            }
+        }
+        self.save_tree(nodes)
+    }
+
+    /// The root tree holds the path components of every target (`/a/b` → `a` → `b`).
+    fn virtual_dir(&mut self, prefix: &Path, v: &VDir, old: Option<&Tree>) -> Result<Id> {
+        let mut nodes = Vec::new();
+        for (name, child) in &v.children {
+            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
+            let old_node = old.and_then(|t| t.nodes.iter().find(|n| &n.name == name));
+            match child {
+                VEntry::Target => {
+                    if let Some(n) = self.entry(&path, name, old_node, None)? {
+                        nodes.push(n);
+                    }
+                }
+                VEntry::Dir(d) => {
+                    let meta = std::fs::symlink_metadata(&path)
+                        .map_err(|e| RepoError::Usage(format!("{}: {e}", path.display())))?;
+                    let mut node = node_from_metadata(name, &path, &meta, &mut self.names);
+                    let old_tree = match old_node.and_then(|o| o.subtree) {
+                        Some(t) => self.repo.load_tree(&t).ok(),
+                        None => None,
+                    };
+                    node.subtree = Some(self.virtual_dir(&path, d, old_tree.as_ref())?);
+                    nodes.push(node);
+                }
+            }
+        }
+        self.save_tree(nodes)
+    }
+}
+
+fn is_cache_dir(path: &Path) -> bool {
+    let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
+    File::open(path.join("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok()
+        && buf == CACHEDIR_SIGNATURE
+}
+
+#[derive(Default)]
+struct VDir {
+    children: BTreeMap<Vec<u8>, VEntry>,
+}
+
+enum VEntry {
+    Target,
+    Dir(VDir),
+}
+
+fn build_vdir(targets: &[PathBuf]) -> Result<VDir> {
+    let mut root = VDir::default();
+    for t in targets {
+        let comps: Vec<Vec<u8>> = t
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect();
+        if comps.is_empty() {
+            return Err(RepoError::Usage(
+                "backing up `/` itself is not supported yet; list its subdirectories".into(),
+            ));
+        }
+        let mut cur = &mut root;
+        for (i, c) in comps.iter().enumerate() {
+            if i + 1 == comps.len() {
+                cur.children.insert(c.clone(), VEntry::Target);
+                break;
+            }
+            let e = cur
+                .children
+                .entry(c.clone())
+                .or_insert_with(|| VEntry::Dir(VDir::default()));
+            match e {
+                VEntry::Dir(d) => cur = d,
+                // An ancestor is itself a target: it already covers this path.
+                VEntry::Target => break,
+            }
+        }
+    }
+    Ok(root)
+}
+
+/// Absolute, lexically normalized (no symlink resolution, like restic).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let abs =
+        std::path::absolute(p).map_err(|e| RepoError::Usage(format!("{}: {e}", p.display())))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(s) => out.push(s),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+pub fn find_parent(
+    repo: &IndexedRepository,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    let mut want = paths.to_vec();
+    want.sort();
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+        let mut have = s.paths.clone();
+        have.sort();
+        s.hostname == host && have == want
+    }))
+}
+
+/// Write index files for everything stored; only after this may a snapshot refer to it.
+pub fn write_index(
+    repo: &IndexedRepository,
+    stored: &[(Id, Vec<crate::format::pack::PackedBlob>)],
+) -> Result<Vec<Id>> {
+    let mut ids = Vec::new();
+    let mut cur = IndexFile::default();
+    let mut count = 0;
+    for (pack, blobs) in stored {
+        cur.packs.push(IndexPack {
+            id: *pack,
+            blobs: blobs.iter().map(IndexBlob::from).collect(),
+        });
+        count += blobs.len();
+        if count >= INDEX_MAX_BLOBS {
+            ids.push(repo.save_unpacked_raw(FileType::Index, &cur.to_json())?);
+            cur = IndexFile::default();
+            count = 0;
+        }
+    }
+    if !cur.packs.is_empty() {
+        ids.push(repo.save_unpacked_raw(FileType::Index, &cur.to_json())?);
+    }
+    Ok(ids)
+}
+
+pub fn backup(
+    repo: &mut IndexedRepository,
+    source: Source,
+    mut opts: BackupOptions,
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    let start_time = GoTime::now();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let saver = Saver::new(repo, cpus, 4);
+    let (paths, parent, tree, res) = {
+        let mut w = Walker {
+            repo,
+            saver: &saver,
+            opts: &mut opts,
+            names: Names::default(),
+            res: BackupResult::default(),
+            started,
+            last_progress: Instant::now(),
+        };
+        match source {
+            Source::Paths(targets) => {
+                let mut abs = Vec::new();
+                for t in &targets {
+                    abs.push(absolute(t)?);
+                }
+                let paths: Vec<String> = abs
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect();
+                let parent = find_parent(w.repo, &w.opts.host, &paths)?;
+                let old_root = match &parent {
+                    Some((_, s)) => w.repo.load_tree(&s.tree).ok(),
+                    None => None,
+                };
+                let v = build_vdir(&abs)?;
+                let tree = w.virtual_dir(Path::new("/"), &v, old_root.as_ref())?;
+                (paths, parent.map(|p| p.0), tree, w.res)
+            }
+            Source::Stream { filename, reader } => {
+                if filename.is_empty() || filename.contains('/') {
+                    return Err(RepoError::Usage(format!(
+                        "invalid --stdin-filename {filename:?}"
+                    )));
+                }
+                let (content, size) = w
+                    .chunk_stream(reader)
+                    .map_err(|e| RepoError::Usage(format!("reading {filename}: {e}")))??;
+                let now = GoTime::now();
+                let node = Node {
+                    name: filename.as_bytes().to_vec(),
+                    node_type: NodeType::File,
+                    mode: 0o644,
+                    mtime: now,
+                    atime: now,
+                    ctime: now,
+                    uid: unsafe { libc::getuid() },
+                    gid: unsafe { libc::getgid() },
+                    size,
+                    content: Some(content),
+                    ..Default::default()
+                };
+                w.res.files_new = 1;
+                w.res.total_files_processed = 1;
+                w.res.total_bytes_processed = size;
+                let tree = w.save_tree(vec![node])?;
+                (vec![format!("/{filename}")], None, tree, w.res)
+            }
+        }
+    };
+    let mut res = res;
+    // Crash safety: packs are durable before `finish` returns, then the index, then the snapshot.
+    let (stored, stats) = saver.finish()?;
+    write_index(repo, &stored)?;
+    for (pack, blobs) in &stored {
+        repo.index_mut().add_pack(*pack, blobs);
+    }
+    res.data_blobs = stats.data_blobs;
+    res.tree_blobs = stats.tree_blobs;
+    res.data_added = stats.data_added;
+    res.data_added_packed = stats.data_added_packed;
+    let snap = Snapshot {
+        time: start_time,
+        parent,
+        tree,
+        paths,
+        hostname: opts.host.clone(),
+        username: crate::repo::username(),
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        excludes: opts.exclude_patterns.clone(),
+        tags: opts.tags.clone(),
+        program_version: format!("fleetsnap {}", crate::VERSION),
+        summary: Some(SnapshotSummary {
+            backup_start: start_time,
+            backup_end: GoTime::now(),
+            files_new: res.files_new,
+            files_changed: res.files_changed,
+            files_unmodified: res.files_unmodified,
+            dirs_new: res.dirs_new,
+            dirs_changed: res.dirs_changed,
+            dirs_unmodified: res.dirs_unmodified,
+            data_blobs: res.data_blobs,
+            tree_blobs: res.tree_blobs,
+            data_added: res.data_added,
+            data_added_packed: res.data_added_packed,
+            total_files_processed: res.total_files_processed,
+            total_bytes_processed: res.total_bytes_processed,
+        }),
+        ..Default::default()
+    };
+    let id = repo.save_unpacked(FileType::Snapshot, &snap)?;
+    res.snapshot_id = id.to_hex();
+    res.parent = parent.map(|p| p.to_hex());
+    res.total_duration = started.elapsed().as_secs_f64();
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Repository;
+    use crate::repo::mem::MemBackend;
+    use std::sync::Arc;
+
+    fn opts(host: &str) -> BackupOptions {
+        BackupOptions {
+            excludes: PathMatcher::new(&["*.skip".into()]).unwrap(),
+            exclude_patterns: vec!["*.skip".into()],
+            exclude_caches: true,
+            one_file_system: false,
+            tags: vec!["t".into()],
+            host: host.into(),
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn backup_restore_check_and_incremental() {
+        let src = tempfile::tempdir().unwrap();
+        let s = src.path();
+        std::fs::create_dir_all(s.join("d/e")).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(s.join("big.bin"), &big).unwrap();
+        std::fs::write(s.join("d/e/small.txt"), b"hello").unwrap();
+        std::fs::write(s.join("d/empty"), b"").unwrap();
+        std::fs::write(s.join("x.skip"), b"no").unwrap();
+        std::fs::write(s.join(std::ffi::OsStr::from_bytes(b"raw-\xff")), b"raw").unwrap();
+        std::fs::write(s.join("zeros"), vec![0u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink("big.bin", s.join("link")).unwrap();
+        std::fs::create_dir(s.join("cache")).unwrap();
+        std::fs::write(s.join("cache/CACHEDIR.TAG"), CACHEDIR_SIGNATURE).unwrap();
+        std::fs::write(s.join("cache/junk"), b"junk").unwrap();
+
+        let be: Arc<dyn crate::backend::Backend> = Arc::new(MemBackend::new());
+        let mut repo = Repository::init(be.clone(), b"pw")
+            .unwrap()
+            .load_index()
+            .unwrap();
+        let r1 = backup(&mut repo, Source::Paths(vec![s.to_path_buf()]), opts("h")).unwrap();
+        assert!(r1.errors.is_empty(), "{:?}", r1.errors);
+        assert_eq!(r1.files_new, 6);
+        let rep =
+            crate::check::check(repo.repo().clone(), Some(crate::check::Subset::All)).unwrap();
+        assert!(rep.ok(), "{:?}", rep.errors);
+
+        let r2 = backup(&mut repo, Source::Paths(vec![s.to_path_buf()]), opts("h")).unwrap();
+        assert_eq!(r2.parent.as_deref(), Some(r1.snapshot_id.as_str()));
+        assert_eq!(r2.files_unmodified, 6);
+        assert_eq!(r2.data_blobs, 0);
+
+        let (_, snap) = repo.find_snapshot("latest", &Default::default()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let ropts = crate::restore::RestoreOptions {
+            target: out.path().to_path_buf(),
+            include: PathMatcher::new(&[]).unwrap(),
+            exclude: PathMatcher::new(&[]).unwrap(),
+            verify: true,
+        };
+        let st = crate::restore::restore(&repo, &snap.tree, &ropts).unwrap();
+        assert!(st.errors.is_empty(), "{:?}", st.errors);
+        let r = out.path().join(s.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read(r.join("big.bin")).unwrap(), big);
+        assert_eq!(std::fs::read(r.join("d/e/small.txt")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(r.join(std::ffi::OsStr::from_bytes(b"raw-\xff"))).unwrap(),
+            b"raw"
+        );
+        assert!(!r.join("x.skip").exists());
+        assert!(!r.join("cache/junk").exists());
+        assert!(r.join("cache/CACHEDIR.TAG").exists());
+        assert_eq!(
+            std::fs::read_link(r.join("link")).unwrap(),
+            Path::new("big.bin")
+        );
+        let z = std::fs::metadata(r.join("zeros")).unwrap();
+        assert_eq!(z.len(), 1 << 20);
+        assert!(z.blocks() * 512 < 1 << 20, "zeros restored sparse");
+    }
+
+    #[test]
+    fn stream_source() {
+        let be: Arc<dyn crate::backend::Backend> = Arc::new(MemBackend::new());
+        let mut repo = Repository::init(be, b"pw").unwrap().load_index().unwrap();
+        let data = vec![42u8; 2_000_000];
+        let r = backup(
+            &mut repo,
+            Source::Stream {
+                filename: "dump.sql".into(),
+                reader: Box::new(std::io::Cursor::new(data.clone())),
+            },
+            opts("h"),
+        )
+        .unwrap();
+        let (_, snap) = repo
+            .find_snapshot(&r.snapshot_id[..8], &Default::default())
+            .unwrap();
+        assert_eq!(snap.paths, vec!["/dump.sql".to_string()]);
+        let t = repo.load_tree(&snap.tree).unwrap();
+        let mut got = Vec::new();
+        for id in t.nodes[0].content.as_ref().unwrap() {
+            got.extend(repo.load_blob(BlobType::Data, id).unwrap());
+        }
+        assert_eq!(got, data);
+    }
+}
