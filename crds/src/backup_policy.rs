@@ -75,6 +75,7 @@ use crate::common::{Condition, LocalObjectRef, Schedule};
     .message("a backup needs something to back up: set paths, stdinSources, or both"))]
 pub struct BackupPolicySpec {
     /// Hosts (in this namespace) this policy applies to, by label. `{}` selects every Host.
+    #[x_kube(validation = kube::core::Rule::new(crate::common::SELECTOR_RULE).message(crate::common::SELECTOR_MESSAGE))]
     pub host_selector: LabelSelector,
     /// The BackupRepository (in this namespace) snapshots are written to.
     pub repository_ref: LocalObjectRef,
@@ -126,6 +127,25 @@ pub struct BackupPolicySpec {
     /// Stop scheduling new runs (timers are disabled on the hosts; units and data stay).
     #[serde(default)]
     pub suspend: bool,
+}
+
+impl BackupPolicySpec {
+    /// How old the last success may get before a host counts as stale.
+    ///
+    /// `interval` is the time between two scheduled runs, which only systemd can compute
+    /// from an arbitrary calendar expression; the caller gets it from
+    /// `systemd-analyze calendar --iterations=2` on the host or its own calendar logic.
+    pub fn effective_staleness_window(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<std::time::Duration, crate::common::ScheduleError> {
+        if let Some(window) = &self.staleness_window {
+            return crate::common::parse_duration(window);
+        }
+        // One missed run should already count: the slack only covers the random spread and
+        // a long-running backup, not a whole extra interval.
+        Ok(interval + self.schedule.randomized_delay()? + std::time::Duration::from_secs(3600))
+    }
 }
 
 /// A command whose output is backed up as one file.
@@ -198,6 +218,36 @@ pub struct ResourceControls {
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[1-9][0-9]{0,4}%$')")
         .message("cpuQuota must be a percentage such as '50%' (100% is one full CPU)"))]
     pub cpu_quota: Option<String>,
+}
+
+impl ResourceControls {
+    /// `[Service]` directives for these controls, in a fixed order so unit files render
+    /// byte-identically across reconciles.
+    pub fn service_directives(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            ("Nice", self.nice.clamp(-20, 19).to_string()),
+            (
+                "IOSchedulingClass",
+                self.io_scheduling_class.as_systemd().to_string(),
+            ),
+            (
+                "IOSchedulingPriority",
+                self.io_scheduling_priority.clamp(0, 7).to_string(),
+            ),
+        ];
+        // Only pass through the exact shape admission allows; anything else would end up
+        // verbatim in a unit file.
+        if let Some(q) = &self.cpu_quota
+            && let Some(digits) = q.strip_suffix('%')
+            && !digits.is_empty()
+            && digits.len() <= 5
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && !digits.starts_with('0')
+        {
+            out.push(("CPUQuota", q.clone()));
+        }
+        out
+    }
 }
 
 fn default_nice() -> i32 {
@@ -286,4 +336,89 @@ pub struct BackupPolicyStatus {
     /// The `metadata.generation` the status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::Schedule;
+    use std::time::Duration;
+
+    fn policy(window: Option<&str>, delay: Option<&str>) -> BackupPolicySpec {
+        BackupPolicySpec {
+            host_selector: LabelSelector::default(),
+            repository_ref: LocalObjectRef { name: "r".into() },
+            paths: vec!["/etc".into()],
+            excludes: vec![],
+            exclude_caches: false,
+            one_file_system: false,
+            stdin_sources: vec![],
+            tags: vec![],
+            schedule: Schedule {
+                on_calendar: "daily".into(),
+                randomized_delay: delay.map(Into::into),
+                persistent: true,
+            },
+            resources: ResourceControls::default(),
+            staleness_window: window.map(Into::into),
+            suspend: false,
+        }
+    }
+
+    #[test]
+    fn staleness_window_defaults_from_schedule() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            policy(None, Some("45m"))
+                .effective_staleness_window(day)
+                .unwrap(),
+            day + Duration::from_secs(45 * 60 + 3600)
+        );
+        assert_eq!(
+            policy(Some("26h"), Some("45m"))
+                .effective_staleness_window(day)
+                .unwrap(),
+            Duration::from_secs(26 * 3600)
+        );
+    }
+
+    #[test]
+    fn resource_directives() {
+        let d = ResourceControls::default().service_directives();
+        assert_eq!(
+            d,
+            vec![
+                ("Nice", "10".to_string()),
+                ("IOSchedulingClass", "best-effort".to_string()),
+                ("IOSchedulingPriority", "7".to_string()),
+            ]
+        );
+        let with_quota = ResourceControls {
+            cpu_quota: Some("50%".into()),
+            ..ResourceControls::default()
+        };
+        assert_eq!(
+            with_quota.service_directives().last().unwrap(),
+            &("CPUQuota", "50%".to_string())
+        );
+        let injected = ResourceControls {
+            cpu_quota: Some("50%\nExecStartPre=/bin/sh".into()),
+            ..ResourceControls::default()
+        };
+        assert_eq!(injected.service_directives().len(), 3);
+    }
+
+    #[test]
+    fn defaults_fill_in_when_fields_are_absent() {
+        let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
+            "hostSelector": {},
+            "repositoryRef": {"name": "r"},
+            "paths": ["/etc"],
+            "schedule": {"onCalendar": "daily"}
+        }))
+        .unwrap();
+        assert!(spec.schedule.persistent);
+        assert_eq!(spec.resources, ResourceControls::default());
+        assert!(!spec.suspend);
+    }
 }

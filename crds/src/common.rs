@@ -154,6 +154,12 @@ pub struct LocalObjectRef {
     pub name: String,
 }
 
+/// CEL check of a label selector's expressions. The API server validates selectors inside
+/// built-in objects but not inside custom resources, and a mistyped operator would otherwise
+/// surface only as a policy that silently selects nothing.
+pub(crate) const SELECTOR_RULE: &str = "!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator == 'In' || e.operator == 'NotIn') == (has(e.values) && size(e.values) > 0)))";
+pub(crate) const SELECTOR_MESSAGE: &str = "matchExpressions operators must be In or NotIn with a non-empty values list, or Exists or DoesNotExist without values";
+
 /// CEL regular expression for a plausible systemd OnCalendar expression. It cannot prove the
 /// expression is valid (only `systemd-analyze calendar` can, and the operator runs
 /// `systemd-analyze verify` on the host), but it rejects cron syntax, free text and anything that

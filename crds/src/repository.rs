@@ -325,6 +325,38 @@ pub fn expand_path_template(
     Ok(out)
 }
 
+/// Name of one host's credentials Secret from a `perHostCredentials.secretNameTemplate`.
+///
+/// `{host}` is the Host object's name (already a valid object name) and `{hostname}` the
+/// host's hostname; the result must still be a valid Secret name, which is checked here
+/// because admission cannot know the names the template will be combined with.
+pub fn expand_secret_name_template(
+    template: &str,
+    host: &str,
+    hostname: &str,
+) -> Result<String, PathTemplateError> {
+    let name = template
+        .replace("{hostname}", hostname)
+        .replace("{host}", host);
+    if name.contains(['{', '}']) {
+        return Err(PathTemplateError::Unbalanced);
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid || template == name {
+        return Err(PathTemplateError::UnsafeValue {
+            placeholder: "secretNameTemplate".to_string(),
+            value: name,
+        });
+    }
+    Ok(name)
+}
+
 impl BackupRepositorySpec {
     /// This host's repository path below the backend root.
     pub fn host_path(&self, hostname: &str, namespace: &str) -> Result<String, PathTemplateError> {
@@ -335,6 +367,23 @@ impl BackupRepositorySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_host_secret_names() {
+        assert_eq!(
+            expand_secret_name_template("s3-{host}", "app1", "app1.prod.acme.internal").unwrap(),
+            "s3-app1"
+        );
+        assert_eq!(
+            expand_secret_name_template("s3-{hostname}", "app1", "app1.prod.acme.internal")
+                .unwrap(),
+            "s3-app1.prod.acme.internal"
+        );
+        // A template without a placeholder would hand every host the same credentials.
+        assert!(expand_secret_name_template("s3-creds", "app1", "a").is_err());
+        assert!(expand_secret_name_template("S3_{host}", "app1", "a").is_err());
+        assert!(expand_secret_name_template("s3-{hosts}", "app1", "a").is_err());
+    }
 
     #[test]
     fn expands_default_template() {

@@ -67,6 +67,7 @@ pub struct VerifyPolicySpec {
     pub backup_policy_ref: Option<LocalObjectRef>,
     /// Verify the repositories of these Hosts (use with repositoryRef).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(crate::common::SELECTOR_RULE).message(crate::common::SELECTOR_MESSAGE))]
     pub host_selector: Option<LabelSelector>,
     /// Repository holding the selected hosts' snapshots (use with hostSelector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
