@@ -263,3 +263,57 @@ fn unreachable_endpoint_is_transient() {
     let e = b.read(FileType::Config, "config").unwrap_err();
     assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
 }
+
+/// `backend::open` takes credentials, region and addressing from the environment, as restic
+/// users expect. Environment changes are not thread-safe, so the check runs in a child
+/// process: this same test binary, re-run with only this test selected.
+#[test]
+fn open_takes_credentials_and_region_from_the_environment() {
+    if let Ok(url) = std::env::var("FLEETSNAP_TEST_S3_URL") {
+        let b = fleetsnap::backend::open(&url).unwrap();
+        b.create().unwrap();
+        b.write(FileType::Key, &id(9), b"from env").unwrap();
+        assert_eq!(b.read(FileType::Key, &id(9)).unwrap(), b"from env");
+        assert_eq!(b.location(), url);
+        return;
+    }
+    let minio = Minio::start();
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("s3:{}/envbucket/p", minio.endpoint);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "open_takes_credentials_and_region_from_the_environment",
+            "--nocapture",
+        ])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("FLEETSNAP_TEST_S3_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", common::MINIO_USER)
+        .env("AWS_SECRET_ACCESS_KEY", common::MINIO_PASSWORD)
+        .env("AWS_DEFAULT_REGION", "eu-central-1")
+        .env("FLEETSNAP_S3_PATH_STYLE", "true")
+        // No instance-metadata probes from a test.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child ran no test:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        minio
+            .admin()
+            .keys("envbucket")
+            .iter()
+            .any(|k| k.starts_with("p/keys/")),
+        "object not in the bucket"
+    );
+}

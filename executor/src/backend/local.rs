@@ -143,6 +143,10 @@ impl LocalBackend {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.mkdir_all(&dir)?;
+                // A file in a directory whose own entry is not on disk can vanish with it.
+                if let Some(parent) = dir.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
                 open()?
             }
             Err(e) => return Err(e),
