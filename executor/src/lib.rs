@@ -13,3 +13,5 @@ pub mod lock;
 pub mod pattern;
 pub mod repo;
 pub mod restore;
+pub mod forget;
+pub mod cli;

@@ -393,10 +393,23 @@ pub fn write_index(
     Ok(ids)
 }
 
+/// A check run after the data is stored and before the index and snapshot are written; an
+/// error aborts without a snapshot (`--stdin-from-command` with a failing command).
+pub type SourceCheck = Box<dyn FnOnce() -> std::result::Result<(), String>>;
+
 pub fn backup(
     repo: &mut IndexedRepository,
     source: Source,
+    opts: BackupOptions,
+) -> Result<BackupResult> {
+    backup_checked(repo, source, opts, None)
+}
+
+pub fn backup_checked(
+    repo: &mut IndexedRepository,
+    source: Source,
     mut opts: BackupOptions,
+    source_ok: Option<SourceCheck>,
 ) -> Result<BackupResult> {
     let started = Instant::now();
     let start_time = GoTime::now();
@@ -465,6 +478,9 @@ pub fn backup(
     let mut res = res;
     // Crash safety: packs are durable before `finish` returns, then the index, then the snapshot.
     let (stored, stats) = saver.finish()?;
+    if let Some(check) = source_ok {
+        check().map_err(RepoError::Usage)?;
+    }
     write_index(repo, &stored)?;
     for (pack, blobs) in &stored {
         repo.index_mut().add_pack(*pack, blobs);

@@ -1,0 +1,278 @@
+//! Command-line interface with restic's habits (`-r`, RESTIC_* variables, `--json`, exit codes).
+
+mod commands;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::Backend;
+use crate::repo::RepoError;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FATAL: i32 = 1;
+pub const EXIT_PARTIAL: i32 = 3;
+pub const EXIT_NO_REPO: i32 = 10;
+pub const EXIT_LOCKED: i32 = 11;
+pub const EXIT_WRONG_PASSWORD: i32 = 12;
+
+/// fleetsnap: restic-compatible backups for fleets of Linux hosts.
+#[derive(Parser)]
+#[command(name = "fleetsnap", version = crate::VERSION)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Repository: a local path, or a backend URL (s3:…, rest:…).
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "RESTIC_REPOSITORY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub repo: Option<String>,
+    #[arg(long, env = "RESTIC_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    #[arg(long, env = "RESTIC_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository (succeeds quietly if it already exists).
+    Init,
+    /// Print repository internals.
+    Cat { what: String },
+    /// Manage keys (passwords).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only the newest snapshot (per host/paths group restic shows; here overall).
+        ids: Vec<String>,
+    },
+    /// List files in a snapshot.
+    Ls {
+        snapshot: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Write one file of a snapshot to stdout.
+    Dump {
+        snapshot: String,
+        path: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Restore a snapshot.
+    Restore {
+        snapshot: String,
+        #[arg(short, long)]
+        target: PathBuf,
+        #[arg(short = 'i', long)]
+        include: Vec<String>,
+        #[arg(short = 'e', long)]
+        exclude: Vec<String>,
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Verify the repository.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+        /// `n/m` (bucket by pack ID, like restic) or `x%`.
+        #[arg(long)]
+        read_data_subset: Option<String>,
+        /// Calendar rotation, e.g. `20/week`: week k reads bucket (k mod 20)+1 of 20.
+        #[arg(long)]
+        read_data_rotate: Option<String>,
+    },
+    /// Back up files, a stream from stdin, or a command's output.
+    Backup(BackupArgs),
+    /// Remove snapshots according to a policy.
+    Forget(ForgetArgs),
+    /// Remove locks (stale ones only unless --remove-all).
+    Unlock {
+        #[arg(long)]
+        remove_all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    List,
+    Add {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    Remove {
+        id: String,
+    },
+    Passwd {
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+pub struct FilterArgs {
+    #[arg(long = "host", short = 'H')]
+    pub hosts: Vec<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    pub paths: Vec<PathBuf>,
+    #[arg(short = 'e', long)]
+    pub exclude: Vec<String>,
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    #[arg(long)]
+    pub exclude_caches: bool,
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    #[arg(long)]
+    pub tag: Vec<String>,
+    #[arg(long, short = 'H')]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub stdin: bool,
+    #[arg(long, default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Run the command after `--` and store its stdout; a non-zero exit fails the backup.
+    #[arg(long)]
+    pub stdin_from_command: bool,
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    pub ids: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Partial(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Repo(RepoError::NoRepository(_)) => EXIT_NO_REPO,
+            CliError::Repo(RepoError::Locked(_)) => EXIT_LOCKED,
+            CliError::Repo(RepoError::WrongPassword) => EXIT_WRONG_PASSWORD,
+            CliError::Partial(_) => EXIT_PARTIAL,
+            _ => EXIT_FATAL,
+        }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+impl Global {
+    pub fn backend(&self) -> CliResult<Arc<dyn Backend>> {
+        let url = self.repo.as_deref().ok_or_else(|| {
+            CliError::Usage("no repository given (use -r/--repo or RESTIC_REPOSITORY)".into())
+        })?;
+        crate::backend::open(url).map_err(|e| CliError::Repo(e.into()))
+    }
+
+    pub fn password(&self) -> CliResult<Vec<u8>> {
+        if let Ok(p) = std::env::var("RESTIC_PASSWORD") {
+            return Ok(p.into_bytes());
+        }
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read(f)
+                .map_err(|e| CliError::Usage(format!("password file {}: {e}", f.display())))?;
+            return Ok(strip_newline(s));
+        }
+        if let Some(cmd) = &self.password_command {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| CliError::Usage(format!("password command: {e}")))?;
+            if !out.status.success() {
+                return Err(CliError::Usage(format!(
+                    "password command failed: {}",
+                    out.status
+                )));
+            }
+            return Ok(strip_newline(out.stdout));
+        }
+        Err(CliError::Usage(
+            "no password given (set RESTIC_PASSWORD, --password-file or --password-command)".into(),
+        ))
+    }
+}
+
+fn strip_newline(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        v.pop();
+    }
+    v
+}
+
+pub fn run(cli: Cli) -> i32 {
+    crate::lock::ignore_sighup();
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Fatal: {e}");
+            e.exit_code()
+        }
+    }
+}
