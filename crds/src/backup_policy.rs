@@ -17,6 +17,7 @@ use crate::common::{Condition, LocalObjectRef, Schedule};
     doc = "Backs up the selected Hosts into a BackupRepository on a systemd timer, and reports per host whether the last backup succeeded and is recent enough.",
     status = "BackupPolicyStatus",
     shortname = "fsbp",
+    selectable = ".spec.repositoryRef.name",
     category = "fleetsnap",
     printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.hostsTotal"),
     printcolumn(

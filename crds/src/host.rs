@@ -86,7 +86,8 @@ pub struct HostSpec {
     pub host_key: String,
     /// Name under which this host's snapshots are recorded and its repository path is
     /// built (`{hostname}` in a repository's pathTemplate), normally the FQDN. Defaults to
-    /// the Host object's name. Immutable once set.
+    /// the Host object's name. Fixed at creation: it cannot be added, changed or removed later,
+    /// because that would move the host to a different repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?([.][a-z0-9]([a-z0-9-]*[a-z0-9])?)*$')")

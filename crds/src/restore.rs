@@ -27,6 +27,8 @@ const LIVE_SYSTEM_PATH_CEL: &str = "self.allowLiveSystemPaths || !(self.targetDi
     doc = "A one-shot restore of a snapshot (by default the host's latest) into a directory on a Host. Create a new Restore to restore again; the spec cannot be changed.",
     status = "RestoreStatus",
     shortname = "fsrestore",
+    selectable = ".spec.hostRef.name",
+    selectable = ".spec.repositoryRef.name",
     category = "fleetsnap",
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.hostRef.name"),
     printcolumn(

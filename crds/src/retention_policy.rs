@@ -24,6 +24,8 @@ pub(crate) const REPOSITORY_MESSAGE: &str = "repositoryRef goes with hostSelecto
     doc = "Ages out snapshots (forget + prune) on a schedule, either on each host or centrally in the operator for append-only repositories.",
     status = "RetentionPolicyStatus",
     shortname = "fsret",
+    selectable = ".spec.backupPolicyRef.name",
+    selectable = ".spec.runOn",
     category = "fleetsnap",
     printcolumn(name = "Run On", type_ = "string", json_path = ".spec.runOn"),
     printcolumn(name = "Kept", type_ = "integer", json_path = ".status.snapshotsKept"),

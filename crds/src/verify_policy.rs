@@ -19,6 +19,7 @@ use crate::retention_policy::{REPOSITORY_MESSAGE, REPOSITORY_RULE, TARGET_MESSAG
     doc = "Checks repositories on a schedule: structure always, plus a re-read of a rotating subset or a random percentage of the data, and optionally a restore drill.",
     status = "VerifyPolicyStatus",
     shortname = "fsver",
+    selectable = ".spec.backupPolicyRef.name",
     category = "fleetsnap",
     printcolumn(
         name = "Coverage",

@@ -264,6 +264,19 @@ fn fixtures_are_admitted_or_refused_as_declared() {
         failures.push(format!("`kubectl get all` lists fleetsnap objects: {all}"));
     }
 
+    // The operator finds the Restores of a host with a field selector rather than a full list.
+    let by_host = text(&server.kubectl(&[
+        "get",
+        "restores",
+        "--field-selector",
+        "spec.hostRef.name=app1",
+        "-o",
+        "name",
+    ]));
+    if !by_host.contains("restore.fleetsnap.io/etc-check") || by_host.contains("rebuild-db1") {
+        failures.push(format!("field selector on spec.hostRef.name: {by_host}"));
+    }
+
     // Defaults the operator relies on are filled in by the apiserver.
     let port = text(&server.kubectl(&[
         "get",
