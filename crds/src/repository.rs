@@ -88,6 +88,8 @@ pub struct BackupRepositorySpec {
     #[x_kube(validation = kube::core::Rule::new(
         "self.matches('^[A-Za-z0-9._{}-]+(/[A-Za-z0-9._{}-]+)*$') && !self.split('/').exists(s, s == '.' || s == '..')"
     ).message("pathTemplate must be a relative path of letters, digits, '.', '_', '-' and placeholders, without '..' or empty segments"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.replace('{hostname}', '').replace('{namespace}', '').matches('[{}]')")
+        .message("pathTemplate knows only the placeholders {hostname} and {namespace}"))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf")
         .message("pathTemplate is immutable: changing it would orphan every existing host repository"))]
     pub path_template: String,
@@ -162,6 +164,8 @@ pub struct PerHostCredentials {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = kube::core::Rule::new("self.contains('{hostname}') || self.contains('{host}')")
         .message("secretNameTemplate must contain {hostname} or {host}, otherwise every host would share one Secret"))]
+    #[x_kube(validation = kube::core::Rule::new("self.replace('{hostname}', 'h').replace('{host}', 'h').matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("secretNameTemplate must yield a valid Secret name: lower-case letters, digits, '-' and '.', with {host} or {hostname} as the only placeholders"))]
     pub secret_name_template: String,
 }
 
