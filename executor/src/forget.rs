@@ -146,10 +146,7 @@ pub fn group_key(s: &Snapshot, by: &[String]) -> String {
     parts.join(";")
 }
 
-pub fn group<'a>(
-    snaps: &'a [(Id, Snapshot)],
-    by: &[String],
-) -> BTreeMap<String, Vec<(Id, Snapshot)>> {
+pub fn group(snaps: &[(Id, Snapshot)], by: &[String]) -> BTreeMap<String, Vec<(Id, Snapshot)>> {
     let mut m: BTreeMap<String, Vec<(Id, Snapshot)>> = BTreeMap::new();
     for (id, s) in snaps {
         m.entry(group_key(s, by))

@@ -40,6 +40,8 @@ pub enum Source {
     },
 }
 
+pub type ProgressFn = Box<dyn FnMut(&Progress)>;
+
 pub struct BackupOptions {
     pub excludes: PathMatcher,
     pub exclude_patterns: Vec<String>,
@@ -48,7 +50,7 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     pub host: String,
     /// Called with a JSON status line now and then (for `--json`).
-    pub progress: Option<Box<dyn FnMut(&Progress)>>,
+    pub progress: Option<ProgressFn>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

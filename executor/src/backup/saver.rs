@@ -15,6 +15,11 @@ use crate::format::pack::{self, BlobType, PackedBlob};
 use crate::id::Id;
 use crate::repo::{RepoError, Repository, Result};
 
+/// A finished pack: its ID, bytes and the blobs it holds.
+type FinishedPack = (Id, Vec<u8>, Vec<PackedBlob>);
+/// A durably stored pack and its blobs, ready for the index.
+pub type StoredPack = (Id, Vec<PackedBlob>);
+
 pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
@@ -35,7 +40,7 @@ struct Shared {
     key: Key,
     compress: bool,
     open: [Mutex<OpenPack>; 2],
-    upload_tx: Mutex<Option<SyncSender<(Id, Vec<u8>, Vec<PackedBlob>)>>>,
+    upload_tx: Mutex<Option<SyncSender<FinishedPack>>>,
     stored: Mutex<Vec<(Id, Vec<PackedBlob>)>>,
     error: Mutex<Option<RepoError>>,
     stats: Mutex<SaverStats>,
@@ -196,7 +201,7 @@ impl Saver {
     }
 
     /// Drain all work, upload the last packs, and return what is now durably stored.
-    pub fn finish(mut self) -> Result<(Vec<(Id, Vec<PackedBlob>)>, SaverStats)> {
+    pub fn finish(mut self) -> Result<(Vec<StoredPack>, SaverStats)> {
         drop(self.job_tx.take());
         for w in self.workers.drain(..) {
             let _ = w.join();

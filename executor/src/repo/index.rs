@@ -110,7 +110,7 @@ impl MasterIndex {
         for id in &self.packs {
             out.entry(*id).or_default();
         }
-        let all = self.blobs.iter().map(|(k, l)| (k, l)).chain(
+        let all = self.blobs.iter().chain(
             self.extra
                 .iter()
                 .flat_map(|(k, v)| v.iter().map(move |l| (k, l))),
