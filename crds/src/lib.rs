@@ -7,6 +7,9 @@
 // one attribute given twice.
 #![allow(clippy::duplicated_attributes)]
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
 pub mod backup_policy;
 pub mod common;
 pub mod host;
@@ -26,9 +29,6 @@ pub use verify_policy::{VerifyPolicy, VerifyPolicySpec, VerifyPolicyStatus};
 pub const GROUP: &str = "fleetsnap.io";
 /// The single served and stored version.
 pub const VERSION: &str = "v1alpha1";
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 
 /// Every CRD of the API, in a fixed order, with descriptions reflowed for `kubectl explain`.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
