@@ -260,6 +260,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         }
         Command::Backup(a) => return backup(g, a),
         Command::Forget(a) => return forget(g, a),
+        Command::Run { config } => return Ok(crate::run::run_file(&config)),
         Command::Unlock { remove_all } => {
             let r = open(g)?;
             let n = crate::lock::unlock(&r, remove_all)?;

@@ -1,6 +1,6 @@
 //! Command-line interface with restic's habits (`-r`, RESTIC_* variables, `--json`, exit codes).
 
-mod commands;
+pub(crate) mod commands;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +45,17 @@ pub struct Global {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Backend and password supplied by the caller (`run --config`), bypassing the URL,
+    /// environment and password options so secrets never pass through argv or env.
+    #[arg(skip)]
+    pub preset: Option<Preset>,
+}
+
+/// An already-opened backend plus the repository password.
+#[derive(Clone)]
+pub struct Preset {
+    pub backend: Arc<dyn Backend>,
+    pub password: Vec<u8>,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +122,11 @@ pub enum Command {
     Unlock {
         #[arg(long)]
         remove_all: bool,
+    },
+    /// Run one job from an operator-rendered config (what the systemd units call).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -223,6 +239,9 @@ pub type CliResult<T> = Result<T, CliError>;
 
 impl Global {
     pub fn backend(&self) -> CliResult<Arc<dyn Backend>> {
+        if let Some(p) = &self.preset {
+            return Ok(p.backend.clone());
+        }
         let url = self.repo.as_deref().ok_or_else(|| {
             CliError::Usage("no repository given (use -r/--repo or RESTIC_REPOSITORY)".into())
         })?;
@@ -230,6 +249,9 @@ impl Global {
     }
 
     pub fn password(&self) -> CliResult<Vec<u8>> {
+        if let Some(p) = &self.preset {
+            return Ok(p.password.clone());
+        }
         if let Ok(p) = std::env::var("RESTIC_PASSWORD") {
             return Ok(p.into_bytes());
         }

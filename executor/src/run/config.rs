@@ -1,0 +1,192 @@
+//! The job config the operator renders to `/etc/fleetsnap/<slug>.json` (format 1).
+//!
+//! Mirrors `ExecutorConfig` in `operator/src/host/render.rs` field for field; the executor
+//! keeps its own copy so that it never links the operator crate. Unknown fields are
+//! tolerated so that an operator one version ahead does not break older executors.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::RunError;
+
+pub const CONFIG_FORMAT: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Backup,
+    Retention,
+    Verify,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Retention => "retention",
+            JobKind::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobConfig {
+    pub format: u32,
+    pub policy: String,
+    pub kind: JobKind,
+    pub repository: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    #[serde(default)]
+    pub exclude_caches: bool,
+    #[serde(default)]
+    pub one_file_system: bool,
+    #[serde(default)]
+    pub stdin: Vec<StdinSource>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    pub credentials: CredentialIds,
+    pub run_record_dir: String,
+    #[serde(default)]
+    pub cache_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdinSource {
+    pub name: String,
+    pub command: Vec<String>,
+    pub filename: String,
+    /// Run the command as this user; the CRD has the field, older configs do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialIds {
+    pub repository_password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<String>,
+}
+
+impl JobConfig {
+    pub fn load(path: &Path) -> Result<JobConfig, RunError> {
+        let bytes = std::fs::read(path).map_err(|e| RunError::Config {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Self::parse(&bytes).map_err(|msg| RunError::Config {
+            path: path.display().to_string(),
+            msg,
+        })
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<JobConfig, String> {
+        let c: JobConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if c.format != CONFIG_FORMAT {
+            return Err(format!(
+                "config format {} is not supported by fleetsnap {} (expected {CONFIG_FORMAT}); \
+                 hint: the operator and the executor versions do not match",
+                c.format,
+                crate::VERSION
+            ));
+        }
+        if c.run_record_dir.is_empty() {
+            return Err("run_record_dir is empty".into());
+        }
+        for s in &c.stdin {
+            if s.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(format!("stdin source {:?} has no command", s.name));
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in docs/host-layout.md, verbatim.
+    const DOC_EXAMPLE: &str = r#"{
+  "format": 1,
+  "policy": "nightly",
+  "kind": "backup",
+  "repository": "s3:https://minio:9000/backups/hosts/web-1",
+  "paths": ["/etc", "/home"],
+  "excludes": ["/home/*/.cache"],
+  "exclude_caches": true,
+  "one_file_system": true,
+  "stdin": [{"name": "pg", "command": ["runuser", "-u", "postgres", "--", "pg_dumpall"], "filename": "pg_dumpall.sql"}],
+  "tags": ["nightly"],
+  "host": "web-1",
+  "extra_args": [],
+  "credentials": {
+    "repository_password": "repository-password",
+    "aws_access_key_id": "aws-access-key-id",
+    "aws_secret_access_key": "aws-secret-access-key"
+  },
+  "run_record_dir": "/var/lib/fleetsnap/runs/backup-nightly",
+  "cache_dir": "/var/cache/fleetsnap"
+}"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = JobConfig::parse(DOC_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(c.kind, JobKind::Backup);
+        assert_eq!(c.policy, "nightly");
+        assert_eq!(c.paths, ["/etc", "/home"]);
+        assert_eq!(c.excludes, ["/home/*/.cache"]);
+        assert!(c.exclude_caches && c.one_file_system);
+        assert_eq!(c.stdin.len(), 1);
+        assert_eq!(c.stdin[0].filename, "pg_dumpall.sql");
+        assert_eq!(c.stdin[0].command[0], "runuser");
+        assert_eq!(c.stdin[0].user, None);
+        assert_eq!(c.host, "web-1");
+        assert_eq!(c.credentials.repository_password, "repository-password");
+        assert_eq!(
+            c.credentials.aws_secret_access_key.as_deref(),
+            Some("aws-secret-access-key")
+        );
+        assert_eq!(c.run_record_dir, "/var/lib/fleetsnap/runs/backup-nightly");
+        assert_eq!(c.cache_dir, "/var/cache/fleetsnap");
+    }
+
+    #[test]
+    fn optional_fields_and_errors() {
+        let min = r#"{"format":1,"policy":"keep","kind":"retention","repository":"/r",
+            "extra_args":["--keep-daily","7"],
+            "credentials":{"repository_password":"pw"},"run_record_dir":"/runs"}"#;
+        let c = JobConfig::parse(min.as_bytes()).unwrap();
+        assert_eq!(c.kind, JobKind::Retention);
+        assert!(c.credentials.aws_access_key_id.is_none());
+        let user = r#"{"format":1,"policy":"p","kind":"backup","repository":"/r",
+            "stdin":[{"name":"pg","command":["pg_dumpall"],"filename":"a.sql","user":"postgres"}],
+            "credentials":{"repository_password":"pw"},"run_record_dir":"/runs"}"#;
+        let c = JobConfig::parse(user.as_bytes()).unwrap();
+        assert_eq!(c.stdin[0].user.as_deref(), Some("postgres"));
+
+        let v2 = min.replace("\"format\":1", "\"format\":2");
+        assert!(
+            JobConfig::parse(v2.as_bytes())
+                .unwrap_err()
+                .contains("format 2")
+        );
+        let bad_kind = min.replace("retention", "archive");
+        assert!(JobConfig::parse(bad_kind.as_bytes()).is_err());
+        let empty_cmd = user.replace("[\"pg_dumpall\"]", "[]");
+        assert!(
+            JobConfig::parse(empty_cmd.as_bytes())
+                .unwrap_err()
+                .contains("no command")
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! `fleetsnap run --config FILE`: one job (backup, retention or verify) as rendered by the
+//! operator, with secrets from `$CREDENTIALS_DIRECTORY` and a run record for every outcome.
+//! The contract is `docs/host-layout.md`.
+
+pub mod config;
+mod drill;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::backend::{self, Backend, Location, S3Backend, S3Options};
+use crate::backup::{BackupOptions, BackupResult, Source, SourceCheck};
+use crate::cli::{self, CliError, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL};
+use crate::pattern::PathMatcher;
+use crate::repo::{IndexedRepository, RepoError, Repository};
+use config::{JobConfig, JobKind, StdinSource};
+use record::RunRecord;
+
+pub use drill::{DrillReport, restore_drill};
+
+/// Variables a stdin-source command must never inherit, even if an administrator put
+/// them into the unit by hand: the command may run as another, less trusted user.
+const SECRET_ENV: &[&str] = &[
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_FILE",
+    "RESTIC_PASSWORD_COMMAND",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "CREDENTIALS_DIRECTORY",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("config {path}: {msg}")]
+    Config { path: String, msg: String },
+    #[error(
+        "credential {id:?}: {msg} (hint: the unit must load it with LoadCredential[Encrypted]=)"
+    )]
+    Credential { id: String, msg: String },
+    #[error("{0}")]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    Cli(#[from] CliError),
+    #[error("extra_args: {0}")]
+    Args(String),
+    #[error("stdin source {name:?}: {msg}")]
+    Stdin { name: String, msg: String },
+    #[error("restore drill: {0}")]
+    Drill(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Repo(e) => CliError::Repo(clone_kind(e)).exit_code(),
+            RunError::Cli(e) => e.exit_code(),
+            _ => EXIT_FATAL,
+        }
+    }
+}
+
+/// Only the variant matters for the exit code; rebuilding it avoids making RepoError Clone.
+fn clone_kind(e: &RepoError) -> RepoError {
+    match e {
+        RepoError::NoRepository(s) => RepoError::NoRepository(s.clone()),
+        RepoError::Locked(s) => RepoError::Locked(s.clone()),
+        RepoError::WrongPassword => RepoError::WrongPassword,
+        other => RepoError::Usage(other.to_string()),
+    }
+}
+
+/// What a finished job contributes to its run record.
+#[derive(Debug, Default)]
+struct Outcome {
+    exit_code: i32,
+    snapshot_id: Option<String>,
+    files_new: u64,
+    files_changed: u64,
+    files_unmodified: u64,
+    bytes_added: u64,
+    /// Set for partial success (exit 3): the job finished but something was skipped.
+    warning: Option<String>,
+}
+
+/// Run the job described by the config at `path`; returns the process exit code.
+pub fn run_file(path: &Path) -> i32 {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    run_file_with(path, creds.as_deref())
+}
+
+/// [`run_file`] with the credentials directory passed in (tests cannot safely set env).
+pub fn run_file_with(path: &Path, creds: Option<&Path>) -> i32 {
+    let started = record::now();
+    let t0 = Instant::now();
+    let cfg = match JobConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            // Without a config there is no record directory to report into.
+            eprintln!("fleetsnap run: {e}");
+            return EXIT_FATAL;
+        }
+    };
+    eprintln!(
+        "fleetsnap run: {} job {:?} on {} (fleetsnap {})",
+        cfg.kind.as_str(),
+        cfg.policy,
+        backend::url::redact(&cfg.repository),
+        crate::VERSION
+    );
+    let res = execute(&cfg, creds);
+    let finished = record::now();
+    let mut rec = RunRecord {
+        policy: cfg.policy.clone(),
+        kind: cfg.kind,
+        started,
+        finished,
+        exit_code: EXIT_OK,
+        snapshot_id: None,
+        files_new: 0,
+        files_changed: 0,
+        files_unmodified: 0,
+        bytes_added: 0,
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        error: None,
+    };
+    match res {
+        Ok(o) => {
+            rec.exit_code = o.exit_code;
+            rec.snapshot_id = o.snapshot_id;
+            rec.files_new = o.files_new;
+            rec.files_changed = o.files_changed;
+            rec.files_unmodified = o.files_unmodified;
+            rec.bytes_added = o.bytes_added;
+            rec.error = o.warning;
+        }
+        Err(e) => {
+            rec.exit_code = e.exit_code();
+            rec.error = Some(e.to_string());
+        }
+    }
+    match &rec.error {
+        Some(e) => eprintln!(
+            "fleetsnap run: {} finished with exit code {}: {e}",
+            cfg.kind.as_str(),
+            rec.exit_code
+        ),
+        None => eprintln!(
+            "fleetsnap run: {} succeeded in {:.1}s",
+            cfg.kind.as_str(),
+            rec.duration_seconds
+        ),
+    }
+    match rec.write(Path::new(&cfg.run_record_dir)) {
+        Ok(p) => eprintln!("fleetsnap run: record {}", p.display()),
+        Err(e) => {
+            eprintln!(
+                "fleetsnap run: cannot write the run record into {}: {e}",
+                cfg.run_record_dir
+            );
+            // A successful job nobody can see is a failure for the operator.
+            if rec.exit_code == EXIT_OK {
+                return EXIT_FATAL;
+            }
+        }
+    }
+    rec.exit_code
+}
+
+fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
+    let secrets = Secrets::load(cfg, creds)?;
+    let backend = open_backend(&cfg.repository, secrets.aws.clone())?;
+    let global = cli::Global {
+        repo: None,
+        password_file: None,
+        password_command: None,
+        json: false,
+        preset: Some(cli::Preset {
+            backend: backend.clone(),
+            password: secrets.password.clone(),
+        }),
+    };
+    match cfg.kind {
+        JobKind::Backup => run_backup(cfg, backend, &secrets.password),
+        JobKind::Retention => {
+            // Keep rules come from the policy; pruning is what makes retention free space.
+            let mut argv = vec!["forget".to_string()];
+            argv.extend(cfg.extra_args.iter().cloned());
+            if !argv.iter().any(|a| a == "--prune") {
+                argv.push("--prune".into());
+            }
+            let code = dispatch(global, argv)?;
+            Ok(Outcome {
+                exit_code: code,
+                ..Default::default()
+            })
+        }
+        JobKind::Verify => run_verify(cfg, global, backend, &secrets.password),
+    }
+}
+
+/// Run a regular subcommand with arguments from the config and our preset repository.
+fn dispatch(global: cli::Global, argv: Vec<String>) -> Result<i32, RunError> {
+    let mut parsed = cli::Cli::try_parse_from(std::iter::once("fleetsnap".to_string()).chain(argv))
+        .map_err(|e| RunError::Args(e.to_string().trim().to_string()))?;
+    if matches!(parsed.cmd, cli::Command::Run { .. }) {
+        return Err(RunError::Args("`run` cannot be nested".into()));
+    }
+    parsed.global = global;
+    Ok(cli::commands::dispatch(parsed)?)
+}
+
+struct Secrets {
+    password: Vec<u8>,
+    aws: Option<(String, String)>,
+}
+
+impl Secrets {
+    fn load(cfg: &JobConfig, dir: Option<&Path>) -> Result<Secrets, RunError> {
+        let read = |id: &str| -> Result<Vec<u8>, RunError> {
+            let err = |msg: String| RunError::Credential {
+                id: id.to_string(),
+                msg,
+            };
+            if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+                return Err(err("not a valid credential id".into()));
+            }
+            let dir = dir.ok_or_else(|| err("CREDENTIALS_DIRECTORY is not set".into()))?;
+            std::fs::read(dir.join(id)).map_err(|e| err(format!("cannot read: {e}")))
+        };
+        let c = &cfg.credentials;
+        // The password is raw bytes by contract; nothing is trimmed.
+        let password = read(&c.repository_password)?;
+        let key = |id: &str| -> Result<String, RunError> {
+            let v = read(id)?;
+            String::from_utf8(v)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| RunError::Credential {
+                    id: id.into(),
+                    msg: "not UTF-8".into(),
+                })
+        };
+        let aws = match (&c.aws_access_key_id, &c.aws_secret_access_key) {
+            (Some(k), Some(s)) => Some((key(k)?, key(s)?)),
+            (None, None) => None,
+            _ => {
+                return Err(RunError::Config {
+                    path: "credentials".into(),
+                    msg: "aws_access_key_id and aws_secret_access_key come as a pair".into(),
+                });
+            }
+        };
+        Ok(Secrets { password, aws })
+    }
+}
+
+/// Static S3 keys go straight into the backend so they never enter any environment.
+fn open_backend(url: &str, aws: Option<(String, String)>) -> Result<Arc<dyn Backend>, RunError> {
+    let be: Result<Arc<dyn Backend>, _> = match (backend::url::parse(url), aws) {
+        (Ok(Location::S3(loc)), Some(keys)) => {
+            let opts = S3Options {
+                static_credentials: Some(keys),
+                ..S3Options::from_env()
+            };
+            S3Backend::open(loc, opts).map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
+        (Ok(_), Some(_)) => {
+            return Err(RunError::Config {
+                path: "credentials".into(),
+                msg: "AWS keys are given but the repository is not s3:".into(),
+            });
+        }
+        (_, None) => backend::open(url),
+        (Err(e), _) => Err(e),
+    };
+    be.map_err(|e| RunError::Repo(e.into()))
+}
+
+fn open_or_init(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository, RunError> {
+    match Repository::init(backend.clone(), password) {
+        Ok(r) => {
+            eprintln!(
+                "fleetsnap run: created repository {} at {}",
+                &r.config().id[..10],
+                backend.location()
+            );
+            Ok(r)
+        }
+        Err(RepoError::AlreadyExists(_)) => Ok(Repository::open(backend, password)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run_backup(
+    cfg: &JobConfig,
+    backend: Arc<dyn Backend>,
+    password: &[u8],
+) -> Result<Outcome, RunError> {
+    if cfg.paths.is_empty() && cfg.stdin.is_empty() {
+        return Err(RunError::Config {
+            path: cfg.policy.clone(),
+            msg: "nothing to back up: no paths and no stdin sources".into(),
+        });
+    }
+    if !cfg.extra_args.is_empty() {
+        return Err(RunError::Args(format!(
+            "backup jobs take no extra arguments, got {:?}",
+            cfg.extra_args
+        )));
+    }
+    let repo = open_or_init(backend, password)?;
+    let _lock = crate::lock::acquire(&repo, false)?;
+    let mut repo = repo.load_index()?;
+    let host = if cfg.host.is_empty() {
+        crate::repo::hostname()
+    } else {
+        cfg.host.clone()
+    };
+    let mut out = Outcome::default();
+    let mut warnings = Vec::new();
+    // restic stores one source per snapshot; so do we: paths first, then each stream.
+    if !cfg.paths.is_empty() {
+        let paths = cfg.paths.iter().map(PathBuf::from).collect();
+        let res = backup_one(cfg, &mut repo, &host, Source::Paths(paths), None)?;
+        if !res.errors.is_empty() {
+            for e in &res.errors {
+                eprintln!("fleetsnap run: unreadable: {e}");
+            }
+            warnings.push(format!(
+                "{} files or directories could not be read (first: {})",
+                res.errors.len(),
+                res.errors[0]
+            ));
+        }
+        add(&mut out, &res);
+    }
+    for s in &cfg.stdin {
+        let (source, check) = spawn_stdin(s)?;
+        let res = backup_one(cfg, &mut repo, &host, source, Some(check)).map_err(|e| {
+            RunError::Stdin {
+                name: s.name.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+        add(&mut out, &res);
+    }
+    if !warnings.is_empty() {
+        out.exit_code = EXIT_PARTIAL;
+        out.warning = Some(warnings.join("; "));
+    }
+    Ok(out)
+}
+
+fn add(out: &mut Outcome, res: &BackupResult) {
+    eprintln!(
+        "fleetsnap run: snapshot {} saved ({} new, {} changed, {} unmodified files, {} bytes added)",
+        res.snapshot_id,
+        res.files_new,
+        res.files_changed,
+        res.files_unmodified,
+        res.data_added_packed
+    );
+    // The record has room for one id: the first snapshot (the paths one when there is one).
+    out.snapshot_id
+        .get_or_insert_with(|| res.snapshot_id.clone());
+    out.files_new += res.files_new;
+    out.files_changed += res.files_changed;
+    out.files_unmodified += res.files_unmodified;
+    out.bytes_added += res.data_added_packed;
+}
+
+fn backup_one(
+    cfg: &JobConfig,
+    repo: &mut IndexedRepository,
+    host: &str,
+    source: Source,
+    check: Option<SourceCheck>,
+) -> Result<BackupResult, RunError> {
+    let opts = BackupOptions {
+        excludes: PathMatcher::new(&cfg.excludes).map_err(|e| RunError::Config {
+            path: "excludes".into(),
+            msg: e.to_string(),
+        })?,
+        exclude_patterns: cfg.excludes.clone(),
+        exclude_caches: cfg.exclude_caches,
+        one_file_system: cfg.one_file_system,
+        tags: cfg.tags.clone(),
+        host: host.to_string(),
+        progress: None,
+    };
+    Ok(crate::backup::backup_checked(repo, source, opts, check)?)
+}
+
+/// The argv a stdin source runs with: `user` wraps it in `runuser`, which drops
+/// privileges (the unit grants CAP_SETUID/CAP_SETGID for exactly this).
+fn stdin_argv(s: &StdinSource) -> Vec<String> {
+    let mut argv = Vec::new();
+    if let Some(u) = &s.user {
+        argv.extend(["runuser".to_string(), "-u".into(), u.clone(), "--".into()]);
+    }
+    argv.extend(s.command.iter().cloned());
+    argv
+}
+
+fn spawn_stdin(s: &StdinSource) -> Result<(Source, SourceCheck), RunError> {
+    let argv = stdin_argv(s);
+    let err = |msg: String| RunError::Stdin {
+        name: s.name.clone(),
+        msg,
+    };
+    let mut cmd = Proc::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for v in SECRET_ENV {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| err(format!("cannot start {:?}: {e}", argv[0])))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let name = s.name.clone();
+    let check: SourceCheck = Box::new(move || {
+        let st = child.wait().map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "command of stdin source {name:?} failed ({st}); no snapshot was written for it"
+            ))
+        }
+    });
+    Ok((
+        Source::Stream {
+            filename: s.filename.clone(),
+            reader: Box::new(stdout),
+        },
+        check,
+    ))
+}
+
+/// Restore drill request: sample size and scratch directory.
+type Drill = (usize, PathBuf);
+
+/// Drill options are ours; everything else in extra_args belongs to `check`.
+fn split_drill_args(args: &[String]) -> Result<(Vec<String>, Option<Drill>), RunError> {
+    let mut rest = Vec::new();
+    let mut files = None;
+    let mut scratch = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |f: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| RunError::Args(format!("{f} needs a value")))
+        };
+        match flag {
+            "--restore-drill-files" => {
+                let v = value(flag)?;
+                files = Some(v.parse::<usize>().map_err(|_| {
+                    RunError::Args(format!("--restore-drill-files {v:?}: not a number"))
+                })?);
+            }
+            "--scratch" => scratch = Some(PathBuf::from(value(flag)?)),
+            _ => rest.push(a.clone()),
+        }
+    }
+    let drill = match (files, scratch) {
+        (Some(0), _) | (None, None) => None,
+        (Some(n), Some(dir)) => Some((n, dir)),
+        (Some(_), None) => {
+            return Err(RunError::Args(
+                "--restore-drill-files needs --scratch DIR".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(RunError::Args(
+                "--scratch is only used with --restore-drill-files N".into(),
+            ));
+        }
+    };
+    Ok((rest, drill))
+}
+
+fn run_verify(
+    cfg: &JobConfig,
+    global: cli::Global,
+    backend: Arc<dyn Backend>,
+    password: &[u8],
+) -> Result<Outcome, RunError> {
+    let (check_args, drill) = split_drill_args(&cfg.extra_args)?;
+    let mut argv = vec!["check".to_string()];
+    argv.extend(check_args);
+    let code = dispatch(global, argv)?;
+    if let Some((n, scratch)) = drill {
+        let repo = Repository::open(backend, password)?;
+        let _lock = crate::lock::acquire(&repo, false)?;
+        let repo = repo.load_index()?;
+        let rep = restore_drill(&repo, n, &scratch).map_err(RunError::Drill)?;
+        eprintln!(
+            "fleetsnap run: restore drill: {} files, {} bytes from snapshot {} verified",
+            rep.files, rep.bytes, rep.snapshot
+        );
+    }
+    Ok(Outcome {
+        exit_code: code,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests;

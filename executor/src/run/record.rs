@@ -1,0 +1,201 @@
+//! Run records: one JSON file per run, the operator's only view of what happened.
+//!
+//! Shape and naming follow `RunRecord` in `operator/src/host/record.rs`. The file is
+//! written as `<name>.json.tmp`, fsynced and renamed, because the operator reads `*.json`
+//! at any moment and must never see half a record.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::config::JobKind;
+
+/// The contract says "at least the last 50"; keeping exactly that bounds the directory.
+pub const KEEP_RECORDS: usize = 50;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub policy: String,
+    pub kind: JobKind,
+    #[serde(with = "rfc3339")]
+    pub started: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    pub finished: DateTime<Utc>,
+    pub exit_code: i32,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    #[serde(default)]
+    pub files_new: u64,
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub files_unmodified: u64,
+    #[serde(default)]
+    pub bytes_added: u64,
+    pub duration_seconds: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `2025-03-01T02:00:03.123Z`: UTC with a `Z`, which every RFC 3339 parser accepts.
+mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl RunRecord {
+    pub fn file_name(&self) -> String {
+        format!("{}.json", self.started.format("%Y%m%dT%H%M%SZ"))
+    }
+
+    /// Write atomically into `dir` (created if missing) and prune old records.
+    /// Returns the final path.
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(self.file_name());
+        let tmp = dir.join(format!("{}.tmp", self.file_name()));
+        let mut json = serde_json::to_vec_pretty(self).expect("record serializes");
+        json.push(b'\n');
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        // The rename is only durable once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()?;
+        prune_records(dir, KEEP_RECORDS)?;
+        Ok(path)
+    }
+}
+
+/// Delete all but the newest `keep` records. Names sort by time, so lexical order is age.
+pub fn prune_records(dir: &Path, keep: usize) -> std::io::Result<usize> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_record_name(n))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for n in &names[..excess] {
+        std::fs::remove_file(dir.join(n))?;
+    }
+    Ok(excess)
+}
+
+/// Only our own names (`20250301T020003Z.json`), so foreign files are never deleted.
+fn is_record_name(n: &str) -> bool {
+    let Some(stem) = n.strip_suffix(".json") else {
+        return false;
+    };
+    let b = stem.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn record(sec: u32) -> RunRecord {
+        let started = Utc.with_ymd_and_hms(2025, 3, 1, 2, 0, sec).unwrap();
+        RunRecord {
+            policy: "nightly".into(),
+            kind: JobKind::Backup,
+            started,
+            finished: started + chrono::Duration::milliseconds(62_500),
+            exit_code: 0,
+            snapshot_id: Some("ab".repeat(32)),
+            files_new: 3,
+            files_changed: 1,
+            files_unmodified: 1000,
+            bytes_added: 4096,
+            duration_seconds: 62.5,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn json_matches_the_operator_contract() {
+        let r = record(3);
+        assert_eq!(r.file_name(), "20250301T020003Z.json");
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "bytes_added",
+                "duration_seconds",
+                "error",
+                "exit_code",
+                "files_changed",
+                "files_new",
+                "files_unmodified",
+                "finished",
+                "kind",
+                "policy",
+                "snapshot_id",
+                "started"
+            ]
+        );
+        assert_eq!(v["started"], "2025-03-01T02:00:03.000Z");
+        assert_eq!(v["kind"], "backup");
+        assert!(v["error"].is_null());
+        // The operator's own test input parses here too.
+        let op = r#"{"policy":"nightly","kind":"verify","started":"2025-03-01T02:00:03Z",
+            "finished":"2025-03-01T02:00:04Z","exit_code":1,"duration_seconds":1.0,
+            "error":"repository locked"}"#;
+        let back: RunRecord = serde_json::from_str(op).unwrap();
+        assert_eq!(back.kind, JobKind::Verify);
+        assert_eq!(back.bytes_added, 0);
+    }
+
+    #[test]
+    fn written_atomically_and_pruned_to_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
+        for s in 0..55 {
+            record(s).write(dir.path()).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), KEEP_RECORDS + 1);
+        assert_eq!(names[0], "20250301T020005Z.json");
+        assert!(names.contains(&"notes.txt".to_string()));
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")));
+        let last: RunRecord = serde_json::from_slice(
+            &std::fs::read(dir.path().join("20250301T020054Z.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last, record(54));
+    }
+}

@@ -1,0 +1,192 @@
+//! End-to-end runs against a local repository in a temp dir.
+
+use super::*;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("creds")).unwrap();
+        std::fs::write(dir.path().join("creds/repository-password"), b"pw\n").unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.txt"), b"alpha").unwrap();
+        std::fs::write(src.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+        Env { dir }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn config(&self, kind: &str, extra: serde_json::Value) -> PathBuf {
+        let mut v = serde_json::json!({
+            "format": 1, "policy": "nightly", "kind": kind,
+            "repository": self.p("repo").to_str().unwrap(),
+            "paths": [self.p("src").to_str().unwrap()],
+            "excludes": [], "exclude_caches": false, "one_file_system": false,
+            "stdin": [], "tags": ["nightly"], "host": "web-1", "extra_args": [],
+            "credentials": {"repository_password": "repository-password"},
+            "run_record_dir": self.p(&format!("runs/{kind}-nightly")).to_str().unwrap(),
+            "cache_dir": self.p("cache").to_str().unwrap(),
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        let path = self.p(&format!("{kind}.json"));
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    }
+
+    fn run(&self, cfg: &Path) -> (i32, RunRecord) {
+        let code = run_file_with(cfg, Some(&self.p("creds")));
+        let c = JobConfig::load(cfg).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&c.run_record_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        let rec = serde_json::from_slice(&std::fs::read(names.last().unwrap()).unwrap()).unwrap();
+        (code, rec)
+    }
+
+    fn open(&self) -> IndexedRepository {
+        let be = backend::open(self.p("repo").to_str().unwrap()).unwrap();
+        Repository::open(be, b"pw\n").unwrap().load_index().unwrap()
+    }
+}
+
+#[test]
+fn backup_inits_then_reuses_and_stores_stdin_sources() {
+    let env = Env::new();
+    let cfg = env.config(
+        "backup",
+        serde_json::json!({"stdin": [{"name": "greeting", "command": ["sh", "-c", "printf hello"], "filename": "greeting.txt"}]}),
+    );
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 0, "{rec:?}");
+    assert_eq!(rec.exit_code, 0);
+    assert!(rec.error.is_none());
+    assert_eq!(rec.kind, JobKind::Backup);
+    assert_eq!(rec.snapshot_id.as_ref().unwrap().len(), 64);
+    // Two files from the paths snapshot plus the stream.
+    assert_eq!(rec.files_new, 3);
+    assert!(rec.bytes_added > 0);
+
+    let repo = env.open();
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 2);
+    assert!(
+        snaps
+            .iter()
+            .all(|(_, s)| s.hostname == "web-1" && s.tags == ["nightly"])
+    );
+    assert!(snaps.iter().any(|(_, s)| s.paths == ["/greeting.txt"]));
+
+    // The repository exists now; the second run must reuse it and find the parent.
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 0, "{rec:?}");
+    assert_eq!(rec.files_unmodified, 2);
+    assert_eq!(env.open().snapshots().unwrap().len(), 4);
+}
+
+#[test]
+fn failing_stdin_command_fails_the_run_with_a_record() {
+    let env = Env::new();
+    let cfg = env.config(
+        "backup",
+        serde_json::json!({"paths": [], "stdin": [{"name": "pg", "command": ["sh", "-c", "exit 4"], "filename": "dump.sql"}]}),
+    );
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 1);
+    assert_eq!(rec.exit_code, 1);
+    let err = rec.error.unwrap();
+    assert!(err.contains("\"pg\"") && err.contains("failed"), "{err}");
+    assert!(rec.snapshot_id.is_none());
+    assert!(env.open().snapshots().unwrap().is_empty());
+}
+
+#[test]
+fn missing_credentials_and_wrong_password_are_recorded() {
+    let env = Env::new();
+    let cfg = env.config(
+        "backup",
+        serde_json::json!({"credentials": {"repository_password": "nope"}}),
+    );
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 1);
+    assert!(rec.error.unwrap().contains("credential \"nope\""));
+
+    let ok = env.config("backup", serde_json::json!({}));
+    assert_eq!(env.run(&ok).0, 0);
+    std::fs::write(env.p("creds/repository-password"), b"other").unwrap();
+    let (code, rec) = env.run(&ok);
+    assert_eq!(code, crate::cli::EXIT_WRONG_PASSWORD);
+    assert!(rec.error.unwrap().contains("wrong password"));
+}
+
+#[test]
+fn verify_checks_and_drills_then_cleans_up() {
+    let env = Env::new();
+    assert_eq!(env.run(&env.config("backup", serde_json::json!({}))).0, 0);
+    let scratch = env.p("scratch");
+    let cfg = env.config(
+        "verify",
+        serde_json::json!({"extra_args": ["--read-data-subset", "1/2", "--restore-drill-files", "5", "--scratch", scratch.to_str().unwrap()]}),
+    );
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 0, "{rec:?}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+
+    let repo = env.open();
+    let rep = restore_drill(&repo, 5, &scratch).unwrap();
+    assert_eq!(rep.files, 2);
+    assert_eq!(rep.bytes, 300_005);
+
+    let bad = env.config(
+        "verify",
+        serde_json::json!({"extra_args": ["--restore-drill-files", "2"]}),
+    );
+    let (code, rec) = env.run(&bad);
+    assert_eq!(code, 1);
+    assert!(rec.error.unwrap().contains("--scratch"));
+    let unknown = env.config("verify", serde_json::json!({"extra_args": ["--bogus"]}));
+    assert_eq!(env.run(&unknown).0, 1);
+}
+
+#[test]
+fn stdin_user_wraps_in_runuser() {
+    let s = StdinSource {
+        name: "pg".into(),
+        command: vec!["pg_dumpall".into(), "-c".into()],
+        filename: "pg.sql".into(),
+        user: Some("postgres".into()),
+    };
+    assert_eq!(
+        stdin_argv(&s),
+        ["runuser", "-u", "postgres", "--", "pg_dumpall", "-c"]
+    );
+    let plain = StdinSource { user: None, ..s };
+    assert_eq!(stdin_argv(&plain), ["pg_dumpall", "-c"]);
+}
+
+#[test]
+fn drill_args_are_split_from_check_args() {
+    let args: Vec<String> = [
+        "--read-data-subset",
+        "3/20",
+        "--restore-drill-files=4",
+        "--scratch",
+        "/tmp/x",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (rest, drill) = split_drill_args(&args).unwrap();
+    assert_eq!(rest, ["--read-data-subset", "3/20"]);
+    assert_eq!(drill, Some((4, PathBuf::from("/tmp/x"))));
+    assert!(split_drill_args(&["--restore-drill-files".to_string()]).is_err());
+}
