@@ -1,1 +1,4 @@
+pub mod controller;
 pub mod host;
+pub mod leader;
+pub mod metrics;

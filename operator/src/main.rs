@@ -1,10 +1,189 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
 use clap::Parser;
+use fleetsnap_operator::controller::{self, Settings};
+use fleetsnap_operator::host::layout;
+use fleetsnap_operator::host::model::ExecutorArtifact;
+use fleetsnap_operator::host::plan::sha256_hex;
+use fleetsnap_operator::leader::LeaseLock;
+use fleetsnap_operator::metrics::{self, Health, Metrics};
+use tracing::{error, info};
 
 /// fleetsnap-operator: reconciles fleetsnap.io resources onto Linux hosts over SSH.
-#[derive(Parser)]
+#[derive(Parser, Debug)]
 #[command(name = "fleetsnap-operator", version)]
-struct Cli {}
+struct Cli {
+    /// kubeconfig file; without it, in-cluster config or $KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "FLEETSNAP_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "FLEETSNAP_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "FLEETSNAP_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Hosts worked on at the same time, across all policies.
+    #[arg(long, default_value_t = 16, env = "FLEETSNAP_MAX_CONCURRENT_HOSTS")]
+    max_concurrent_hosts: usize,
+    /// Upper bound for one reconcile's work on one host (connect, upload, apply, observe).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "FLEETSNAP_HOST_TIMEOUT")]
+    host_timeout: Duration,
+    /// Executor binary pushed to hosts (default: `fleetsnap` next to this executable).
+    #[arg(long, env = "FLEETSNAP_EXECUTOR_PATH")]
+    executor_path: Option<PathBuf>,
+    /// Expected sha256 of the executor; startup fails if the file differs. Computed from
+    /// the file when not given.
+    #[arg(long, env = "FLEETSNAP_EXECUTOR_SHA256")]
+    executor_sha256: Option<String>,
+    /// Namespace of the leader election Lease (default: --namespace, the pod's namespace,
+    /// or `default`).
+    #[arg(long, env = "FLEETSNAP_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    #[arg(long, default_value = "fleetsnap-operator", env = "FLEETSNAP_LEASE_NAME")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME or hostname-pid).
+    #[arg(long, env = "FLEETSNAP_IDENTITY")]
+    identity: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "FLEETSNAP_LOG_JSON")]
+    log_json: bool,
+}
 
-fn main() {
-    let _ = Cli::parse();
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    fleetsnap_crds::common::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The executor to push: its version directory carries the operator version and a hash
+/// prefix, so two different builds never share a path on a host.
+fn executor_artifact(cli: &Cli) -> anyhow::Result<ExecutorArtifact> {
+    let path = match &cli.executor_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locating the operator executable")?
+            .with_file_name("fleetsnap"),
+    };
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading the executor binary {}", path.display()))?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(expected) = &cli.executor_sha256
+        && !expected.eq_ignore_ascii_case(&sha256)
+    {
+        bail!(
+            "executor {} has sha256 {sha256}, but --executor-sha256 says {expected}",
+            path.display()
+        );
+    }
+    let version = format!("{}-{}", env!("CARGO_PKG_VERSION"), &sha256[..12]);
+    layout::validate_version(&version).map_err(anyhow::Error::msg)?;
+    Ok(ExecutorArtifact {
+        version,
+        sha256,
+        local_path: path,
+    })
+}
+
+async fn kube_client(cli: &Cli) -> anyhow::Result<kube::Client> {
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn default_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "fleetsnap".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+fn lease_namespace(cli: &Cli) -> String {
+    cli.leader_election_namespace
+        .clone()
+        .or_else(|| cli.namespace.clone())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "default".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let artifact = executor_artifact(&cli)?;
+    info!(version = %artifact.version, sha256 = %artifact.sha256, path = %artifact.local_path.display(), "executor artifact");
+    let client = kube_client(&cli).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let server = tokio::spawn(metrics::serve(
+        cli.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+    ));
+
+    let identity = cli.identity.clone().unwrap_or_else(default_identity);
+    let lease = LeaseLock::new(
+        client.clone(),
+        &lease_namespace(&cli),
+        &cli.lease_name,
+        &identity,
+    );
+    health.ready.store(true, Ordering::Relaxed);
+
+    loop {
+        info!(%identity, lease = %cli.lease_name, "waiting for leadership");
+        tokio::select! {
+            _ = lease.acquire() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let settings = Settings {
+            namespace: cli.namespace.clone(),
+            max_concurrent_hosts: cli.max_concurrent_hosts,
+            artifact: artifact.clone(),
+            identity: identity.clone(),
+            host_timeout: cli.host_timeout,
+        };
+        // Dropping the controllers' future cancels every reconcile in flight, so a replica
+        // that lost the lease stops touching hosts at once.
+        tokio::select! {
+            _ = controller::run(client.clone(), metrics.clone(), settings) => {
+                info!("controllers stopped");
+                break;
+            }
+            _ = lease.hold() => {
+                error!("leadership lost; stopping all host work");
+            }
+        }
+        if server.is_finished() {
+            bail!("metrics server stopped");
+        }
+    }
+    lease.release().await;
+    Ok(())
 }

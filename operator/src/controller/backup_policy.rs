@@ -1,0 +1,657 @@
+//! BackupPolicy reconciler: for every selected Host, dereference → plan → apply over SSH →
+//! observe, then write status, metrics and Events. Hosts are worked on concurrently; one
+//! dead host costs its own timeout, never the others' time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
+use fleetsnap_crds::common::reasons;
+use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
+use futures::FutureExt;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::derive::{self, DeriveError, Secrets};
+use super::error::{Error, Failure, Retry, retry_after};
+use super::events;
+use super::host_status;
+use super::summary::{self, EventSpec, HostResult, PolicyProblem};
+use super::{Context, FIELD_MANAGER};
+use crate::host::apply::{apply_plan, gather_facts};
+use crate::host::facts::HostFacts;
+use crate::host::layout::JobId;
+use crate::host::model::PolicyKind;
+use crate::host::observe::{JobObservation, observe_job};
+use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, plan_job};
+use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
+
+pub const KIND: &str = "BackupPolicy";
+/// Held while units may exist on hosts; removed once every host was cleaned.
+pub const FINALIZER: &str = "fleetsnap.io/host-cleanup";
+/// Run records read per observation; enough to count a long failure streak.
+const RECORDS: usize = 50;
+/// Longest gap between two looks at a healthy policy, so staleness is noticed even when
+/// nothing changes.
+const MAX_RESYNC: Duration = Duration::from_secs(300);
+const MIN_RESYNC: Duration = Duration::from_secs(10);
+/// After a deletion, hosts that stay unreachable this long are given up on, so a dead VM
+/// cannot keep a policy in Terminating forever. A Warning Event names them.
+const CLEANUP_GRACE: Duration = Duration::from_secs(600);
+
+pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = async {
+        // Planning against half-filled caches would treat hosts as deselected.
+        let _ = ctx.hosts.wait_until_ready().await;
+        let _ = ctx.repos.wait_until_ready().await;
+        finalizer(&api, FINALIZER, policy, |event| async {
+            match event {
+                FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
+                FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics
+        .reconcile_took(KIND, started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(policy: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, err.reason());
+    let key = format!(
+        "{KIND}/{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    );
+    let attempt = ctx.failed_attempt(&key);
+    warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
+    Action::requeue(super::error::backoff(attempt))
+}
+
+fn attempts_key(ns: &str, policy: &str, host: &str) -> String {
+    format!("{KIND}/{ns}/{policy}/{host}")
+}
+
+fn selected_hosts(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<Host>> {
+    let mut hosts: Vec<Arc<Host>> = ctx
+        .hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .filter(|h| h.metadata.deletion_timestamp.is_none())
+        .filter(|h| derive::selects(&policy.spec.host_selector, h))
+        .collect();
+    hosts.sort_by_key(|h| h.name_any());
+    hosts
+}
+
+/// Reads the Secrets a pair needs. Absent Secrets are simply missing from the map: the
+/// derive step turns that into `SecretNotFound` naming the Secret.
+async fn read_secrets(ctx: &Context, ns: &str, names: &[String]) -> Result<Secrets, Failure> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Secrets::new();
+    for name in names {
+        match api.get_opt(name).await {
+            Ok(Some(s)) => {
+                out.insert(name.clone(), s);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Failure {
+                    reason: "KubeApiError",
+                    message: format!("reading Secret {name:?} failed: {e}"),
+                    retry: Retry::Backoff,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// While a policy is suspended its units stay but the timer must not run: the normal plan
+/// (which would enable the timer) is trimmed, and a live timer is disabled.
+pub fn suspend_plan(plan: &mut HostPlan, facts: &HostFacts) {
+    plan.actions.retain(|a| {
+        !matches!(
+            a,
+            HostAction::EnableTimer { .. } | HostAction::RestartTimer { .. }
+        )
+    });
+    if let Some(d) = &plan.desired {
+        let live = facts
+            .units
+            .get(&d.timer)
+            .is_some_and(|t| t.enabled == "enabled" || t.active == "active");
+        if live {
+            plan.actions.push(HostAction::DisableTimer {
+                unit: d.timer.clone(),
+            });
+        }
+    }
+}
+
+/// Outcome of the SSH part for one host.
+struct Converged {
+    facts: HostFacts,
+    observation: JobObservation,
+    changed: Vec<String>,
+}
+
+/// dereference → plan → apply → observe for one (policy, host) pair.
+async fn converge_host(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    repo: &BackupRepository,
+    host: &Host,
+) -> Result<Converged, Failure> {
+    let ns = policy.namespace().unwrap_or_default();
+    let secrets = read_secrets(ctx, &ns, &derive::referenced_secrets(host, repo)).await?;
+    let derived = (|| -> Result<_, DeriveError> {
+        Ok((
+            derive::host_target(host, &secrets)?,
+            derive::credentials(repo, host, &secrets)?,
+            derive::backup_policy_spec(policy, host, repo)?,
+        ))
+    })();
+    let (target, credentials, spec) = derived.map_err(|e| Failure::from_derive(&e))?;
+    let job = JobId::new(PolicyKind::Backup, &spec.name).map_err(|detail| Failure {
+        reason: super::error::INVALID_SPEC,
+        message: detail,
+        retry: Retry::OnChange,
+    })?;
+    let suspended = policy.spec.suspend;
+    let artifact = ctx.artifact.clone();
+    let host_name = target.name.clone();
+    let key = format!("{ns}/{}", host.name_any());
+    // The closure may run twice (a dead reused connection is replaced once), so it owns
+    // its inputs and hands each attempt copies.
+    let work = ctx.pool.with_host(&key, &target, |sh| {
+        let (job, artifact, spec, credentials, host_name) = (
+            job.clone(),
+            artifact.clone(),
+            spec.clone(),
+            credentials.clone(),
+            host_name.clone(),
+        );
+        async move {
+            let inputs = JobInputs {
+                artifact: &artifact,
+                policy: &spec,
+                credentials: &credentials,
+            };
+            let facts = gather_facts(sh, &fact_query(&job, Some(&artifact))).await?;
+            let mut plan = plan_job(&inputs, &facts).map_err(|detail| {
+                crate::host::HostError::InvalidSpec {
+                    host: host_name,
+                    detail,
+                }
+            })?;
+            if suspended {
+                suspend_plan(&mut plan, &facts);
+            }
+            let report = apply_plan(sh, &plan).await?;
+            let observation = observe_job(sh, &job, RECORDS).await?;
+            Ok(Converged {
+                facts,
+                observation,
+                changed: report.actions,
+            })
+        }
+        .boxed()
+    });
+    match tokio::time::timeout(ctx.host_timeout, work).await {
+        Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
+        Ok(Err(e)) => Err(Failure::from_host(&e)),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+/// The policy-level problems that stop every host before any SSH work.
+fn policy_problem(
+    policy: &BackupPolicy,
+    repo: Option<&Arc<BackupRepository>>,
+) -> Option<PolicyProblem> {
+    if let Err(e) = policy.spec.schedule.timer_directives() {
+        return Some(PolicyProblem {
+            reason: reasons::INVALID_SCHEDULE,
+            message: e.to_string(),
+        });
+    }
+    if repo.is_none() {
+        return Some(PolicyProblem {
+            reason: reasons::REFERENCE_NOT_FOUND,
+            message: format!(
+                "BackupRepository {:?} does not exist in this namespace",
+                policy.spec.repository_ref.name
+            ),
+        });
+    }
+    None
+}
+
+async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
+    let now = Utc::now();
+    let previous = policy.status.clone().unwrap_or_default();
+    let repo = ctx
+        .repos
+        .get(&ObjectRef::new(&policy.spec.repository_ref.name).within(&ns));
+    let selected = selected_hosts(ctx, policy, &ns);
+    let interval = derive::expected_interval(&policy.spec.schedule.on_calendar);
+    let window = policy
+        .spec
+        .effective_staleness_window(interval)
+        .unwrap_or(interval + Duration::from_secs(3600));
+    let plabels = PolicyLabels {
+        namespace: ns.clone(),
+        policy: name.clone(),
+    };
+    ctx.metrics
+        .backup_expected_interval
+        .get_or_create(&plabels)
+        .set(interval.as_secs_f64());
+    ctx.metrics
+        .backup_staleness_window
+        .get_or_create(&plabels)
+        .set(window.as_secs_f64());
+
+    let prev_by_name: BTreeMap<&str, &PolicyHostSummary> = previous
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h))
+        .collect();
+
+    if let Some(problem) = policy_problem(policy, repo.as_ref()) {
+        // Nothing can be planned; keep what was known about each host.
+        let hosts = selected
+            .iter()
+            .map(|h| {
+                prev_by_name
+                    .get(h.name_any().as_str())
+                    .map(|p| (*p).clone())
+                    .unwrap_or(PolicyHostSummary {
+                        name: h.name_any(),
+                        state: HostBackupState::Pending,
+                        last_success: None,
+                        snapshot_id: None,
+                        message: None,
+                    })
+            })
+            .collect();
+        let status = summary::policy_status(
+            hosts,
+            Some(&problem),
+            &[],
+            Some(&previous),
+            policy.metadata.generation,
+            now,
+        );
+        ctx.metrics.reconcile_error(KIND, problem.reason);
+        warn!(reason = problem.reason, message = %problem.message, "policy cannot be applied");
+        write_status(ctx, policy, &previous, status).await?;
+        // Spec problem: the watches on the policy and repository bring us back.
+        return Ok(Action::await_change());
+    }
+    let repo = repo.expect("checked by policy_problem");
+
+    // Every selected host concurrently; the pool bounds how many actually run at once.
+    let repo = &repo;
+    let results: Vec<(Arc<Host>, Result<Converged, Failure>)> =
+        join_all(selected.iter().map(|host| {
+            let span = info_span!("host", host = %host.name_any());
+            async move {
+                let r = converge_host(ctx, policy, &repo, host).await;
+                (host.clone(), r)
+            }
+            .instrument(span)
+        }))
+        .await;
+
+    let mut host_results = Vec::new();
+    let mut requeue = MAX_RESYNC;
+    for (host, result) in results {
+        let hname = host.name_any();
+        let labels = PolicyHostLabels {
+            namespace: ns.clone(),
+            policy: name.clone(),
+            host: hname.clone(),
+        };
+        let hlabels = HostLabels {
+            namespace: ns.clone(),
+            host: hname.clone(),
+        };
+        let key = attempts_key(&ns, &name, &hname);
+        match result {
+            Ok(c) => {
+                ctx.reset_attempts(&key);
+                if !c.changed.is_empty() {
+                    info!(host = %hname, actions = ?c.changed, "host converged");
+                }
+                ctx.metrics.observe_backup(&labels, &c.observation);
+                ctx.metrics.host_contact(&hlabels, true, now);
+                let entry = summary::host_policy_entry(&name, &c.observation);
+                host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
+                // Look again shortly after the next scheduled run, to report it.
+                if let Some(next) = c.observation.timer.as_ref().and_then(|t| t.next_elapse) {
+                    let wait = (next - now.timestamp()).max(0) as u64 + 15;
+                    requeue = requeue.min(Duration::from_secs(wait).max(MIN_RESYNC));
+                }
+                debug!(host = %hname, systemd = %c.facts.systemd, "observed");
+                host_results.push(HostResult {
+                    host: hname,
+                    observation: Some(c.observation),
+                    failure: None,
+                });
+            }
+            Err(f) => {
+                let attempt = if f.is_transient() {
+                    ctx.failed_attempt(&key)
+                } else {
+                    1
+                };
+                warn!(host = %hname, reason = f.reason, message = %f.message, "host failed");
+                ctx.metrics.reconcile_error(KIND, f.reason);
+                ctx.metrics.backup_host_selected.get_or_create(&labels).set(1.0);
+                if matches!(
+                    f.reason,
+                    reasons::HOST_UNREACHABLE | reasons::AUTH_FAILED | reasons::HOST_KEY_MISMATCH
+                ) {
+                    ctx.metrics.host_contact(&hlabels, false, now);
+                }
+                if let Some(d) = retry_after(&f, attempt) {
+                    requeue = requeue.min(d);
+                }
+                host_results.push(HostResult {
+                    host: hname,
+                    observation: None,
+                    failure: Some(f),
+                });
+            }
+        }
+    }
+
+    // Hosts that had the policy but are no longer selected: take the job off them.
+    let selected_names: BTreeSet<String> = selected.iter().map(|h| h.name_any()).collect();
+    let mut leaving_pending = Vec::new();
+    for prev in previous
+        .hosts
+        .iter()
+        .filter(|h| !selected_names.contains(&h.name))
+    {
+        match remove_from_host(ctx, &ns, &name, &prev.name).await {
+            Ok(()) => {
+                info!(host = %prev.name, "host left the selector; job removed");
+                ctx.metrics.forget_backup_host(&PolicyHostLabels {
+                    namespace: ns.clone(),
+                    policy: name.clone(),
+                    host: prev.name.clone(),
+                });
+            }
+            Err(f) => {
+                warn!(host = %prev.name, reason = f.reason, "removing the job from a deselected host failed");
+                requeue = requeue.min(retry_after(&f, 1).unwrap_or(MAX_RESYNC));
+                leaving_pending.push(PolicyHostSummary {
+                    name: prev.name.clone(),
+                    state: HostBackupState::Failing,
+                    last_success: prev.last_success.clone(),
+                    snapshot_id: prev.snapshot_id.clone(),
+                    message: Some(format!(
+                        "left the selector; removing the job is pending: {}: {}",
+                        f.reason, f.message
+                    )),
+                });
+            }
+        }
+    }
+
+    let summaries: Vec<PolicyHostSummary> = host_results
+        .iter()
+        .map(|r| summary::host_summary(r, prev_by_name.get(r.host.as_str()).copied(), now, window))
+        .collect();
+    let failures: Vec<&Failure> = host_results
+        .iter()
+        .filter_map(|r| r.failure.as_ref())
+        .collect();
+    let mut status = summary::policy_status(
+        summaries,
+        None,
+        &failures,
+        Some(&previous),
+        policy.metadata.generation,
+        now,
+    );
+    // Still tracked (so cleanup is retried) but not counted: they are not selected.
+    status.hosts.extend(leaving_pending);
+
+    for ev in summary::transitions(&previous.hosts, &status.hosts) {
+        publish(ctx, policy, &ev).await;
+    }
+    write_status(ctx, policy, &previous, status).await?;
+    Ok(Action::requeue(requeue.max(MIN_RESYNC)))
+}
+
+async fn publish(ctx: &Context, policy: &BackupPolicy, ev: &EventSpec) {
+    events::publish(&ctx.recorder, &policy.object_ref(&()), ev).await;
+}
+
+/// Server-side apply of the status subresource; skipped when nothing changed, so an idle
+/// fleet causes no writes (and no watch events) at all.
+async fn write_status(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    previous: &BackupPolicyStatus,
+    status: BackupPolicyStatus,
+) -> Result<(), Error> {
+    if policy.status.is_some() && *previous == status {
+        return Ok(());
+    }
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": "fleetsnap.io/v1alpha1",
+        "kind": "BackupPolicy",
+        "status": status,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes the policy's job off one host: units, config and credentials; never data.
+async fn remove_from_host(ctx: &Context, ns: &str, policy: &str, host: &str) -> Result<(), Failure> {
+    let span = info_span!("remove_job", host = %host, policy = %policy);
+    async {
+        let Some(h) = ctx.hosts.get(&ObjectRef::new(host).within(ns)) else {
+            // The Host object is gone: there is no address or key to reach it with.
+            debug!("Host object deleted; nothing to reach");
+            return Ok(());
+        };
+        let secret_name = h.spec.ssh_key_secret_ref.name.clone();
+        let secrets = read_secrets(ctx, ns, &[secret_name]).await?;
+        let target = derive::host_target(&h, &secrets).map_err(|e| Failure::from_derive(&e))?;
+        let job = JobId::new(PolicyKind::Backup, policy).map_err(|detail| Failure {
+            reason: super::error::INVALID_SPEC,
+            message: detail,
+            retry: Retry::OnChange,
+        })?;
+        let key = format!("{ns}/{host}");
+        let work = ctx.pool.with_host(&key, &target, |sh| {
+            let job = job.clone();
+            async move { crate::host::apply::remove_job(sh, &job).await }.boxed()
+        });
+        match tokio::time::timeout(ctx.host_timeout, work).await {
+            Err(_) => Err(Failure::timeout(host, ctx.host_timeout)),
+            Ok(Err(e)) => Err(Failure::from_host(&e)),
+            Ok(Ok((_, report))) => {
+                if report.changed() {
+                    info!(actions = ?report.actions, "job removed from host");
+                }
+                host_status::apply_policy_entry(ctx, ns, host, policy, None)
+                    .await
+                    .map_err(|e| Failure {
+                        reason: "KubeApiError",
+                        message: e.to_string(),
+                        retry: Retry::Backoff,
+                    })?;
+                Ok(())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Finalizer cleanup: every host that is selected or was tracked loses the job.
+async fn cleanup(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
+    let mut hosts: BTreeSet<String> = selected_hosts(ctx, policy, &ns)
+        .iter()
+        .map(|h| h.name_any())
+        .collect();
+    if let Some(s) = &policy.status {
+        hosts.extend(s.hosts.iter().map(|h| h.name.clone()));
+    }
+    let (ns_ref, name_ref) = (&ns, &name);
+    let results = join_all(hosts.iter().map(|h| async move {
+        (h.clone(), remove_from_host(ctx, ns_ref, name_ref, h).await)
+    }))
+    .await;
+    let deleting_for = policy
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| (Utc::now().timestamp() - t.0.as_second()).max(0) as u64)
+        .unwrap_or(0);
+    let mut pending = Vec::new();
+    for (host, r) in results {
+        match r {
+            Ok(()) => {}
+            // An unreachable host blocks deletion only for a while; after that it is named
+            // in an Event and left (its timer keeps running until someone cleans it).
+            Err(f) if f.reason == reasons::HOST_UNREACHABLE
+                && deleting_for > CLEANUP_GRACE.as_secs() =>
+            {
+                publish(
+                    ctx,
+                    policy,
+                    &EventSpec {
+                        warning: true,
+                        reason: "CleanupAbandoned",
+                        note: format!(
+                            "host {host} stayed unreachable for {}s after deletion; its units were left in place",
+                            CLEANUP_GRACE.as_secs()
+                        ),
+                    },
+                )
+                .await;
+            }
+            Err(f) => {
+                warn!(host = %host, reason = f.reason, message = %f.message, "cleanup failed");
+                pending.push(host);
+            }
+        }
+    }
+    for h in &hosts {
+        ctx.metrics.forget_backup_host(&PolicyHostLabels {
+            namespace: ns.clone(),
+            policy: name.clone(),
+            host: h.clone(),
+        });
+    }
+    if !pending.is_empty() {
+        return Err(Error::CleanupIncomplete {
+            policy: name,
+            hosts: pending.join(", "),
+        });
+    }
+    ctx.metrics.forget_policy(&PolicyLabels {
+        namespace: ns,
+        policy: name.clone(),
+    });
+    info!(policy = %name, hosts = hosts.len(), "policy removed from all hosts");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::facts::UnitFact;
+    use crate::host::layout::JobId;
+
+    fn plan_with(actions: Vec<HostAction>, timer: &str) -> HostPlan {
+        let job = JobId::new(PolicyKind::Backup, "p").unwrap();
+        let desired = crate::host::plan::DesiredState {
+            executor: crate::host::plan::DesiredExecutor {
+                version: "1".into(),
+                sha256: "00".into(),
+                path: "/x".into(),
+                local_path: "/x".into(),
+            },
+            dirs: vec![],
+            files: vec![],
+            units: vec![],
+            timer: timer.into(),
+            service: "s".into(),
+        };
+        HostPlan {
+            job,
+            desired: Some(desired),
+            actions,
+        }
+    }
+
+    #[test]
+    fn suspending_drops_enables_and_disables_a_live_timer() {
+        let t = "fleetsnap-backup-p.timer";
+        let mut plan = plan_with(
+            vec![
+                HostAction::DaemonReload,
+                HostAction::EnableTimer { unit: t.into() },
+            ],
+            t,
+        );
+        let mut facts = HostFacts::default();
+        facts.units.insert(
+            t.into(),
+            UnitFact {
+                enabled: "enabled".into(),
+                active: "active".into(),
+            },
+        );
+        suspend_plan(&mut plan, &facts);
+        assert_eq!(
+            plan.actions,
+            vec![
+                HostAction::DaemonReload,
+                HostAction::DisableTimer { unit: t.into() }
+            ]
+        );
+        // Already disabled: nothing to do, so a suspended policy is idempotent too.
+        let mut plan = plan_with(vec![HostAction::EnableTimer { unit: t.into() }], t);
+        suspend_plan(&mut plan, &HostFacts::default());
+        assert!(plan.actions.is_empty());
+    }
+}

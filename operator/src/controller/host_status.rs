@@ -1,0 +1,370 @@
+//! `Host.status`: the Host controller keeps reachability, OS facts and the installed
+//! executor fresh (one fact-gathering round trip per host and resync), and the policy
+//! reconcilers add their own entry to `status.policies`.
+//!
+//! Both write with server-side apply. The host-level fields belong to the field manager
+//! `fleetsnap-operator` and are always written complete; each policy's entry belongs to a
+//! manager named after the policy, so entries written by different policies merge instead
+//! of replacing each other, and removing one entry is an apply of nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleetsnap_crds::Host;
+use fleetsnap_crds::common::{Condition, ConditionStatus, condition_types, reasons, upsert_condition};
+use fleetsnap_crds::host::{ExecutorStatus, HostPolicyStatus, HostStatus, OsFacts};
+use futures::FutureExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info_span, warn};
+
+use super::derive;
+use super::error::{Error, Failure, Retry, retry_after};
+use super::summary::to_time;
+use super::{Context, FIELD_MANAGER};
+use crate::host::apply::gather_facts;
+use crate::host::facts::{FactQuery, HostFacts};
+use crate::host::layout;
+use crate::host::model::ExecutorArtifact;
+use crate::metrics::HostLabels;
+
+pub const KIND: &str = "Host";
+/// How often a healthy host is contacted for fresh facts.
+const RESYNC: Duration = Duration::from_secs(60);
+/// Reachability condition type (besides the standard `Ready`).
+pub const REACHABLE: &str = "Reachable";
+
+fn policy_manager(policy: &str) -> String {
+    format!("{FIELD_MANAGER}.backuppolicy.{policy}")
+}
+
+/// Writes (or with `None` removes) this policy's entry in `Host.status.policies`.
+pub async fn apply_policy_entry(
+    ctx: &Context,
+    ns: &str,
+    host: &str,
+    policy: &str,
+    entry: Option<HostPolicyStatus>,
+) -> Result<(), Error> {
+    let api: Api<Host> = Api::namespaced(ctx.client.clone(), ns);
+    let status = match entry {
+        Some(e) => json!({ "policies": [e] }),
+        None => json!({}),
+    };
+    let patch = json!({
+        "apiVersion": "fleetsnap.io/v1alpha1",
+        "kind": "Host",
+        "status": status,
+    });
+    match api
+        .patch_status(
+            host,
+            &PatchParams::apply(&policy_manager(policy)).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The Host was deleted meanwhile: there is no entry to keep up to date.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The executor as installed: version from the link target, sha256 when it is the
+/// version this operator ships (the only file whose hash was asked for).
+pub fn installed_executor(facts: &HostFacts, artifact: &ExecutorArtifact) -> Option<ExecutorStatus> {
+    let target = facts.links.get(layout::BIN_LINK)?;
+    let version = target
+        .strip_prefix(&format!("{}/", layout::LIB_DIR))?
+        .strip_suffix("/fleetsnap")?
+        .to_string();
+    let sha256 = facts
+        .files
+        .get(target)
+        .map(|f| f.sha256.clone())
+        .filter(|_| version == artifact.version)
+        .unwrap_or_default();
+    Some(ExecutorStatus { version, sha256 })
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {
+    Condition::new(
+        type_,
+        if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        },
+        reason,
+        message,
+        None,
+        to_time(now),
+    )
+}
+
+/// Host-level status after a successful contact.
+pub fn reachable_status(
+    previous: &HostStatus,
+    facts: &HostFacts,
+    artifact: &ExecutorArtifact,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> HostStatus {
+    let mut conditions = previous.conditions.clone();
+    upsert_condition(
+        &mut conditions,
+        condition(REACHABLE, true, reasons::SUCCEEDED, "SSH login with the pinned host key works".into(), now),
+    );
+    upsert_condition(
+        &mut conditions,
+        condition(condition_types::READY, true, reasons::SUCCEEDED, "host is reachable and managed".into(), now),
+    );
+    HostStatus {
+        reachable: Some(true),
+        last_contact: Some(to_time(now)),
+        os: Some(OsFacts {
+            arch: Some(facts.arch.clone()).filter(|s| !s.is_empty()),
+            kernel: Some(facts.kernel.clone()).filter(|s| !s.is_empty()),
+            distribution: previous.os.as_ref().and_then(|o| o.distribution.clone()),
+            systemd_version: facts.systemd_version().and_then(|v| i32::try_from(v).ok()),
+            creds_encrypted: Some(facts.creds_encrypt),
+        }),
+        executor: installed_executor(facts, artifact).or_else(|| previous.executor.clone()),
+        policies: Vec::new(),
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+/// Host-level status after a failed contact: the last known facts stay.
+pub fn unreachable_status(
+    previous: &HostStatus,
+    failure: &Failure,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> HostStatus {
+    let mut conditions = previous.conditions.clone();
+    let message = failure.message.clone();
+    upsert_condition(
+        &mut conditions,
+        condition(REACHABLE, false, failure.reason, message.clone(), now),
+    );
+    upsert_condition(
+        &mut conditions,
+        condition(condition_types::READY, false, failure.reason, message, now),
+    );
+    HostStatus {
+        reachable: Some(false),
+        last_contact: previous.last_contact.clone(),
+        os: previous.os.clone(),
+        executor: previous.executor.clone(),
+        policies: Vec::new(),
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+/// The host-level part of a status, for comparing without the policies' entries.
+fn host_level(s: &HostStatus) -> HostStatus {
+    HostStatus {
+        policies: Vec::new(),
+        ..s.clone()
+    }
+}
+
+pub async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = host.namespace().ok_or(Error::NoNamespace)?;
+    let name = host.name_any();
+    let span = info_span!("reconcile", kind = KIND, namespace = %ns, host = %name);
+    async {
+        let previous = host.status.clone().unwrap_or_default();
+        let now = Utc::now();
+        let key = format!("{ns}/{name}");
+        let attempts_key = format!("{KIND}/{key}");
+        let contact = contact(&ctx, &host, &ns).await;
+        let labels = HostLabels {
+            namespace: ns.clone(),
+            host: name.clone(),
+        };
+        let (status, action) = match contact {
+            Ok(facts) => {
+                ctx.reset_attempts(&attempts_key);
+                ctx.metrics.host_contact(&labels, true, now);
+                (
+                    reachable_status(&previous, &facts, &ctx.artifact, host.metadata.generation, now),
+                    Action::requeue(RESYNC),
+                )
+            }
+            Err(f) => {
+                warn!(reason = f.reason, message = %f.message, "host not reachable");
+                ctx.metrics.reconcile_error(KIND, f.reason);
+                if matches!(f.retry, Retry::Slow(_)) || f.reason == fleetsnap_crds::common::reasons::HOST_UNREACHABLE {
+                    ctx.metrics.host_contact(&labels, false, now);
+                }
+                let attempt = if f.is_transient() {
+                    ctx.failed_attempt(&attempts_key)
+                } else {
+                    1
+                };
+                let action = match retry_after(&f, attempt) {
+                    Some(d) => Action::requeue(d.max(Duration::from_secs(10))),
+                    None => Action::await_change(),
+                };
+                (
+                    unreachable_status(&previous, &f, host.metadata.generation, now),
+                    action,
+                )
+            }
+        };
+        if host_level(&previous) != status || host.status.is_none() {
+            let api: Api<Host> = Api::namespaced(ctx.client.clone(), &ns);
+            let mut body = serde_json::to_value(&status).unwrap_or_default();
+            // Policies' entries belong to their own field managers.
+            if let Some(obj) = body.as_object_mut() {
+                obj.remove("policies");
+            }
+            let patch = json!({
+                "apiVersion": "fleetsnap.io/v1alpha1",
+                "kind": "Host",
+                "status": body,
+            });
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        }
+        Ok(action)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs in and gathers OS facts plus the installed executor.
+async fn contact(ctx: &Context, host: &Host, ns: &str) -> Result<HostFacts, Failure> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret_name = &host.spec.ssh_key_secret_ref.name;
+    let mut secrets = derive::Secrets::new();
+    match api.get_opt(secret_name).await {
+        Ok(Some(s)) => {
+            secrets.insert(secret_name.clone(), s);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Err(Failure {
+                reason: "KubeApiError",
+                message: format!("reading Secret {secret_name:?} failed: {e}"),
+                retry: Retry::Backoff,
+            });
+        }
+    }
+    let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+    let query = FactQuery {
+        files: vec![layout::executor_path(&ctx.artifact.version)],
+        links: vec![layout::BIN_LINK.to_string()],
+        ..FactQuery::default()
+    };
+    let key = format!("{ns}/{}", host.name_any());
+    let work = ctx.pool.with_host(&key, &target, |sh| {
+        let q = query.clone();
+        async move { gather_facts(sh, &q).await }.boxed()
+    });
+    match tokio::time::timeout(ctx.host_timeout, work).await {
+        Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
+        Ok(Err(e)) => Err(Failure::from_host(&e)),
+        Ok(Ok(f)) => Ok(f),
+    }
+}
+
+pub fn error_policy(host: Arc<Host>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, err.reason());
+    let key = format!("{KIND}/{}/{}", host.namespace().unwrap_or_default(), host.name_any());
+    let attempt = ctx.failed_attempt(&key);
+    warn!(host = %host.name_any(), error = %err, "Host reconcile failed");
+    Action::requeue(super::error::backoff(attempt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::facts::FileFact;
+
+    fn artifact() -> ExecutorArtifact {
+        ExecutorArtifact {
+            version: "0.1.0-abc".into(),
+            sha256: "f".repeat(64),
+            local_path: "/bin/true".into(),
+        }
+    }
+
+    fn facts() -> HostFacts {
+        let mut f = HostFacts {
+            arch: "x86_64".into(),
+            kernel: "6.1.0".into(),
+            systemd: "systemd 252 (252.33-1~deb12u1)".into(),
+            creds_encrypt: true,
+            ..HostFacts::default()
+        };
+        let exe = layout::executor_path("0.1.0-abc");
+        f.links.insert(layout::BIN_LINK.into(), exe.clone());
+        f.files.insert(
+            exe,
+            FileFact {
+                sha256: "f".repeat(64),
+                mode: 0o755,
+                owner: "root".into(),
+                group: "root".into(),
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn reachable_host_reports_facts_and_executor() {
+        let now = Utc::now();
+        let s = reachable_status(&HostStatus::default(), &facts(), &artifact(), Some(2), now);
+        assert_eq!(s.reachable, Some(true));
+        let os = s.os.unwrap();
+        assert_eq!(os.systemd_version, Some(252));
+        assert_eq!(os.arch.as_deref(), Some("x86_64"));
+        let exe = s.executor.unwrap();
+        assert_eq!(exe.version, "0.1.0-abc");
+        assert_eq!(exe.sha256, "f".repeat(64));
+        assert_eq!(s.conditions.len(), 2);
+        assert!(s.conditions.iter().all(|c| c.status == ConditionStatus::True));
+    }
+
+    #[test]
+    fn foreign_executor_version_has_no_hash_and_missing_link_keeps_previous() {
+        let mut f = facts();
+        f.links.insert(layout::BIN_LINK.into(), layout::executor_path("0.0.9"));
+        let exe = installed_executor(&f, &artifact()).unwrap();
+        assert_eq!(exe.version, "0.0.9");
+        assert_eq!(exe.sha256, "");
+        f.links.clear();
+        assert_eq!(installed_executor(&f, &artifact()), None);
+    }
+
+    #[test]
+    fn unreachable_host_keeps_last_known_facts() {
+        let now = Utc::now();
+        let ok = reachable_status(&HostStatus::default(), &facts(), &artifact(), Some(1), now);
+        let f = Failure {
+            reason: "HostKeyMismatch",
+            message: "host key changed".into(),
+            retry: Retry::Slow(Duration::from_secs(900)),
+        };
+        let s = unreachable_status(&ok, &f, Some(1), now);
+        assert_eq!(s.reachable, Some(false));
+        assert_eq!(s.os, ok.os);
+        assert_eq!(s.last_contact, ok.last_contact);
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "HostKeyMismatch");
+        assert_eq!(ready.status, ConditionStatus::False);
+    }
+}

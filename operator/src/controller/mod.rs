@@ -1,0 +1,225 @@
+//! The controllers: BackupPolicy (primary; reconciles policies onto hosts) and Host (keeps
+//! `Host.status` reachability and OS facts fresh). Both share one SSH pool, so the bound on
+//! concurrently worked hosts and the one-connection-per-host rule hold across them.
+
+pub mod backup_policy;
+pub mod derive;
+pub mod error;
+pub mod events;
+pub mod host_status;
+pub mod pool;
+pub mod summary;
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::host::model::ExecutorArtifact;
+use crate::host::ssh::SshOptions;
+use crate::metrics::Metrics;
+use pool::HostPool;
+
+/// Field manager of every status write; per-policy entries in `Host.status.policies` use
+/// `<FIELD_MANAGER>.<kind>.<policy>` so that server-side apply merges the entries written by
+/// different policies instead of one replacing the others.
+pub const FIELD_MANAGER: &str = "fleetsnap-operator";
+
+/// Shared state of all reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub artifact: ExecutorArtifact,
+    pub pool: HostPool,
+    pub hosts: Store<Host>,
+    pub repos: Store<BackupRepository>,
+    /// Upper bound for everything done on one host in one reconcile (connect, upload the
+    /// executor, apply, observe), so a host that stalls mid-session cannot pin a reconcile.
+    pub host_timeout: Duration,
+    /// Consecutive transient failures per `<kind>/<namespace>/<object>/<host>`, for backoff.
+    attempts: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Counts a failure and returns how many happened in a row.
+    pub fn failed_attempt(&self, key: &str) -> u32 {
+        let mut a = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = a.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn reset_attempts(&self, key: &str) {
+        let mut a = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        a.remove(key);
+    }
+}
+
+/// Settings of the controllers from the command line.
+pub struct Settings {
+    pub namespace: Option<String>,
+    pub max_concurrent_hosts: usize,
+    pub artifact: ExecutorArtifact,
+    pub identity: String,
+    pub host_timeout: Duration,
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn hash_of(parts: impl Hash) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs both controllers until the future is dropped (leadership lost) or they end.
+pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
+    let wc = watcher::Config::default();
+    let ns = &settings.namespace;
+
+    // Caches of Hosts and repositories: reconciles read them instead of listing.
+    let (hosts, host_writer) = reflector::store::<Host>();
+    // The reflected Host stream drives the Host controller; only spec changes (generation)
+    // wake it, so its own status writes do not loop back into it.
+    let host_stream = watcher(api::<Host>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(host_writer)
+        .touched_objects()
+        .predicate_filter(|h: &Host| hash_of(h.metadata.generation), Default::default());
+    let (repos, repo_writer) = reflector::store::<BackupRepository>();
+    let repo_cache = watcher(api::<BackupRepository>(&client, ns), wc.clone())
+        .default_backoff()
+        .reflect(repo_writer)
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+        artifact: settings.artifact,
+        pool: HostPool::new(settings.max_concurrent_hosts, SshOptions::default()),
+        hosts: hosts.clone(),
+        repos: repos.clone(),
+        host_timeout: settings.host_timeout,
+        attempts: Default::default(),
+    });
+    let policies = Controller::new(api::<BackupPolicy>(&client, ns), wc.clone());
+    let policy_store = policies.store();
+
+    // Host changes matter to policies only through spec and labels; status writes (every
+    // lastContact refresh) must not wake every policy selecting the host.
+    let host_changes = watcher(api::<Host>(&client, ns), wc.clone())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(
+            |h: &Host| hash_of((h.metadata.generation, h.labels(), h.metadata.deletion_timestamp.is_some())),
+            Default::default(),
+        );
+    let store = policy_store.clone();
+    let policies = policies.watches_stream(host_changes, move |host: Host| {
+        let ns = host.namespace();
+        let name = host.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns)
+            .filter(|p| {
+                derive::selects(&p.spec.host_selector, &host)
+                    || p.status
+                        .as_ref()
+                        .is_some_and(|s| s.hosts.iter().any(|h| h.name == name))
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+    let store = policy_store.clone();
+    let policies = policies.watches(api::<BackupRepository>(&client, ns), wc.clone(), move |repo| {
+        let ns = repo.namespace();
+        let name = repo.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.spec.repository_ref.name == name)
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+    // Only Secret metadata is watched (names, not contents); values are read at reconcile.
+    let store = policy_store.clone();
+    let (hosts_for_secrets, repos_for_secrets) = (hosts.clone(), repos.clone());
+    let secret_changes = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
+        .default_backoff()
+        .touched_objects();
+    let policies = policies.watches_stream(secret_changes, move |secret| {
+        let ns = secret.namespace();
+        let name = secret.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns)
+            .filter(|p| {
+                let repo = repos_for_secrets.get(
+                    &ObjectRef::new(&p.spec.repository_ref.name).within(ns.as_deref().unwrap_or("")),
+                );
+                let Some(repo) = repo else { return false };
+                hosts_for_secrets
+                    .state()
+                    .iter()
+                    .filter(|h| h.namespace() == ns && derive::selects(&p.spec.host_selector, h))
+                    .any(|h| derive::referenced_secrets(h, &repo).contains(&name))
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+    let policy_loop = policies
+        .shutdown_on_signal()
+        .run(backup_policy::reconcile, backup_policy::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(policy = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "BackupPolicy reconcile failed"),
+            }
+        });
+
+    let host_loop = Controller::for_stream(host_stream, hosts)
+        .shutdown_on_signal()
+        .run(host_status::reconcile, host_status::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "Host reconcile failed");
+            }
+        });
+
+    info!("controllers running");
+    tokio::select! {
+        _ = policy_loop => {},
+        _ = host_loop => {},
+        _ = repo_cache => {},
+    }
+}
