@@ -13,6 +13,7 @@ pub mod format;
 pub mod id;
 pub mod lock;
 pub mod pattern;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod run;

@@ -260,6 +260,11 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         }
         Command::Backup(a) => return backup(g, a),
         Command::Forget(a) => return forget(g, a),
+        Command::Prune(a) => {
+            let r = open(g)?;
+            let _l = lock::acquire(&r, true)?;
+            prune(g, r, &a.limits, a.dry_run)?;
+        }
         Command::Run { config } => return Ok(crate::run::run_file(&config)),
         Command::Unlock { remove_all } => {
             let r = open(g)?;
@@ -505,18 +510,103 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
     }
     if !a.dry_run {
         for id in &remove {
-            r.backend()
+            match r
+                .backend()
                 .remove(crate::backend::FileType::Snapshot, &id.to_hex())
-                .map_err(|e| CliError::Repo(e.into()))?;
+            {
+                Ok(()) => {}
+                Err(e) if e.kind == crate::backend::BackendErrorKind::Denied => {
+                    return Err(usage(format!(
+                        "{} (refused: {})",
+                        crate::prune::execute::APPEND_ONLY_MESSAGE,
+                        e.what
+                    )));
+                }
+                Err(e) => return Err(CliError::Repo(e.into())),
+            }
         }
         if !g.json {
             println!("removed {} snapshots", remove.len());
         }
     }
     if a.prune {
-        return Err(usage(
-            "--prune is not implemented yet in fleetsnap; run `restic prune` (snapshots were forgotten)",
-        ));
+        // Same exclusive lock: nothing may add snapshots between forget and prune.
+        prune(g, r, &a.limits, a.dry_run)?;
     }
     Ok(EXIT_OK)
+}
+
+fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliResult<()> {
+    use crate::prune::plan::{Action, MaxUnused, PlanOptions, parse_size};
+    let opts = crate::prune::PruneOptions {
+        plan: PlanOptions {
+            max_unused: MaxUnused::parse(&limits.max_unused).map_err(usage)?,
+            max_repack_size: limits
+                .max_repack_size
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .map_err(usage)?,
+            version: r.version(),
+        },
+        dry_run,
+    };
+    let rep = crate::prune::prune(r, &opts)?;
+    if g.json {
+        print_json(&rep);
+    } else {
+        let s = &rep.plan.stats;
+        println!(
+            "used: {} blobs, {} bytes; unused: {} bytes ({} duplicate)",
+            s.blobs_used, s.bytes_used, s.bytes_unused, s.bytes_duplicate
+        );
+        for p in &rep.plan.packs {
+            let what = match p.action {
+                Action::Keep => continue,
+                Action::Delete => "delete",
+                Action::DeleteUnreferenced => "delete (unreferenced)",
+                Action::Repack => "repack",
+                Action::DropMissing => "drop from index (missing)",
+            };
+            println!(
+                "  {what:<25} pack {} ({} bytes, {} unused)",
+                &p.id[..16],
+                p.size,
+                p.unused_bytes
+            );
+        }
+        println!(
+            "{}: keep {} packs, delete {} (+{} unreferenced), repack {} ({} bytes); {} bytes reclaimed, {} bytes unused remain",
+            if rep.dry_run { "would" } else { "plan" },
+            s.packs_keep,
+            s.packs_delete,
+            s.packs_unreferenced,
+            s.packs_repack,
+            s.bytes_repack,
+            s.bytes_reclaimed,
+            s.bytes_unused_after
+        );
+        if let Some(x) = &rep.executed {
+            println!(
+                "wrote {} packs ({} blobs) and {} index files; removed {} index files and {} packs",
+                x.packs_written,
+                x.blobs_repacked,
+                x.index_files_written,
+                x.index_files_removed,
+                x.packs_removed
+            );
+        }
+    }
+    if let Some(x) = &rep.executed
+        && !x.locked.is_empty()
+    {
+        eprintln!(
+            "warning: {} objects are under a retention lock (S3 Object Lock) and were not deleted; a later prune removes them once the lock expires:",
+            x.locked.len()
+        );
+        for o in &x.locked {
+            eprintln!("  {o}");
+        }
+    }
+    Ok(())
 }

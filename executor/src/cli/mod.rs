@@ -118,6 +118,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Remove snapshots according to a policy.
     Forget(ForgetArgs),
+    /// Remove data no snapshot uses (plan, then execute).
+    Prune(PruneArgs),
     /// Remove locks (stale ones only unless --remove-all).
     Unlock {
         #[arg(long)]
@@ -211,6 +213,27 @@ pub struct ForgetArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub prune: bool,
+    #[command(flatten)]
+    pub limits: PruneLimits,
+}
+
+#[derive(Args, Clone)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub limits: PruneLimits,
+    /// Show the plan without changing anything.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct PruneLimits {
+    /// Unused space to tolerate: a percentage (`5%`), a size (`10M`, `2G`) or `unlimited`.
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Stop repacking after this many bytes of packs (e.g. `500M`).
+    #[arg(long)]
+    pub max_repack_size: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +244,15 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Partial(String),
+}
+
+impl From<crate::prune::PruneError> for CliError {
+    fn from(e: crate::prune::PruneError) -> Self {
+        match e {
+            crate::prune::PruneError::Repo(r) => CliError::Repo(r),
+            other => CliError::Usage(other.to_string()),
+        }
+    }
 }
 
 impl CliError {

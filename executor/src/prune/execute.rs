@@ -1,0 +1,164 @@
+//! Carry out a [`PrunePlan`]. Order matters for crash safety: new packs, then new index
+//! files, then old index files go, and only then packs. Killed at any point, every index
+//! file still points only at packs that exist, so `restic check` stays clean.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use super::Loaded;
+use super::plan::{Action, PlanError, PrunePlan};
+use crate::backend::{BackendError, BackendErrorKind, FileType};
+use crate::backup::saver::Saver;
+use crate::format::pack::PackedBlob;
+use crate::id::Id;
+use crate::repo::{RepoError, decode_blob};
+
+pub const APPEND_ONLY_MESSAGE: &str = "this identity may not delete: the repository is append-only for it; \
+     run retention with maintenance credentials";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("{0}")]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("{APPEND_ONLY_MESSAGE} (refused: {0})")]
+    AppendOnly(String),
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ExecuteReport {
+    pub packs_written: usize,
+    pub blobs_repacked: usize,
+    pub index_files_written: usize,
+    pub index_files_removed: usize,
+    pub packs_removed: usize,
+    /// Objects the storage refused to delete because of a retention lock (S3 Object Lock).
+    /// They stay until their lock expires; the next prune deletes them.
+    pub locked: Vec<String>,
+}
+
+/// Delete one object; Object Lock refusals are collected, append-only refusals are fatal.
+fn remove(
+    loaded: &Loaded,
+    t: FileType,
+    id: &Id,
+    rep: &mut ExecuteReport,
+) -> Result<bool, PruneError> {
+    match loaded.repo.backend().remove(t, &id.to_hex()) {
+        Ok(()) => Ok(true),
+        Err(BackendError {
+            kind: BackendErrorKind::Locked,
+            what,
+            ..
+        }) => {
+            tracing::warn!("{what} is under a retention lock; it stays until the lock expires");
+            rep.locked.push(what);
+            Ok(false)
+        }
+        Err(e) if e.kind == BackendErrorKind::Denied => Err(PruneError::AppendOnly(e.what)),
+        Err(e) => Err(RepoError::from(e).into()),
+    }
+}
+
+pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, PruneError> {
+    let mut rep = ExecuteReport::default();
+    // Unreferenced packs first, as restic does: no index can point at them.
+    for id in plan.ids(Action::DeleteUnreferenced) {
+        if remove(loaded, FileType::Pack, &id, &mut rep)? {
+            rep.packs_removed += 1;
+        }
+    }
+
+    let stored = repack(loaded, plan, &mut rep)?;
+
+    // The new index describes every pack that stays, with all its blobs (check compares
+    // the pack header with the index), plus the freshly written packs.
+    let staying: HashSet<Id> = plan.ids(Action::Keep).into_iter().collect();
+    let all = loaded.repo.index().packs();
+    let mut new_index: Vec<(Id, Vec<PackedBlob>)> = all
+        .into_iter()
+        .filter(|(id, _)| staying.contains(id))
+        .collect();
+    new_index.sort_by_key(|(id, _)| *id);
+    new_index.extend(stored);
+    if plan.is_noop() && rep.packs_removed == 0 {
+        return Ok(rep);
+    }
+    let written = crate::backup::write_index(&loaded.repo, &new_index)?;
+    rep.index_files_written = written.len();
+
+    // Old index files go next; one that cannot be deleted still references its packs,
+    // which therefore must survive.
+    let mut protected: HashSet<Id> = HashSet::new();
+    for (idx, packs) in &loaded.index_files {
+        if written.contains(idx) {
+            continue;
+        }
+        if remove(loaded, FileType::Index, idx, &mut rep)? {
+            rep.index_files_removed += 1;
+        } else {
+            protected.extend(packs.iter().copied());
+        }
+    }
+
+    for id in plan
+        .ids(Action::Delete)
+        .into_iter()
+        .chain(plan.ids(Action::Repack))
+    {
+        if protected.contains(&id) {
+            continue;
+        }
+        if remove(loaded, FileType::Pack, &id, &mut rep)? {
+            rep.packs_removed += 1;
+        }
+    }
+    Ok(rep)
+}
+
+/// Copy the used blobs of every repack pack into new packs (compressed in v2, fresh IVs).
+/// Each source pack is read once; every blob is verified against its ID on the way.
+fn repack(
+    loaded: &Loaded,
+    plan: &PrunePlan,
+    rep: &mut ExecuteReport,
+) -> Result<Vec<(Id, Vec<PackedBlob>)>, PruneError> {
+    if plan.repack_blobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let repo = &loaded.repo;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let saver = Saver::new(repo, cpus, 4);
+    let mut sources: Vec<_> = plan.repack_blobs.iter().collect();
+    sources.sort_by_key(|(id, _)| **id);
+    for (pack, blobs) in sources {
+        let data = repo
+            .backend()
+            .read(FileType::Pack, &pack.to_hex())
+            .map_err(RepoError::from)?;
+        for b in blobs {
+            let what = format!(
+                "{} blob {} in pack {}",
+                b.blob_type,
+                b.id.short(),
+                pack.short()
+            );
+            let end = b.offset as usize + b.length as usize;
+            let sealed = data
+                .get(b.offset as usize..end)
+                .ok_or_else(|| RepoError::Corrupt {
+                    what: what.clone(),
+                    msg: "pack is shorter than the index says".into(),
+                })?;
+            let plain = decode_blob(repo.key(), sealed, b.uncompressed_length, &b.id, &what)?;
+            if saver.save(b.blob_type, b.id, plain, false)? {
+                rep.blobs_repacked += 1;
+            }
+        }
+    }
+    let (stored, _) = saver.finish()?;
+    rep.packs_written = stored.len();
+    Ok(stored)
+}
