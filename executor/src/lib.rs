@@ -17,3 +17,4 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod run;
+pub mod stats;

@@ -145,6 +145,45 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
                 println!("{} snapshots", snaps.len());
             }
         }
+        Command::Stats {
+            ids,
+            mode,
+            filter: f,
+        } => {
+            let mode = crate::stats::Mode::parse(&mode).map_err(usage)?;
+            let r = open(g)?;
+            let _l = lock::acquire(&r, false)?;
+            let r = r.load_index()?;
+            let flt = filter(&f);
+            let mut snaps: Vec<_> = r
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| flt.matches(s))
+                .map(|(id, _)| id)
+                .collect();
+            if ids.iter().any(|i| i == "latest") {
+                snaps = snaps.into_iter().last().into_iter().collect();
+            } else if !ids.is_empty() {
+                snaps.retain(|id| ids.iter().any(|p| id.to_hex().starts_with(p)));
+            }
+            let st = crate::stats::stats(&r, &snaps, mode)?;
+            if g.json {
+                print_json(&st);
+            } else {
+                println!("snapshots: {}", st.snapshots_count);
+                if let Some(n) = st.total_file_count {
+                    println!("total files: {n}");
+                }
+                println!("total size: {} bytes", st.total_size);
+                if let (Some(u), Some(b), Some(c)) = (
+                    st.total_uncompressed_size,
+                    st.total_blob_count,
+                    st.compression_ratio,
+                ) {
+                    println!("uncompressed: {u} bytes in {b} blobs (compression ratio {c:.2}x)");
+                }
+            }
+        }
         Command::Ls {
             snapshot,
             filter: f,

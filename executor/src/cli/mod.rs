@@ -76,6 +76,15 @@ pub enum Command {
         /// Only the newest snapshot (per host/paths group restic shows; here overall).
         ids: Vec<String>,
     },
+    /// Sizes: what a restore would write (restore-size) or what is stored (raw-data).
+    Stats {
+        /// Snapshot IDs (prefixes) or `latest`; all matching snapshots when none.
+        ids: Vec<String>,
+        #[arg(long, default_value = "restore-size")]
+        mode: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
     /// List files in a snapshot.
     Ls {
         snapshot: String,

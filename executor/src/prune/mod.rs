@@ -129,3 +129,6 @@ pub fn used_blobs(repo: &IndexedRepository) -> Result<HashSet<BlobKey>, RepoErro
     }
     Ok(used)
 }
+
+#[cfg(test)]
+mod tests;

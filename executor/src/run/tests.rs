@@ -190,3 +190,23 @@ fn drill_args_are_split_from_check_args() {
     assert_eq!(drill, Some((4, PathBuf::from("/tmp/x"))));
     assert!(split_drill_args(&["--restore-drill-files".to_string()]).is_err());
 }
+
+#[test]
+fn retention_forgets_and_prunes() {
+    let env = Env::new();
+    let backup = env.config("backup", serde_json::json!({}));
+    assert_eq!(env.run(&backup).0, 0);
+    std::fs::write(env.p("src/a.txt"), b"changed").unwrap();
+    assert_eq!(env.run(&backup).0, 0);
+    let cfg = env.config(
+        "retention",
+        serde_json::json!({"extra_args": ["--keep-last", "1", "--max-unused", "0%"]}),
+    );
+    let (code, rec) = env.run(&cfg);
+    assert_eq!(code, 0, "{rec:?}");
+    assert_eq!(rec.kind, JobKind::Retention);
+    assert_eq!(env.open().snapshots().unwrap().len(), 1);
+    let be = backend::open(env.p("repo").to_str().unwrap()).unwrap();
+    let rep = crate::check::check(Repository::open(be, b"pw\n").unwrap(), None).unwrap();
+    assert!(rep.ok() && rep.warnings.is_empty(), "{rep:?}");
+}
