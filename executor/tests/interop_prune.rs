@@ -1,0 +1,213 @@
+//! Prune interop with the real restic, and crash safety: backup and prune killed with
+//! SIGKILL part-way leave a repository both tools check clean, and the next run succeeds.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn restic_bins() -> Vec<PathBuf> {
+    let newest = std::env::var("FLEETSNAP_RESTIC")
+        .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into());
+    let old = std::env::var("FLEETSNAP_RESTIC_014").unwrap_or_else(|_| "/usr/bin/restic".into());
+    [("FLEETSNAP_RESTIC", newest), ("FLEETSNAP_RESTIC_014", old)]
+        .into_iter()
+        .map(|(var, p)| {
+            let p = PathBuf::from(p);
+            assert!(
+                p.exists(),
+                "missing component: restic ({var}) not found at {}",
+                p.display()
+            );
+            p
+        })
+        .collect()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fleetsnap(repo: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetsnap"));
+    c.arg("-r").arg(repo).env("RESTIC_PASSWORD", "interop-pw");
+    c
+}
+
+fn restic(bin: &Path, repo: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("-r")
+        .arg(repo)
+        .env("RESTIC_PASSWORD", "interop-pw")
+        .env("RESTIC_CACHE_DIR", repo.with_extension("cache"));
+    c
+}
+
+/// Incompressible, deterministic bytes (xorshift), fast enough for hundreds of MB.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    seed |= 1;
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn make_tree(root: &Path, files: usize, size: usize, seed: u64) {
+    fs::create_dir_all(root.join("d")).unwrap();
+    fs::write(root.join("d/small.txt"), b"small and stable").unwrap();
+    for i in 0..files {
+        fs::write(root.join(format!("f{i:03}")), noise(size, seed + i as u64)).unwrap();
+    }
+}
+
+/// Both restic versions and fleetsnap find no errors (stale locks of killed runs removed).
+fn check_all(bins: &[PathBuf], repo: &Path) {
+    run(restic(&bins[0], repo).arg("unlock"));
+    for bin in bins {
+        let out = run(restic(bin, repo).args(["check", "--read-data"]));
+        assert!(
+            out.contains("no errors were found"),
+            "{}: {out}",
+            bin.display()
+        );
+    }
+    run(fleetsnap(repo).args(["check", "--read-data"]));
+}
+
+fn pack_count(repo: &Path) -> usize {
+    let Ok(dirs) = fs::read_dir(repo.join("data")) else {
+        return 0;
+    };
+    dirs.filter_map(|d| fs::read_dir(d.ok()?.path()).ok())
+        .flatten()
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.file_name().to_str().is_some_and(|n| n.len() == 64))
+        })
+        .count()
+}
+
+/// Poll the repository until `cond` holds, then SIGKILL. Returns false if the process
+/// ended first (nothing to kill at that point).
+fn kill_when(child: &mut Child, repo: &Path, cond: impl Fn(usize) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if cond(pack_count(repo)) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for packs");
+        // Polling interval of the observer, not synchronisation: the condition decides.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn fleetsnap_prunes_restic_repo_and_restic_prunes_fleetsnap_repo() {
+    let bins = restic_bins();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src, 4, 3_000_000, 1);
+
+    // restic writes, fleetsnap forgets and prunes.
+    let rrepo = tmp.path().join("restic-repo");
+    run(restic(&bins[0], &rrepo).arg("init"));
+    run(restic(&bins[0], &rrepo).arg("backup").arg(&src));
+    make_tree(&src, 4, 3_000_000, 100);
+    run(restic(&bins[0], &rrepo).arg("backup").arg(&src));
+    let out = run(fleetsnap(&rrepo).args([
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-unused",
+        "0%",
+    ]));
+    assert!(out.contains("removed 1 snapshots"), "{out}");
+    check_all(&bins, &rrepo);
+    let stats = run(fleetsnap(&rrepo).args(["--json", "stats", "--mode", "raw-data"]));
+    assert!(stats.contains("\"total_blob_count\""), "{stats}");
+
+    // fleetsnap writes, restic forgets and prunes.
+    let frepo = tmp.path().join("fleetsnap-repo");
+    run(fleetsnap(&frepo).arg("init"));
+    run(fleetsnap(&frepo).arg("backup").arg(&src));
+    make_tree(&src, 4, 3_000_000, 200);
+    run(fleetsnap(&frepo).arg("backup").arg(&src));
+    run(restic(&bins[0], &frepo).args([
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-unused",
+        "0%",
+    ]));
+    check_all(&bins, &frepo);
+    // And fleetsnap prunes after restic: nothing should be left to do.
+    let out = run(fleetsnap(&frepo).args(["--json", "prune", "--dry-run"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["stats"]["packs_delete"], 0, "{out}");
+}
+
+#[test]
+fn killed_backup_and_prune_leave_a_clean_repository() {
+    let bins = restic_bins();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // ~200 MB in 50 files: about a dozen 16 MiB packs.
+    make_tree(&src, 50, 4_000_000, 7);
+    let repo = tmp.path().join("repo");
+    run(fleetsnap(&repo).arg("init"));
+
+    for after in [1usize, 5, 9] {
+        let base = pack_count(&repo);
+        let mut child = fleetsnap(&repo).arg("backup").arg(&src).spawn().unwrap();
+        kill_when(&mut child, &repo, |n| n >= base + after);
+        check_all(&bins, &repo);
+    }
+    run(fleetsnap(&repo).arg("backup").arg(&src));
+    check_all(&bins, &repo);
+
+    // Make most of the data garbage, then kill prunes at different stages.
+    for i in 0..40 {
+        fs::remove_file(src.join(format!("f{i:03}"))).unwrap();
+    }
+    run(fleetsnap(&repo).arg("backup").arg(&src));
+    run(fleetsnap(&repo).args(["forget", "--keep-last", "1"]));
+    let start = pack_count(&repo);
+    let stages: [Box<dyn Fn(usize) -> bool>; 2] = [
+        // While repacking: a new pack has appeared.
+        Box::new(move |n| n > start),
+        // While deleting: packs have started to disappear.
+        Box::new(move |n| n + 2 < start),
+    ];
+    for stage in stages {
+        let mut child = fleetsnap(&repo)
+            .args(["prune", "--max-unused", "0%"])
+            .spawn()
+            .unwrap();
+        kill_when(&mut child, &repo, stage);
+        check_all(&bins, &repo);
+    }
+    run(fleetsnap(&repo).arg("unlock"));
+    run(fleetsnap(&repo).args(["prune", "--max-unused", "0%"]));
+    check_all(&bins, &repo);
+    run(fleetsnap(&repo).arg("backup").arg(&src));
+    check_all(&bins, &repo);
+}
