@@ -7,8 +7,13 @@ pub mod derive;
 pub mod error;
 pub mod events;
 pub mod host_status;
+pub mod jobs;
+pub mod maintenance;
 pub mod pool;
+pub mod restore;
+pub mod retention_policy;
 pub mod summary;
+pub mod verify_policy;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -216,10 +221,43 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             }
         });
 
+    let maintenance_loops = run_maintenance_controllers(&client, ns, ctx.clone());
+
     info!("controllers running");
     tokio::select! {
         _ = policy_loop => {},
+        _ = maintenance_loops => {},
         _ = host_loop => {},
         _ = repo_cache => {},
+    }
+}
+
+/// The RetentionPolicy, VerifyPolicy and Restore controllers, sharing the context (and so
+/// the SSH pool and its concurrency bound) with the BackupPolicy controller.
+async fn run_maintenance_controllers(client: &Client, ns: &Option<String>, ctx: Arc<Context>) {
+    use fleetsnap_crds::{Restore, RetentionPolicy, VerifyPolicy};
+    let wc = watcher::Config::default();
+    let retention = Controller::new(api::<RetentionPolicy>(client, ns), wc.clone())
+        .shutdown_on_signal()
+        .run(
+            retention_policy::reconcile,
+            retention_policy::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|r| log_result(retention_policy::KIND, r));
+    let verify = Controller::new(api::<VerifyPolicy>(client, ns), wc.clone())
+        .shutdown_on_signal()
+        .run(verify_policy::reconcile, verify_policy::error_policy, ctx.clone())
+        .for_each(|r| log_result(verify_policy::KIND, r));
+    let restores = Controller::new(api::<Restore>(client, ns), wc)
+        .shutdown_on_signal()
+        .run(restore::reconcile, restore::error_policy, ctx)
+        .for_each(|r| log_result(restore::KIND, r));
+    tokio::join!(retention, verify, restores);
+}
+
+async fn log_result<T, E: std::fmt::Display>(kind: &'static str, res: Result<T, E>) {
+    if let Err(e) = res {
+        warn!(kind, error = %e, "reconcile failed");
     }
 }

@@ -1,0 +1,371 @@
+//! Shared plumbing of the RetentionPolicy and VerifyPolicy controllers: which hosts and
+//! repository a policy targets, and the same dereference → plan → apply → observe pipeline
+//! the BackupPolicy controller runs, for a job of another kind.
+
+use std::sync::Arc;
+
+use fleetsnap_crds::common::{LocalObjectRef, Schedule, reasons};
+use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tracing::{Instrument, info, info_span};
+
+use super::Context;
+use super::backup_policy::suspend_plan;
+use super::derive::{self, DeriveError, Secrets};
+use super::error::{Failure, Retry};
+use crate::host::apply::{apply_plan, gather_facts, remove_job};
+use crate::host::layout::JobId;
+use crate::host::model::{PolicyKind, PolicySpec};
+use crate::host::observe::{JobObservation, observe_job};
+use crate::host::plan::{JobInputs, fact_query, plan_job};
+use crate::host::shell::HostShell;
+
+/// Run records read per observation.
+pub const RECORDS: usize = 50;
+
+/// The hosts and repository a Retention/VerifyPolicy applies to, once references are
+/// resolved.
+pub struct Targets {
+    pub selector: LabelSelector,
+    pub repository: Arc<BackupRepository>,
+}
+
+/// Resolves `backupPolicyRef` or `hostSelector` + `repositoryRef`. Errors are spec problems
+/// (a missing object): the caller reports them and waits for a change.
+pub async fn resolve_targets(
+    ctx: &Context,
+    ns: &str,
+    backup_policy_ref: Option<&LocalObjectRef>,
+    host_selector: Option<&LabelSelector>,
+    repository_ref: Option<&LocalObjectRef>,
+) -> Result<Targets, DeriveError> {
+    let missing = |what: &str, name: &str| DeriveError {
+        reason: reasons::REFERENCE_NOT_FOUND,
+        message: format!("{what} {name:?} does not exist in this namespace"),
+    };
+    let (selector, repo_name) = match (backup_policy_ref, host_selector, repository_ref) {
+        (Some(bp), _, _) => {
+            let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), ns);
+            let policy = api
+                .get_opt(&bp.name)
+                .await
+                .map_err(|e| DeriveError {
+                    reason: "KubeApiError",
+                    message: format!("reading BackupPolicy {:?}: {e}", bp.name),
+                })?
+                .ok_or_else(|| missing("BackupPolicy", &bp.name))?;
+            (
+                policy.spec.host_selector.clone(),
+                policy.spec.repository_ref.name.clone(),
+            )
+        }
+        (None, Some(sel), Some(repo)) => (sel.clone(), repo.name.clone()),
+        _ => {
+            return Err(DeriveError {
+                reason: super::error::INVALID_SPEC,
+                message: "set either backupPolicyRef, or hostSelector with repositoryRef".into(),
+            });
+        }
+    };
+    let repository = ctx
+        .repos
+        .get(&ObjectRef::new(&repo_name).within(ns))
+        .ok_or_else(|| missing("BackupRepository", &repo_name))?;
+    Ok(Targets {
+        selector,
+        repository,
+    })
+}
+
+/// Hosts of the namespace the selector picks, sorted by name, deleted ones left out.
+pub fn selected_hosts(ctx: &Context, selector: &LabelSelector, ns: &str) -> Vec<Arc<Host>> {
+    let mut hosts: Vec<Arc<Host>> = ctx
+        .hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .filter(|h| h.metadata.deletion_timestamp.is_none())
+        .filter(|h| derive::selects(selector, h))
+        .collect();
+    hosts.sort_by_key(|h| h.name_any());
+    hosts
+}
+
+/// Reads the named Secrets; absent ones are simply missing from the map.
+pub async fn read_secrets(ctx: &Context, ns: &str, names: &[String]) -> Result<Secrets, Failure> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Secrets::new();
+    for name in names {
+        match api.get_opt(name).await {
+            Ok(Some(s)) => {
+                out.insert(name.clone(), s);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Failure {
+                    reason: "KubeApiError",
+                    message: format!("reading Secret {name:?} failed: {e}"),
+                    retry: Retry::Backoff,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A job of `kind` for one host: repository of the host, schedule and extra arguments; no
+/// paths, tags or stdin sources (those belong to backups).
+pub fn job_spec(
+    kind: PolicyKind,
+    name: &str,
+    schedule: &Schedule,
+    host: &Host,
+    repo: &BackupRepository,
+    extra_args: Vec<String>,
+) -> Result<PolicySpec, DeriveError> {
+    let invalid = |e: fleetsnap_crds::common::ScheduleError| DeriveError {
+        reason: reasons::INVALID_SCHEDULE,
+        message: e.to_string(),
+    };
+    let directives = schedule.timer_directives().map_err(invalid)?;
+    let on_calendar = directives
+        .iter()
+        .find(|(k, _)| *k == "OnCalendar")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let delay = schedule.randomized_delay().map_err(invalid)?;
+    let hostname = host.effective_hostname();
+    let ns = repo.namespace().unwrap_or_default();
+    Ok(PolicySpec {
+        name: name.to_string(),
+        kind,
+        repository: derive::repository_url(repo, hostname, &ns)?,
+        paths: Vec::new(),
+        excludes: Vec::new(),
+        exclude_caches: false,
+        one_file_system: false,
+        stdin_sources: Vec::new(),
+        tags: Vec::new(),
+        host_tag: hostname.to_string(),
+        on_calendar,
+        randomized_delay_sec: u32::try_from(delay.as_secs()).unwrap_or(u32::MAX),
+        persistent: schedule.persistent,
+        nice: Some(10),
+        io_scheduling_class: Some(crate::host::model::IoSchedulingClass::Idle),
+        io_scheduling_priority: None,
+        extra_args,
+    })
+}
+
+/// What a host reported after its job was converged.
+pub struct Converged {
+    pub observation: JobObservation,
+    /// Journal lines of the newest failed run (only when asked for), for error details the
+    /// run record does not carry, such as the damaged pack's id.
+    pub failure_log: Vec<String>,
+}
+
+/// Prints the `error:` lines the service logged since a given time (the run that failed).
+const FAILURE_LOG: &str = r#"journalctl -u "$1" --since "@$2" -o cat --no-pager 2>/dev/null | grep -E '^(error|Fatal):' | tail -n 50 || true"#;
+
+/// dereference → plan → apply → observe for one (policy, host) pair.
+pub async fn converge_host(
+    ctx: &Context,
+    host: &Host,
+    repo: &BackupRepository,
+    spec: Result<PolicySpec, DeriveError>,
+    suspended: bool,
+    want_failure_log: bool,
+) -> Result<Converged, Failure> {
+    let ns = host.namespace().unwrap_or_default();
+    let spec = spec.map_err(|e| Failure::from_derive(&e))?;
+    let secrets = read_secrets(ctx, &ns, &derive::referenced_secrets(host, repo)).await?;
+    let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+    let credentials =
+        derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+    let job = JobId::new(spec.kind, &spec.name).map_err(|detail| Failure {
+        reason: super::error::INVALID_SPEC,
+        message: detail,
+        retry: Retry::OnChange,
+    })?;
+    let artifact = ctx.artifact.clone();
+    let key = format!("{ns}/{}", host.name_any());
+    let work = ctx.pool.with_host(&key, &target, |sh| {
+        let (job, artifact, spec, credentials) = (
+            job.clone(),
+            artifact.clone(),
+            spec.clone(),
+            credentials.clone(),
+        );
+        async move {
+            let inputs = JobInputs {
+                artifact: &artifact,
+                policy: &spec,
+                credentials: &credentials,
+            };
+            let facts = gather_facts(sh, &fact_query(&job, Some(&artifact))).await?;
+            let mut plan = plan_job(&inputs, &facts).map_err(|detail| {
+                crate::host::HostError::InvalidSpec {
+                    host: sh.host_name().to_string(),
+                    detail,
+                }
+            })?;
+            if suspended {
+                suspend_plan(&mut plan, &facts);
+            }
+            let report = apply_plan(sh, &plan).await?;
+            if report.changed() {
+                info!(actions = ?report.actions, job = %job.slug(), "host converged");
+            }
+            let observation = observe_job(sh, &job, RECORDS).await?;
+            let mut failure_log = Vec::new();
+            if want_failure_log
+                && let Some(last) = observation.last_run().filter(|r| !r.succeeded())
+            {
+                let since = last.started.timestamp().to_string();
+                let unit = job.service_unit();
+                let out = crate::host::shell::run_script(
+                    sh,
+                    "read the failed run's journal",
+                    FAILURE_LOG,
+                    &[&unit, &since],
+                    b"",
+                )
+                .await?;
+                failure_log = out.stdout_text().lines().map(str::to_string).collect();
+            }
+            Ok(Converged {
+                observation,
+                failure_log,
+            })
+        }
+        .boxed()
+    });
+    let span = info_span!("host_job", host = %host.name_any(), job = %job.slug());
+    match tokio::time::timeout(ctx.host_timeout, work.instrument(span)).await {
+        Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
+        Ok(Err(e)) => Err(Failure::from_host(&e)),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+/// Takes a job off one host (units, config, credentials; never data or run records).
+pub async fn remove_from_host(
+    ctx: &Context,
+    ns: &str,
+    kind: PolicyKind,
+    policy: &str,
+    host: &str,
+) -> Result<(), Failure> {
+    let Some(h) = ctx.hosts.get(&ObjectRef::new(host).within(ns)) else {
+        return Ok(());
+    };
+    let secrets = read_secrets(
+        ctx,
+        ns,
+        std::slice::from_ref(&h.spec.ssh_key_secret_ref.name),
+    )
+    .await?;
+    let target = derive::host_target(&h, &secrets).map_err(|e| Failure::from_derive(&e))?;
+    let job = JobId::new(kind, policy).map_err(|detail| Failure {
+        reason: super::error::INVALID_SPEC,
+        message: detail,
+        retry: Retry::OnChange,
+    })?;
+    let key = format!("{ns}/{host}");
+    let work = ctx.pool.with_host(&key, &target, |sh| {
+        let job = job.clone();
+        async move { remove_job(sh, &job).await }.boxed()
+    });
+    let span = info_span!("remove_job", host = %host, job = %job.slug());
+    match tokio::time::timeout(ctx.host_timeout, work.instrument(span)).await {
+        Err(_) => Err(Failure::timeout(host, ctx.host_timeout)),
+        Ok(Err(e)) => Err(Failure::from_host(&e)),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Server-side apply of a status subresource, skipped when nothing changed.
+pub async fn write_status<K>(
+    ctx: &Context,
+    obj: &K,
+    kind: &str,
+    changed: bool,
+    status: serde_json::Value,
+) -> Result<(), super::error::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if !changed {
+        return Ok(());
+    }
+    let ns = obj.namespace().ok_or(super::error::Error::NoNamespace)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "fleetsnap.io/v1alpha1",
+        "kind": kind,
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::apply(super::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A condition update in one line: `Some(true)` / `Some(false)` / `None` (Unknown).
+pub fn condition(
+    conditions: &mut Vec<fleetsnap_crds::common::Condition>,
+    type_: &str,
+    status: Option<bool>,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    use fleetsnap_crds::common::{Condition, ConditionStatus, upsert_condition};
+    let status = match status {
+        Some(true) => ConditionStatus::True,
+        Some(false) => ConditionStatus::False,
+        None => ConditionStatus::Unknown,
+    };
+    upsert_condition(
+        conditions,
+        Condition::new(
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            super::summary::to_time(chrono::Utc::now()),
+        ),
+    );
+}
+
+/// Best-effort Event on any object.
+pub async fn event(
+    ctx: &Context,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &'static str,
+    note: String,
+) {
+    super::events::publish(
+        &ctx.recorder,
+        obj,
+        &super::summary::EventSpec {
+            warning,
+            reason,
+            note,
+        },
+    )
+    .await;
+}

@@ -1,0 +1,761 @@
+//! RetentionPolicy reconciler.
+//!
+//! `runOn: Host` installs a retention timer on every targeted host, through the same
+//! plan/apply pipeline as backups. `runOn: Operator` keeps hosts out of deletion entirely:
+//! the operator runs forget + prune itself, on the policy's calendar, with the repository's
+//! maintenance credentials, one run per repository at a time. That is what makes
+//! append-only repositories possible: no host ever holds a key that can delete.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use fleetsnap_crds::Host;
+use fleetsnap_crds::common::{condition_types, reasons};
+use fleetsnap_crds::repository::BackupRepository;
+use fleetsnap_crds::retention_policy::{RetentionPolicy, RetentionPolicyStatus, RunError, RunOn};
+use futures::future::join_all;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Context;
+use super::derive::{self, Secrets};
+use super::error::{Error, Failure};
+use super::jobs::{self, condition};
+use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
+use super::summary::to_time;
+use crate::host::model::PolicyKind;
+use crate::metrics::PolicyHostLabels;
+
+pub const KIND: &str = "RetentionPolicy";
+const FINALIZER: &str = "fleetsnap.io/host-cleanup";
+const MAX_RESYNC: Duration = Duration::from_secs(300);
+const MIN_RESYNC: Duration = Duration::from_secs(5);
+/// A repository locked by a running backup is tried again after this long.
+const LOCKED_RETRY: Duration = Duration::from_secs(60);
+/// Condition reason for a spec that cannot work as written.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// Spec problems found without touching any host or repository.
+pub fn spec_problem(
+    policy: &RetentionPolicy,
+    repo: &BackupRepository,
+) -> Option<(&'static str, String)> {
+    let spec = &policy.spec;
+    if spec.keep.keeps_nothing() {
+        return Some((
+            INVALID_SPEC,
+            "keep has no rule; refusing to forget every snapshot".into(),
+        ));
+    }
+    match spec.run_on {
+        RunOn::Host if repo.spec.append_only => Some((
+            INVALID_SPEC,
+            format!(
+                "BackupRepository {:?} is append-only: its hosts hold credentials that cannot delete, \
+                 so retention cannot run on them; set runOn: Operator (the operator then uses the \
+                 repository's maintenanceCredentialsSecretRef)",
+                repo.name_any()
+            ),
+        )),
+        RunOn::Operator => {
+            if let Err(e) = Calendar::parse(&spec.schedule.on_calendar) {
+                return Some((
+                    reasons::INVALID_SCHEDULE,
+                    format!("schedule.onCalendar {:?}: {e}", spec.schedule.on_calendar),
+                ));
+            }
+            let s3 = repo.spec.s3.as_ref();
+            let has_keys = repo.spec.maintenance_credentials_secret_ref.is_some()
+                || s3.is_some_and(|s| s.credentials_secret_ref.is_some())
+                || s3.is_some_and(|s| s.per_host_credentials.is_none());
+            if repo.spec.append_only && repo.spec.maintenance_credentials_secret_ref.is_none() {
+                return Some((
+                    INVALID_SPEC,
+                    format!(
+                        "BackupRepository {:?} is append-only but has no maintenanceCredentialsSecretRef; \
+                         operator-side retention needs credentials that may delete",
+                        repo.name_any()
+                    ),
+                ));
+            }
+            if !has_keys {
+                return Some((
+                    INVALID_SPEC,
+                    "operator-side retention needs maintenanceCredentialsSecretRef (or shared credentials) on the repository".into(),
+                ));
+            }
+            None
+        }
+        RunOn::Host => None,
+    }
+}
+
+/// When the next operator-side run is due: the first calendar instant after the last run,
+/// or after the policy was created for a policy that never ran.
+pub fn next_run(
+    cal: &Calendar,
+    last_run: Option<DateTime<Utc>>,
+    created: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    cal.next_after(last_run.unwrap_or(created))
+}
+
+fn time_to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
+}
+
+pub async fn reconcile(policy: Arc<RetentionPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
+    let api: Api<RetentionPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = async {
+        let _ = ctx.hosts.wait_until_ready().await;
+        let _ = ctx.repos.wait_until_ready().await;
+        finalizer(&api, FINALIZER, policy, |event| async {
+            match event {
+                FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
+                FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics
+        .reconcile_took(KIND, started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(policy: Arc<RetentionPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, err.reason());
+    let key = format!(
+        "{KIND}/{}/{}",
+        policy.namespace().unwrap_or_default(),
+        policy.name_any()
+    );
+    let attempt = ctx.failed_attempt(&key);
+    warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
+    Action::requeue(super::error::backoff(attempt))
+}
+
+async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let gen_ = policy.metadata.generation;
+    let previous = policy.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = gen_;
+    let spec = &policy.spec;
+    let targets = jobs::resolve_targets(
+        ctx,
+        &ns,
+        spec.backup_policy_ref.as_ref(),
+        spec.host_selector.as_ref(),
+        spec.repository_ref.as_ref(),
+    )
+    .await;
+    let targets = match targets {
+        Ok(t) => t,
+        Err(e) => {
+            stalled(&mut status, e.reason, &e.message, gen_);
+            write(ctx, policy, &previous, &status).await?;
+            return Ok(Action::requeue(MAX_RESYNC));
+        }
+    };
+    if let Some((reason, message)) = spec_problem(policy, &targets.repository) {
+        warn!(reason, %message, "retention policy cannot run");
+        stalled(&mut status, reason, &message, gen_);
+        write(ctx, policy, &previous, &status).await?;
+        return Ok(Action::await_change());
+    }
+    condition(
+        &mut status.conditions,
+        condition_types::STALLED,
+        Some(false),
+        reasons::SUCCEEDED,
+        "",
+        gen_,
+    );
+    let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
+    let action = match spec.run_on {
+        RunOn::Host => host_mode(ctx, policy, &targets.repository, &hosts, &mut status).await,
+        RunOn::Operator => {
+            operator_mode(ctx, policy, &targets.repository, &hosts, &mut status).await
+        }
+    };
+    if hosts.is_empty() {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::NO_HOSTS_SELECTED,
+            "no Host matches the policy's selector",
+            gen_,
+        );
+    }
+    write(ctx, policy, &previous, &status).await?;
+    Ok(action)
+}
+
+fn stalled(status: &mut RetentionPolicyStatus, reason: &str, message: &str, gen_: Option<i64>) {
+    condition(
+        &mut status.conditions,
+        condition_types::STALLED,
+        Some(true),
+        reason,
+        message,
+        gen_,
+    );
+    condition(
+        &mut status.conditions,
+        condition_types::READY,
+        Some(false),
+        reason,
+        message,
+        gen_,
+    );
+}
+
+async fn write(
+    ctx: &Context,
+    policy: &RetentionPolicy,
+    previous: &RetentionPolicyStatus,
+    status: &RetentionPolicyStatus,
+) -> Result<(), Error> {
+    let changed = policy.status.is_none() || previous != status;
+    jobs::write_status(
+        ctx,
+        policy,
+        KIND,
+        changed,
+        serde_json::to_value(status).unwrap_or_default(),
+    )
+    .await
+}
+
+/// The retention job's executor arguments: keep rules, then prune limits.
+pub fn host_extra_args(policy: &RetentionPolicy) -> Vec<String> {
+    let mut args = policy.spec.keep.to_cli_args();
+    args.extend(policy.spec.prune.to_cli_args());
+    args
+}
+
+async fn host_mode(
+    ctx: &Context,
+    policy: &RetentionPolicy,
+    repo: &BackupRepository,
+    hosts: &[Arc<Host>],
+    status: &mut RetentionPolicyStatus,
+) -> Action {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let gen_ = policy.metadata.generation;
+    let name_ref = &name;
+    let results = join_all(hosts.iter().map(|h| async move {
+        let spec = jobs::job_spec(
+            PolicyKind::Retention,
+            name_ref,
+            &policy.spec.schedule,
+            h,
+            repo,
+            host_extra_args(policy),
+        );
+        (
+            h.name_any(),
+            jobs::converge_host(ctx, h, repo, spec, policy.spec.suspend, false).await,
+        )
+    }))
+    .await;
+    let mut errors = Vec::new();
+    let mut last_run: Option<DateTime<Utc>> = None;
+    let mut all_ok = true;
+    let mut requeue = MAX_RESYNC;
+    for (host, r) in results {
+        let labels = PolicyHostLabels {
+            namespace: ns.clone(),
+            policy: name.clone(),
+            host: host.clone(),
+        };
+        match r {
+            Ok(c) => {
+                if let Some(ok) = c.observation.last_success() {
+                    ctx.metrics
+                        .retention_last_success
+                        .get_or_create(&labels)
+                        .set(ok.finished.timestamp() as f64);
+                }
+                if let Some(last) = c.observation.last_run() {
+                    last_run = last_run.max(Some(last.started));
+                    if !last.succeeded() {
+                        all_ok = false;
+                        errors.push(RunError {
+                            host: host.clone(),
+                            message: last
+                                .error
+                                .clone()
+                                .unwrap_or_else(|| format!("exit code {}", last.exit_code)),
+                            time: Some(to_time(last.finished)),
+                        });
+                    }
+                }
+                if let Some(next) = c.observation.timer.as_ref().and_then(|t| t.next_elapse) {
+                    let wait = (next - Utc::now().timestamp()).max(0) as u64 + 15;
+                    requeue = requeue.min(Duration::from_secs(wait));
+                }
+            }
+            Err(f) => {
+                all_ok = false;
+                ctx.metrics.reconcile_error(KIND, f.reason);
+                requeue = requeue.min(super::error::retry_after(&f, 1).unwrap_or(MAX_RESYNC));
+                errors.push(RunError {
+                    host: host.clone(),
+                    message: format!("{}: {}", f.reason, f.message),
+                    time: None,
+                });
+            }
+        }
+    }
+    if let Some(t) = last_run {
+        status.last_run = Some(to_time(t));
+        if all_ok {
+            status.last_success = Some(to_time(t));
+        }
+    }
+    let failing = !errors.is_empty();
+    if failing && status.errors != errors {
+        let note = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.host, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        jobs::event(ctx, &policy.object_ref(&()), true, "RetentionFailed", note).await;
+    }
+    status.errors = errors;
+    if failing {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::HOSTS_FAILING,
+            format!("{} host(s) failing", status.errors.len()),
+            gen_,
+        );
+    } else {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(true),
+            reasons::SUCCEEDED,
+            "retention timers installed on every host",
+            gen_,
+        );
+    }
+    Action::requeue(requeue.max(MIN_RESYNC))
+}
+
+/// Credentials the operator uses for one host's repository: the maintenance keys when the
+/// repository has them, else its shared keys; never a host's own (append-only) keys.
+fn maintenance_job(
+    policy: &RetentionPolicy,
+    repo: &BackupRepository,
+    host: &Host,
+    secrets: &Secrets,
+) -> Result<MaintenanceJob, Failure> {
+    let ns = repo.namespace().unwrap_or_default();
+    let url = derive::repository_url(repo, host.effective_hostname(), &ns)
+        .map_err(|e| Failure::from_derive(&e))?;
+    let (url, endpoint) = match &repo.spec.s3 {
+        Some(s3) => (url, s3.endpoint.clone()),
+        None => (url, String::new()),
+    };
+    let override_ = std::env::var("FLEETSNAP_MAINTENANCE_S3_ENDPOINT").ok();
+    let repository = maintenance::operator_repository_url(&url, &endpoint, override_.as_deref());
+    let password = derive::secret_value(secrets, &repo.spec.password_secret_ref)
+        .map_err(|e| Failure::from_derive(&e))?;
+    let keys_secret = repo
+        .spec
+        .maintenance_credentials_secret_ref
+        .as_ref()
+        .or(repo
+            .spec
+            .s3
+            .as_ref()
+            .and_then(|s| s.credentials_secret_ref.as_ref()));
+    let aws = match keys_secret {
+        Some(r) => {
+            let key = |k: &str| fleetsnap_crds::common::SecretKeyRef {
+                name: r.name.clone(),
+                key: k.into(),
+            };
+            let get = |k: &str| {
+                derive::secret_value(secrets, &key(k)).map_err(|e| Failure::from_derive(&e))
+            };
+            Some((get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?))
+        }
+        None => None,
+    };
+    Ok(MaintenanceJob {
+        repository,
+        password,
+        aws,
+        keep: policy.spec.keep.clone(),
+        prune: policy.spec.prune.clone(),
+    })
+}
+
+fn maintenance_secret_names(repo: &BackupRepository) -> Vec<String> {
+    let mut names = vec![repo.spec.password_secret_ref.name.clone()];
+    if let Some(r) = &repo.spec.maintenance_credentials_secret_ref {
+        names.push(r.name.clone());
+    }
+    if let Some(r) = repo
+        .spec
+        .s3
+        .as_ref()
+        .and_then(|s| s.credentials_secret_ref.as_ref())
+    {
+        names.push(r.name.clone());
+    }
+    names
+}
+
+async fn operator_mode(
+    ctx: &Context,
+    policy: &RetentionPolicy,
+    repo: &BackupRepository,
+    hosts: &[Arc<Host>],
+    status: &mut RetentionPolicyStatus,
+) -> Action {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let gen_ = policy.metadata.generation;
+    let now = Utc::now();
+    if policy.spec.suspend {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(true),
+            reasons::SUSPENDED,
+            "suspended: no runs are scheduled",
+            gen_,
+        );
+        return Action::await_change();
+    }
+    let cal = Calendar::parse(&policy.spec.schedule.on_calendar).expect("checked by spec_problem");
+    let created = policy
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(time_to_chrono)
+        .unwrap_or(now);
+    let last = status.last_run.as_ref().map(time_to_chrono);
+    let Some(due) = next_run(&cal, last, created) else {
+        stalled(
+            status,
+            reasons::INVALID_SCHEDULE,
+            "the schedule never fires",
+            gen_,
+        );
+        return Action::await_change();
+    };
+    if due > now {
+        if status.last_run.is_none() {
+            condition(
+                &mut status.conditions,
+                condition_types::READY,
+                None,
+                reasons::PROGRESSING,
+                format!("first operator-side run due at {due}"),
+                gen_,
+            );
+        }
+        let wait = (due - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+        return Action::requeue(wait.min(MAX_RESYNC).max(Duration::from_secs(1)));
+    }
+
+    let secrets = match jobs::read_secrets(ctx, &ns, &maintenance_secret_names(repo)).await {
+        Ok(s) => s,
+        Err(f) => {
+            condition(
+                &mut status.conditions,
+                condition_types::READY,
+                Some(false),
+                f.reason,
+                f.message,
+                gen_,
+            );
+            return Action::requeue(LOCKED_RETRY);
+        }
+    };
+    info!(hosts = hosts.len(), "operator-side retention run");
+    let results = join_all(hosts.iter().map(|h| {
+        let job = maintenance_job(policy, repo, h, &secrets);
+        let host = h.name_any();
+        let span = info_span!("maintenance", host = %host);
+        async move {
+            let job = match job {
+                Ok(j) => j,
+                Err(f) => {
+                    return (
+                        host,
+                        Err(maintenance::MaintenanceError {
+                            message: format!("{}: {}", f.reason, f.message),
+                            locked: false,
+                        }),
+                    );
+                }
+            };
+            // Serialised per repository: a second policy on the same repository waits here.
+            let lock = maintenance::repository_lock(&job.repository);
+            let _guard = lock.lock().await;
+            (host, maintenance::run(job).await)
+        }
+        .instrument(span)
+    }))
+    .await;
+
+    let mut total = MaintenanceReport::default();
+    let mut errors = Vec::new();
+    let mut locked = false;
+    for (host, r) in results {
+        let labels = PolicyHostLabels {
+            namespace: ns.clone(),
+            policy: name.clone(),
+            host: host.clone(),
+        };
+        match r {
+            Ok(rep) => {
+                info!(host = %host, kept = rep.kept, removed = rep.removed, reclaimed = rep.reclaimed_bytes, "retention done");
+                ctx.metrics
+                    .retention_last_success
+                    .get_or_create(&labels)
+                    .set(Utc::now().timestamp() as f64);
+                total.kept += rep.kept;
+                total.removed += rep.removed;
+                total.reclaimed_bytes += rep.reclaimed_bytes;
+                total.locked_objects += rep.locked_objects;
+            }
+            Err(e) => {
+                warn!(host = %host, error = %e.message, locked = e.locked, "retention failed");
+                locked |= e.locked;
+                ctx.metrics.reconcile_error(
+                    KIND,
+                    if e.locked {
+                        "RepositoryLocked"
+                    } else {
+                        reasons::REPOSITORY_ERROR
+                    },
+                );
+                errors.push(RunError {
+                    host,
+                    message: e.message,
+                    time: Some(to_time(Utc::now())),
+                });
+            }
+        }
+    }
+    // A repository held by a running backup is not a failure of the schedule: the run stays
+    // due and is retried shortly; every other outcome counts as this slot's run.
+    if !locked {
+        status.last_run = Some(to_time(now));
+    }
+    status.snapshots_kept = total.kept as i64;
+    status.snapshots_removed = total.removed as i64;
+    status.space_reclaimed_bytes = total.reclaimed_bytes as i64;
+    status.locked_objects_retained =
+        (total.locked_objects > 0).then_some(total.locked_objects as i64);
+    let obj = policy.object_ref(&());
+    if errors.is_empty() {
+        status.last_success = Some(to_time(now));
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(true),
+            reasons::SUCCEEDED,
+            format!(
+                "kept {} and removed {} snapshots; {} bytes reclaimed",
+                total.kept, total.removed, total.reclaimed_bytes
+            ),
+            gen_,
+        );
+        jobs::event(ctx, &obj, false, "RetentionSucceeded",
+            format!("operator-side retention over {} repositories: kept {}, removed {}, reclaimed {} bytes", hosts.len(), total.kept, total.removed, total.reclaimed_bytes)).await;
+    } else {
+        let note = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.host, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::HOSTS_FAILING,
+            note.clone(),
+            gen_,
+        );
+        jobs::event(ctx, &obj, true, "RetentionFailed", note).await;
+    }
+    status.errors = errors;
+    if locked {
+        return Action::requeue(LOCKED_RETRY);
+    }
+    let next = cal
+        .next_after(now)
+        .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
+        .unwrap_or(MAX_RESYNC);
+    Action::requeue((next + Duration::from_secs(1)).min(MAX_RESYNC))
+}
+
+async fn cleanup(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
+    if policy.spec.run_on == RunOn::Operator {
+        return Ok(Action::await_change());
+    }
+    let Ok(targets) = jobs::resolve_targets(
+        ctx,
+        &ns,
+        policy.spec.backup_policy_ref.as_ref(),
+        policy.spec.host_selector.as_ref(),
+        policy.spec.repository_ref.as_ref(),
+    )
+    .await
+    else {
+        // Without a selector there is no way to know the hosts; nothing was installed by
+        // this controller for a policy whose references never resolved.
+        return Ok(Action::await_change());
+    };
+    let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
+    let mut pending = Vec::new();
+    for h in hosts {
+        if let Err(f) =
+            jobs::remove_from_host(ctx, &ns, PolicyKind::Retention, &name, &h.name_any()).await
+        {
+            warn!(host = %h.name_any(), reason = f.reason, "retention cleanup failed");
+            pending.push(h.name_any());
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::CleanupIncomplete {
+            policy: name,
+            hosts: pending.join(", "),
+        });
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetsnap_crds::common::{KeepRules, LocalObjectRef, Schedule, SecretRef};
+    use fleetsnap_crds::repository::BackupRepositorySpec;
+    use fleetsnap_crds::retention_policy::{PruneOptions, RetentionPolicySpec};
+
+    fn repo(append_only: bool, maintenance: bool) -> BackupRepository {
+        let spec: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
+            "s3": {"endpoint": "http://minio:9000", "bucket": "b", "region": "us-east-1",
+                   "perHostCredentials": {"secretNameTemplate": "s3-{host}"}},
+            "pathTemplate": "hosts/{hostname}",
+            "passwordSecretRef": {"name": "pw", "key": "password"},
+            "appendOnly": append_only,
+        }))
+        .unwrap();
+        let mut r = BackupRepository::new("minio", spec);
+        if maintenance {
+            r.spec.maintenance_credentials_secret_ref = Some(SecretRef {
+                name: "maint".into(),
+            });
+        }
+        r
+    }
+
+    fn policy(run_on: RunOn, keep: KeepRules, cal: &str) -> RetentionPolicy {
+        RetentionPolicy::new(
+            "ret",
+            RetentionPolicySpec {
+                backup_policy_ref: Some(LocalObjectRef { name: "bp".into() }),
+                host_selector: None,
+                repository_ref: None,
+                keep,
+                prune: PruneOptions::default(),
+                schedule: Schedule {
+                    on_calendar: cal.into(),
+                    randomized_delay: None,
+                    persistent: true,
+                },
+                run_on,
+                suspend: false,
+            },
+        )
+    }
+
+    fn keep7() -> KeepRules {
+        KeepRules {
+            daily: Some(7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_side_retention_on_append_only_is_refused_with_a_fix() {
+        let p = policy(RunOn::Host, keep7(), "daily");
+        let (reason, msg) = spec_problem(&p, &repo(true, true)).unwrap();
+        assert_eq!(reason, INVALID_SPEC);
+        assert!(
+            msg.contains("append-only") && msg.contains("runOn: Operator"),
+            "{msg}"
+        );
+        assert!(spec_problem(&p, &repo(false, false)).is_none());
+    }
+
+    #[test]
+    fn operator_side_needs_deleting_credentials_and_a_readable_calendar() {
+        let p = policy(RunOn::Operator, keep7(), "daily");
+        assert!(spec_problem(&p, &repo(true, true)).is_none());
+        let (_, msg) = spec_problem(&p, &repo(true, false)).unwrap();
+        assert!(msg.contains("maintenanceCredentialsSecretRef"), "{msg}");
+        let p = policy(RunOn::Operator, keep7(), "*-*~03 02:00");
+        assert_eq!(
+            spec_problem(&p, &repo(true, true)).unwrap().0,
+            reasons::INVALID_SCHEDULE
+        );
+        let p = policy(RunOn::Operator, KeepRules::default(), "daily");
+        assert_eq!(spec_problem(&p, &repo(true, true)).unwrap().0, INVALID_SPEC);
+    }
+
+    #[test]
+    fn next_run_counts_from_the_last_run_or_creation() {
+        let cal = Calendar::parse("*-*-* 04:30:00").unwrap();
+        let created: DateTime<Utc> = "2026-03-01T05:00:00Z".parse().unwrap();
+        assert_eq!(
+            next_run(&cal, None, created),
+            Some("2026-03-02T04:30:00Z".parse().unwrap())
+        );
+        let last: DateTime<Utc> = "2026-03-05T04:30:02Z".parse().unwrap();
+        assert_eq!(
+            next_run(&cal, Some(last), created),
+            Some("2026-03-06T04:30:00Z".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn host_args_are_keep_rules_then_prune_limits() {
+        let p = policy(
+            RunOn::Host,
+            KeepRules {
+                last: Some(3),
+                ..Default::default()
+            },
+            "daily",
+        );
+        assert_eq!(
+            host_extra_args(&p).join(" "),
+            "--keep-last 3 --prune --max-unused 5%"
+        );
+    }
+}
