@@ -307,7 +307,11 @@ fn field_step(field: &str, unit: u64, wrap: u64) -> Option<u64> {
         return Some(unit);
     }
     if let Some((_, step)) = field.split_once('/') {
-        return step.parse::<u64>().ok().filter(|s| *s > 0).map(|s| s * unit);
+        return step
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(|s| s * unit);
     }
     if field.contains(',') {
         // Uneven lists repeat at most every wrap / count on average.
@@ -320,10 +324,24 @@ fn field_step(field: &str, unit: u64, wrap: u64) -> Option<u64> {
     None
 }
 
+/// `Mon`, `Mon,Wed`, `Mon..Fri`, `Monday`: day names joined by `,` or `..`.
+fn is_weekday_list(token: &str) -> bool {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    token
+        .split([',', '.'])
+        .filter(|d| !d.is_empty())
+        .all(|d| DAYS.iter().any(|p| d.to_ascii_lowercase().starts_with(p)))
+}
+
 fn calendar_interval(expr: &str) -> Option<u64> {
     let parts: Vec<&str> = expr.split_whitespace().collect();
     let (weekday, rest) = match parts.first() {
-        Some(first) if first.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) => {
+        Some(first)
+            if first
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic()) =>
+        {
             (Some(*first), &parts[1..])
         }
         _ => (None, &parts[..]),
@@ -331,7 +349,7 @@ fn calendar_interval(expr: &str) -> Option<u64> {
     let (date, time) = match rest {
         [d, t] if d.contains('-') => (Some(*d), *t),
         [t] if t.contains(':') => (None, *t),
-        [d] => (Some(*d), "00:00:00"),
+        [d] if d.contains('-') => (Some(*d), "00:00:00"),
         _ => return None,
     };
     let mut t = time.split(':');
@@ -355,4 +373,325 @@ fn calendar_interval(expr: &str) -> Option<u64> {
         (None, true) => 86_400,
         (None, false) => 30 * 86_400,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetsnap_crds::backup_policy::{BackupPolicySpec, ResourceControls};
+    use fleetsnap_crds::common::{LocalObjectRef, Schedule, SecretRef};
+    use fleetsnap_crds::host::HostSpec;
+    use fleetsnap_crds::repository::{
+        BackupRepositorySpec, LocalBackend, PerHostCredentials, RestBackend, S3Backend,
+    };
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn host(name: &str, labels: &[(&str, &str)]) -> Host {
+        let mut h = Host::new(
+            name,
+            HostSpec {
+                address: "10.0.0.5".into(),
+                port: 2222,
+                user: "root".into(),
+                ssh_key_secret_ref: SecretKeyRef {
+                    name: "ssh".into(),
+                    key: "id".into(),
+                },
+                host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx".into(),
+                hostname: None,
+            },
+        );
+        h.metadata.namespace = Some("ns".into());
+        h.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        h
+    }
+
+    fn s3_repo() -> BackupRepository {
+        let mut r = BackupRepository::new(
+            "r",
+            BackupRepositorySpec {
+                s3: Some(S3Backend {
+                    endpoint: "http://minio:9000/".into(),
+                    region: "us-east-1".into(),
+                    bucket: "b".into(),
+                    path_style: true,
+                    credentials_secret_ref: Some(SecretRef { name: "s3".into() }),
+                    per_host_credentials: None,
+                }),
+                local: None,
+                rest: None,
+                path_template: "{namespace}/hosts/{hostname}".into(),
+                password_secret_ref: SecretKeyRef {
+                    name: "pw".into(),
+                    key: "password".into(),
+                },
+                append_only: false,
+                maintenance_credentials_secret_ref: None,
+                object_lock: None,
+            },
+        );
+        r.metadata.namespace = Some("ns".into());
+        r
+    }
+
+    fn policy(on_calendar: &str) -> BackupPolicy {
+        let mut p = BackupPolicy::new(
+            "nightly",
+            BackupPolicySpec {
+                host_selector: LabelSelector::default(),
+                repository_ref: LocalObjectRef { name: "r".into() },
+                paths: vec!["/etc".into()],
+                excludes: vec!["*.tmp".into()],
+                exclude_caches: true,
+                one_file_system: false,
+                stdin_sources: vec![fleetsnap_crds::backup_policy::StdinSource {
+                    name: "pg".into(),
+                    command: vec!["pg_dumpall".into()],
+                    filename: "pg.sql".into(),
+                    user: Some("postgres".into()),
+                }],
+                tags: vec!["fleet".into()],
+                schedule: Schedule {
+                    on_calendar: on_calendar.into(),
+                    randomized_delay: Some("45m".into()),
+                    persistent: true,
+                },
+                resources: ResourceControls::default(),
+                staleness_window: None,
+                suspend: false,
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        p
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn secrets() -> Secrets {
+        let mut s = Secrets::new();
+        s.insert("ssh".into(), secret(&[("id", "-----BEGIN KEY-----")]));
+        s.insert("pw".into(), secret(&[("password", "hunter2")]));
+        s.insert(
+            "s3".into(),
+            secret(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")]),
+        );
+        s
+    }
+
+    #[test]
+    fn repository_urls_per_backend() {
+        let r = s3_repo();
+        assert_eq!(
+            repository_url(&r, "web-1", "ns").unwrap(),
+            "s3:http://minio:9000/b/ns/hosts/web-1"
+        );
+        let mut local = s3_repo();
+        local.spec.s3 = None;
+        local.spec.local = Some(LocalBackend {
+            path: "/srv/backup/".into(),
+        });
+        local.spec.path_template = "hosts/{hostname}".into();
+        assert_eq!(
+            repository_url(&local, "web-1", "ns").unwrap(),
+            "local:/srv/backup/hosts/web-1"
+        );
+        let mut rest = local.clone();
+        rest.spec.local = None;
+        rest.spec.rest = Some(RestBackend {
+            url: "https://rest:8000".into(),
+            credentials_secret_ref: None,
+        });
+        assert_eq!(
+            repository_url(&rest, "web-1", "ns").unwrap(),
+            "rest:https://rest:8000/hosts/web-1"
+        );
+        let mut none = rest.clone();
+        none.spec.rest = None;
+        assert_eq!(
+            repository_url(&none, "web-1", "ns").unwrap_err().reason,
+            reasons::REPOSITORY_ERROR
+        );
+        // A hostname that would escape its path segment is refused, not expanded.
+        assert!(repository_url(&r, "../other", "ns").is_err());
+    }
+
+    #[test]
+    fn secrets_resolve_and_missing_ones_are_named() {
+        let s = secrets();
+        let h = host("web-1", &[]);
+        let t = host_target(&h, &s).unwrap();
+        assert_eq!(
+            (t.address.as_str(), t.port, t.user.as_str()),
+            ("10.0.0.5", 2222, "root")
+        );
+        assert_eq!(t.private_key.expose(), b"-----BEGIN KEY-----");
+
+        let c = credentials(&s3_repo(), &h, &s).unwrap();
+        assert_eq!(c.repository_password.expose(), b"hunter2");
+        assert_eq!(c.aws.as_ref().unwrap().access_key_id.expose(), b"AK");
+
+        let mut partial = s.clone();
+        partial.remove("s3");
+        let e = credentials(&s3_repo(), &h, &partial).unwrap_err();
+        assert_eq!(e.reason, reasons::SECRET_NOT_FOUND);
+        assert!(e.message.contains("\"s3\""), "{}", e.message);
+
+        partial.insert("pw".into(), secret(&[("other", "x")]));
+        let e = credentials(&s3_repo(), &h, &partial).unwrap_err();
+        assert!(e.message.contains("no key \"password\""), "{}", e.message);
+        assert!(!e.message.contains('x'.to_string().repeat(2).as_str()));
+
+        partial.insert("pw".into(), secret(&[("password", "")]));
+        assert!(credentials(&s3_repo(), &h, &partial).is_err());
+    }
+
+    #[test]
+    fn string_data_is_accepted_too() {
+        let mut s = Secrets::new();
+        s.insert(
+            "pw".into(),
+            Secret {
+                string_data: Some([("password".to_string(), "pw".to_string())].into()),
+                ..Secret::default()
+            },
+        );
+        let r = SecretKeyRef {
+            name: "pw".into(),
+            key: "password".into(),
+        };
+        assert_eq!(secret_value(&s, &r).unwrap().expose(), b"pw");
+    }
+
+    #[test]
+    fn per_host_credentials_and_referenced_secrets() {
+        let mut repo = s3_repo();
+        if let Some(s3) = repo.spec.s3.as_mut() {
+            s3.credentials_secret_ref = None;
+            s3.per_host_credentials = Some(PerHostCredentials {
+                secret_name_template: "s3-{host}".into(),
+            });
+        }
+        let h = host("web-1", &[]);
+        assert_eq!(
+            referenced_secrets(&h, &repo),
+            vec!["pw".to_string(), "s3-web-1".into(), "ssh".into()]
+        );
+        let mut s = secrets();
+        s.insert(
+            "s3-web-1".into(),
+            secret(&[("AWS_ACCESS_KEY_ID", "A1"), ("AWS_SECRET_ACCESS_KEY", "S1")]),
+        );
+        let c = credentials(&repo, &h, &s).unwrap();
+        assert_eq!(c.aws.unwrap().access_key_id.expose(), b"A1");
+        assert_eq!(
+            referenced_secrets(&h, &s3_repo()),
+            vec!["pw".to_string(), "s3".into(), "ssh".into()]
+        );
+    }
+
+    #[test]
+    fn selectors() {
+        let web = host("web-1", &[("role", "web"), ("env", "prod")]);
+        let all = LabelSelector::default();
+        assert!(selects(&all, &web));
+        let by_label = LabelSelector {
+            match_labels: Some([("role".to_string(), "web".to_string())].into()),
+            ..LabelSelector::default()
+        };
+        assert!(selects(&by_label, &web));
+        assert!(!selects(&by_label, &host("db-1", &[("role", "db")])));
+        let expr = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "env".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["prod".into()]),
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(!selects(&expr, &web));
+        let broken = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "env".into(),
+                operator: "Sideways".into(),
+                values: None,
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(
+            !selects(&broken, &web),
+            "an invalid selector selects nothing"
+        );
+    }
+
+    #[test]
+    fn policy_spec_for_a_host() {
+        let p = policy("*-*-* 02:00:00");
+        let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
+        assert_eq!(spec.name, "nightly");
+        assert_eq!(spec.kind, PolicyKind::Backup);
+        assert_eq!(spec.repository, "s3:http://minio:9000/b/ns/hosts/web-1");
+        assert_eq!(spec.host_tag, "web-1");
+        assert_eq!(spec.on_calendar, "*-*-* 02:00:00");
+        assert_eq!(spec.randomized_delay_sec, 2700);
+        assert!(spec.persistent);
+        assert_eq!(spec.nice, Some(10));
+        assert_eq!(
+            spec.io_scheduling_class,
+            Some(IoSchedulingClass::BestEffort)
+        );
+        assert_eq!(spec.io_scheduling_priority, Some(7));
+        assert_eq!(
+            spec.stdin_sources[0].command,
+            vec!["runuser", "-u", "postgres", "--", "pg_dumpall"]
+        );
+        assert!(spec.extra_args.is_empty());
+
+        let mut named = host("web-1", &[]);
+        named.spec.hostname = Some("web-1.prod.example".into());
+        let spec = backup_policy_spec(&p, &named, &s3_repo()).unwrap();
+        assert_eq!(spec.host_tag, "web-1.prod.example");
+        assert!(spec.repository.ends_with("/hosts/web-1.prod.example"));
+    }
+
+    #[test]
+    fn bad_schedules_are_invalid_schedule() {
+        for cal in ["0 2 * * *", "daily\nExecStart=/bin/sh", " "] {
+            let e = backup_policy_spec(&policy(cal), &host("h", &[]), &s3_repo()).unwrap_err();
+            assert_eq!(e.reason, reasons::INVALID_SCHEDULE, "{cal:?}");
+        }
+    }
+
+    #[test]
+    fn expected_intervals() {
+        let s = |e: &str| expected_interval(e).as_secs();
+        assert_eq!(s("daily"), 86_400);
+        assert_eq!(s("hourly"), 3600);
+        assert_eq!(s("weekly"), 7 * 86_400);
+        assert_eq!(s("*-*-* 02:00:00"), 86_400);
+        assert_eq!(s("*-*-* *:*:00/20"), 20);
+        assert_eq!(s("*-*-* *:00/15:00"), 900);
+        assert_eq!(s("*-*-* *:00:00"), 3600);
+        assert_eq!(s("*:0/5"), 300);
+        assert_eq!(s("Sun *-*-* 04:30:00"), 7 * 86_400);
+        assert_eq!(s("Mon..Fri *-*-* 04:30:00"), 7 * 86_400 / 5);
+        assert_eq!(s("*-*-01 03:00:00"), 30 * 86_400);
+        assert_eq!(s("*-*-* 00,12:00:00"), 12 * 3600);
+        assert_eq!(s("something odd"), 86_400);
+    }
 }

@@ -102,7 +102,10 @@ pub fn host_summary(
         age > i64::try_from(window.as_secs()).unwrap_or(i64::MAX)
     });
     let (state, message) = if let Some(f) = &r.failure {
-        (HostBackupState::Failing, Some(format!("{}: {}", f.reason, f.message)))
+        (
+            HostBackupState::Failing,
+            Some(format!("{}: {}", f.reason, f.message)),
+        )
     } else {
         match r.observation.as_ref().and_then(|o| o.last_run()) {
             Some(last) if !last.succeeded() => (
@@ -213,19 +216,28 @@ pub fn policy_status(
         (
             ConditionStatus::False,
             reasons::HOSTS_FAILING,
-            format!("{failing} of {total} host(s) failing: {}", names(HostBackupState::Failing)),
+            format!(
+                "{failing} of {total} host(s) failing: {}",
+                names(HostBackupState::Failing)
+            ),
         )
     } else if stale > 0 {
         (
             ConditionStatus::False,
             reasons::HOSTS_STALE,
-            format!("{stale} of {total} host(s) stale: {}", names(HostBackupState::Stale)),
+            format!(
+                "{stale} of {total} host(s) stale: {}",
+                names(HostBackupState::Stale)
+            ),
         )
     } else if pending > 0 {
         (
             ConditionStatus::False,
             reasons::PROGRESSING,
-            format!("waiting for the first backup on: {}", names(HostBackupState::Pending)),
+            format!(
+                "waiting for the first backup on: {}",
+                names(HostBackupState::Pending)
+            ),
         )
     } else {
         (
@@ -236,14 +248,12 @@ pub fn policy_status(
     };
     // Stalled: nothing will improve without a human — a policy-level spec problem, or a
     // host failure that is not retried on its own.
-    let stalled = problem
-        .map(|p| (p.reason, p.message.clone()))
-        .or_else(|| {
-            failures
-                .iter()
-                .find(|f| !f.is_transient())
-                .map(|f| (f.reason, f.message.clone()))
-        });
+    let stalled = problem.map(|p| (p.reason, p.message.clone())).or_else(|| {
+        failures
+            .iter()
+            .find(|f| !f.is_transient())
+            .map(|f| (f.reason, f.message.clone()))
+    });
     let reconciling = pending > 0 && problem.is_none();
 
     let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
@@ -340,15 +350,265 @@ pub fn transitions(
                     note: format!("host {}: {msg}", h.name),
                 })
             }
-            (Some(HostBackupState::Failing | HostBackupState::Stale), HostBackupState::Succeeded) => {
-                out.push(EventSpec {
-                    warning: false,
-                    reason: "BackupRecovered",
-                    note: format!("host {} backed up successfully again", h.name),
-                })
-            }
+            (
+                Some(HostBackupState::Failing | HostBackupState::Stale),
+                HostBackupState::Succeeded,
+            ) => out.push(EventSpec {
+                warning: false,
+                reason: "BackupRecovered",
+                note: format!("host {} backed up successfully again", h.name),
+            }),
             _ => {}
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::model::PolicyKind;
+    use crate::host::observe::TimerState;
+    use crate::host::record::RunRecord;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, 0).unwrap()
+    }
+
+    fn record(finished: i64, exit_code: i32) -> RunRecord {
+        RunRecord {
+            policy: "p".into(),
+            kind: PolicyKind::Backup,
+            started: at(finished - 5),
+            finished: at(finished),
+            exit_code,
+            snapshot_id: (exit_code == 0).then(|| format!("snap{finished}")),
+            files_new: 1,
+            files_changed: 0,
+            files_unmodified: 0,
+            bytes_added: 100,
+            duration_seconds: 5.0,
+            error: (exit_code != 0).then(|| "repository unreachable".into()),
+        }
+    }
+
+    fn obs(records: Vec<RunRecord>) -> JobObservation {
+        JobObservation {
+            records,
+            unreadable: vec![],
+            timer: Some(TimerState {
+                next_elapse: Some(5000),
+                ..TimerState::default()
+            }),
+        }
+    }
+
+    fn ok(host: &str, records: Vec<RunRecord>) -> HostResult {
+        HostResult {
+            host: host.into(),
+            observation: Some(obs(records)),
+            failure: None,
+        }
+    }
+
+    fn unreachable(host: &str) -> HostResult {
+        HostResult {
+            host: host.into(),
+            observation: None,
+            failure: Some(Failure {
+                reason: reasons::HOST_UNREACHABLE,
+                message: "connection refused".into(),
+                retry: super::super::error::Retry::Backoff,
+            }),
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn host_entry_counts_failures_since_last_success() {
+        let o = obs(vec![record(100, 0), record(200, 3), record(300, 1)]);
+        let e = host_policy_entry("p", &o);
+        assert_eq!(e.consecutive_failures, 2);
+        assert_eq!(e.snapshot_id.as_deref(), Some("snap100"));
+        assert_eq!(e.last_success, Some(unix_time(100)));
+        assert_eq!(e.last_run, Some(unix_time(300)));
+        assert_eq!(e.error.as_deref(), Some("repository unreachable"));
+        assert_eq!(e.next_run, Some(unix_time(5000)));
+        assert_eq!(e.bytes_added, Some(100));
+        let clean = host_policy_entry("p", &obs(vec![record(100, 0)]));
+        assert_eq!((clean.consecutive_failures, clean.error), (0, None));
+    }
+
+    #[test]
+    fn host_states() {
+        let now = at(1000);
+        let s = |r: &HostResult| host_summary(r, None, now, DAY).state;
+        assert_eq!(s(&ok("a", vec![])), HostBackupState::Pending);
+        assert_eq!(
+            s(&ok("a", vec![record(900, 0)])),
+            HostBackupState::Succeeded
+        );
+        assert_eq!(
+            s(&ok("a", vec![record(800, 0), record(900, 3)])),
+            HostBackupState::Failing
+        );
+        assert_eq!(s(&unreachable("a")), HostBackupState::Failing);
+        // Old success, nothing since: stale.
+        let stale = host_summary(&ok("a", vec![record(10, 0)]), None, at(10 + 86_401), DAY);
+        assert_eq!(stale.state, HostBackupState::Stale);
+        assert!(stale.message.unwrap().contains("24h"));
+        let repo = host_summary(&ok("a", vec![record(900, 12)]), None, now, DAY);
+        assert!(repo.message.unwrap().starts_with("RepositoryError"));
+    }
+
+    #[test]
+    fn unreachable_host_keeps_previous_success() {
+        let prev = host_summary(&ok("a", vec![record(900, 0)]), None, at(1000), DAY);
+        let now = host_summary(&unreachable("a"), Some(&prev), at(2000), DAY);
+        assert_eq!(now.state, HostBackupState::Failing);
+        assert_eq!(now.last_success, Some(unix_time(900)));
+        assert_eq!(now.snapshot_id.as_deref(), Some("snap900"));
+        assert!(now.message.unwrap().starts_with("HostUnreachable"));
+    }
+
+    fn summaries(results: &[HostResult]) -> Vec<PolicyHostSummary> {
+        results
+            .iter()
+            .map(|r| host_summary(r, None, at(1000), DAY))
+            .collect()
+    }
+
+    #[test]
+    fn policy_counts_and_times() {
+        let rs = [
+            ok("c", vec![record(700, 0)]),
+            ok("a", vec![record(900, 0)]),
+            unreachable("b"),
+        ];
+        let failures: Vec<&Failure> = rs.iter().filter_map(|r| r.failure.as_ref()).collect();
+        let st = policy_status(summaries(&rs), None, &failures, None, Some(4), at(1000));
+        assert_eq!(
+            (
+                st.hosts_total,
+                st.hosts_succeeded,
+                st.hosts_failing,
+                st.hosts_stale
+            ),
+            (3, 2, 1, 0)
+        );
+        assert_eq!(
+            st.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b", "c"]
+        );
+        // b never succeeded: no "oldest last success" yet.
+        assert_eq!(st.oldest_last_success, None);
+        assert_eq!(st.last_snapshot_time, Some(unix_time(900)));
+        let ready = fleetsnap_crds::common::find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason, reasons::HOSTS_FAILING);
+        assert!(
+            ready.message.contains("b (HostUnreachable"),
+            "{}",
+            ready.message
+        );
+        let stalled = fleetsnap_crds::common::find_condition(&st.conditions, "Stalled").unwrap();
+        assert_eq!(
+            stalled.status,
+            ConditionStatus::False,
+            "unreachable is transient"
+        );
+        assert_eq!(st.observed_generation, Some(4));
+
+        let all_ok = [ok("a", vec![record(900, 0)]), ok("c", vec![record(700, 0)])];
+        let st = policy_status(summaries(&all_ok), None, &[], None, Some(4), at(1000));
+        assert_eq!(st.oldest_last_success, Some(unix_time(700)));
+        let ready = fleetsnap_crds::common::find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::True, "Succeeded")
+        );
+    }
+
+    #[test]
+    fn policy_conditions_for_problems_pending_and_empty() {
+        let problem = PolicyProblem {
+            reason: reasons::REFERENCE_NOT_FOUND,
+            message: "BackupRepository \"r\" does not exist".into(),
+        };
+        let st = policy_status(vec![], Some(&problem), &[], None, Some(1), at(1));
+        let find = |t: &str| {
+            fleetsnap_crds::common::find_condition(&st.conditions, t)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(find("Ready").reason, reasons::REFERENCE_NOT_FOUND);
+        assert_eq!(find("Stalled").status, ConditionStatus::True);
+
+        let st = policy_status(vec![], None, &[], None, Some(1), at(1));
+        let ready = fleetsnap_crds::common::find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, reasons::NO_HOSTS_SELECTED);
+
+        let st = policy_status(
+            summaries(&[ok("a", vec![])]),
+            None,
+            &[],
+            None,
+            Some(1),
+            at(1),
+        );
+        let find = |t: &str| {
+            fleetsnap_crds::common::find_condition(&st.conditions, t)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(find("Ready").reason, reasons::PROGRESSING);
+        assert_eq!(find("Reconciling").status, ConditionStatus::True);
+
+        let key = Failure {
+            reason: reasons::HOST_KEY_MISMATCH,
+            message: "pinned key differs".into(),
+            retry: super::super::error::Retry::Slow(Duration::from_secs(900)),
+        };
+        let st = policy_status(vec![], None, &[&key], None, Some(1), at(1));
+        let stalled = fleetsnap_crds::common::find_condition(&st.conditions, "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status, stalled.reason.as_str()),
+            (ConditionStatus::True, "HostKeyMismatch")
+        );
+    }
+
+    #[test]
+    fn unchanged_inputs_give_an_identical_status() {
+        let rs = [ok("a", vec![record(900, 0)])];
+        let first = policy_status(summaries(&rs), None, &[], None, Some(1), at(1000));
+        let second = policy_status(summaries(&rs), None, &[], Some(&first), Some(1), at(2000));
+        assert_eq!(first, second, "a resync must not cause a status write");
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let good = summaries(&[ok("a", vec![record(900, 0)])]);
+        let bad = summaries(&[unreachable("a")]);
+        let evs = transitions(&good, &bad);
+        assert_eq!(evs.len(), 1);
+        assert!(evs[0].warning);
+        assert_eq!(evs[0].reason, "BackupFailing");
+        assert!(evs[0].note.contains("host a"));
+        assert!(
+            transitions(&bad, &bad).is_empty(),
+            "still failing: no new event"
+        );
+        let evs = transitions(&bad, &good);
+        assert_eq!((evs[0].warning, evs[0].reason), (false, "BackupRecovered"));
+        assert!(transitions(&good, &good).is_empty());
+        // A host seen for the first time and already failing is worth a warning too.
+        assert_eq!(transitions(&[], &bad).len(), 1);
+        let pending = summaries(&[ok("a", vec![])]);
+        assert!(
+            transitions(&pending, &good).is_empty(),
+            "first success is not a recovery"
+        );
+    }
 }
