@@ -133,7 +133,7 @@ fn helm_lint_passes_for_default_and_optional_values() {
         "--strict",
         c,
         "--set",
-        "serviceMonitor.enabled=true,prometheusRule.enabled=true,watchNamespaces={team-a,team-b}",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,watchNamespaces={team-a}",
     ])
     .unwrap();
     // Two replicas without leader election would let two operators touch the same hosts.
@@ -280,7 +280,11 @@ fn namespaced_mode_renders_roles_per_watched_namespace() {
     for n in [ns, "team-a", "team-b"] {
         namespace(env, n);
     }
-    let out = render(ns, &["--set", "watchNamespaces={team-a,team-b}"]);
+    // The operator watches one namespace or all; more than one is refused at render time.
+    let err = run_helm(&["template", chart().to_str().unwrap(), "--set", "watchNamespaces={team-a,team-b}"])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("watchNamespaces"), "{err:#}");
+    let out = render(ns, &["--set", "watchNamespaces={team-a}"]);
     // Objects carry their namespaces (release namespace, team-a, team-b).
     let applied = kubectl_stdin(env, None, &["apply", "--dry-run=server", "-o", "json", "-f", "-"], &out)
         .unwrap();
@@ -291,10 +295,10 @@ fn namespaced_mode_renders_roles_per_watched_namespace() {
         .filter(|o| o["kind"] == "Role" && o["metadata"]["name"] == "fleetsnap-operator")
         .map(|o| o["metadata"]["namespace"].as_str().unwrap())
         .collect();
-    assert_eq!(role_ns, BTreeSet::from(["team-a", "team-b"]));
+    assert_eq!(role_ns, BTreeSet::from(["team-a"]));
     let dep = find(&objs, "Deployment");
     let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-    assert!(args.contains("team-a,team-b"), "{args}");
+    assert!(args.contains(r#""--namespace","team-a""#), "{args}");
 }
 
 /// A kubeconfig that authenticates as the chart's ServiceAccount with a real token.
