@@ -80,14 +80,18 @@ tools() {
 # ---------------------------------------------------------------- kube-apiserver + etcd
 pki() {
   local p=$DIR/pki; mkdir -p "$p"; cd "$p"
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=fleetsnap-testenv-ca 2>/dev/null
-  cert() {  # cert NAME SUBJECT [SAN]
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=fleetsnap-testenv-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  cert() {  # cert NAME SUBJECT USAGE [SAN]
     openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-    if [ -n "${3:-}" ]; then printf 'subjectAltName=%s\n' "$3" > "$1.ext"; else : > "$1.ext"; fi
+    # Always X.509 v3 with explicit usages: rustls (the operator's TLS stack) rejects v1
+    # certificates, which openssl produces when no extensions are given.
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=%s\n' "$3" > "$1.ext"
+    if [ -n "${4:-}" ]; then printf 'subjectAltName=%s\n' "$4" >> "$1.ext"; fi
     openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
   }
-  cert apiserver /CN=kube-apiserver "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
-  cert admin "/CN=testenv-admin/O=system:masters"
+  cert apiserver /CN=kube-apiserver serverAuth "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+  cert admin "/CN=testenv-admin/O=system:masters" clientAuth
   openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   cd - >/dev/null
 }
