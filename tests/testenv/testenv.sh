@@ -269,7 +269,8 @@ hosts_up() {
 }
 
 host_stop() {   # host_stop I: orderly poweroff, then the container's init / qemu by pid
-  local i=$1 f=$DIR/pids/host$i pid
+  local i=$1 f pid
+  f=$DIR/pids/host$i
   [ -e "$f" ] || return 0
   pid=$(cat "$f")
   if [ "$(envget HOST_TIER)" = vm ]; then
