@@ -1,6 +1,7 @@
 //! `backup`: walk → compare with the parent snapshot → chunk → hash → dedup → (pool:)
 //! compress → encrypt → pack → upload; then index, then snapshot.
 
+pub mod chunker;
 pub mod node;
 pub mod saver;
 
@@ -21,6 +22,7 @@ use crate::format::tree::{Node, NodeType, Tree};
 use crate::id::Id;
 use crate::pattern::PathMatcher;
 use crate::repo::{IndexedRepository, RepoError, Result, corrupt};
+use chunker::Chunker;
 use node::{Names, node_from_metadata};
 use saver::Saver;
 
@@ -86,6 +88,7 @@ struct Walker<'a> {
     saver: &'a Saver,
     opts: &'a mut BackupOptions,
     names: Names,
+    chunker: Chunker,
     res: BackupResult,
     started: Instant,
     last_progress: Instant,
@@ -117,23 +120,39 @@ impl Walker<'_> {
         }
     }
 
-    /// Chunk a stream into data blobs; never holds more than one chunk here.
-    fn chunk_stream(&mut self, r: impl Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+    /// Chunk `prefix` + a stream into data blobs; holds at most one chunk besides the
+    /// chunker's window.
+    fn chunk_stream(
+        &mut self,
+        prefix: &[u8],
+        mut r: impl Read,
+    ) -> std::io::Result<Result<(Vec<Id>, u64)>> {
         let mut content = Vec::new();
-        let mut total = 0u64;
-        for chunk in fastcdc::v2020::StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(fastcdc::v2020::Error::IoError(e)) => return Err(e),
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            };
-            total += chunk.length as u64;
-            match self.save_blob(BlobType::Data, chunk.data) {
-                Ok(id) => content.push(id),
-                Err(e) => return Ok(Err(e)),
-            }
-        }
+        let (repo, saver) = (self.repo, self.saver);
+        let total = match self.chunker.chunk(prefix, &mut r, |c| {
+            content.push(store_data(repo, saver, c)?);
+            Ok(())
+        })? {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
         Ok(Ok((content, total)))
+    }
+
+    /// A file's content. Files no longer than MIN_CHUNK are always a single chunk, so they
+    /// are read into a buffer of their own size and never touch the chunker.
+    fn chunk_file(&mut self, mut f: File, size: u64) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+        if size > MIN_CHUNK as u64 {
+            return self.chunk_stream(&[], f);
+        }
+        match chunker::read_small(&mut f, size)? {
+            Ok(data) if data.is_empty() => Ok(Ok((Vec::new(), 0))),
+            Ok(data) => {
+                let len = data.len() as u64;
+                Ok(store_data(self.repo, self.saver, data).map(|id| (vec![id], len)))
+            }
+            Err(prefix) => self.chunk_stream(&prefix, f),
+        }
     }
 
     fn file_unchanged(node: &Node, old: Option<&Node>, repo: &IndexedRepository) -> bool {
@@ -184,7 +203,7 @@ impl Walker<'_> {
                         return Ok(None);
                     }
                 };
-                match self.chunk_stream(f) {
+                match self.chunk_file(f, node.size) {
                     Ok(r) => {
                         let (content, _) = r?;
                         node.content = Some(content);
@@ -283,6 +302,14 @@ impl Walker<'_> {
         }
         self.save_tree(nodes)
     }
+}
+
+/// Queue one data blob unless it is already stored; its ID either way.
+fn store_data(repo: &IndexedRepository, saver: &Saver, data: Vec<u8>) -> Result<Id> {
+    let id = Id::hash(&data);
+    let known = repo.index().has(BlobType::Data, &id);
+    saver.save(BlobType::Data, id, data, known)?;
+    Ok(id)
 }
 
 fn is_cache_dir(path: &Path) -> bool {
@@ -423,6 +450,7 @@ pub fn backup_checked(
             saver: &saver,
             opts: &mut opts,
             names: Names::default(),
+            chunker: Chunker::default(),
             res: BackupResult::default(),
             started,
             last_progress: Instant::now(),
@@ -453,7 +481,7 @@ pub fn backup_checked(
                     )));
                 }
                 let (content, size) = w
-                    .chunk_stream(reader)
+                    .chunk_stream(&[], reader)
                     .map_err(|e| RepoError::Usage(format!("reading {filename}: {e}")))??;
                 let now = GoTime::now();
                 let node = Node {
