@@ -81,7 +81,11 @@ impl LeaseLock {
                 previous.and_then(|p| p.acquire_time.clone())
             },
             renew_time: Some(now()),
-            lease_transitions: Some(if take_over { transitions + 1 } else { transitions }),
+            lease_transitions: Some(if take_over {
+                transitions + 1
+            } else {
+                transitions
+            }),
             ..LeaseSpec::default()
         }
     }
@@ -192,8 +196,7 @@ mod tests {
         LeaseSpec {
             holder_identity: holder.map(String::from),
             lease_duration_seconds: Some(15),
-            renew_time: renewed_ms
-                .map(|ms| MicroTime(Timestamp::from_millisecond(ms).unwrap())),
+            renew_time: renewed_ms.map(|ms| MicroTime(Timestamp::from_millisecond(ms).unwrap())),
             ..LeaseSpec::default()
         }
     }

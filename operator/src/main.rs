@@ -44,7 +44,11 @@ struct Cli {
     /// or `default`).
     #[arg(long, env = "FLEETSNAP_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
-    #[arg(long, default_value = "fleetsnap-operator", env = "FLEETSNAP_LEASE_NAME")]
+    #[arg(
+        long,
+        default_value = "fleetsnap-operator",
+        env = "FLEETSNAP_LEASE_NAME"
+    )]
     lease_name: String,
     /// This replica's identity in the Lease (default: $POD_NAME or hostname-pid).
     #[arg(long, env = "FLEETSNAP_IDENTITY")]

@@ -212,7 +212,9 @@ impl Metrics {
                 .set(unix_f64(s.finished));
         }
         if let Some(r) = obs.last_run() {
-            self.backup_last_run.get_or_create(l).set(unix_f64(r.finished));
+            self.backup_last_run
+                .get_or_create(l)
+                .set(unix_f64(r.finished));
             self.backup_last_duration
                 .get_or_create(l)
                 .set(r.duration_seconds);
@@ -240,7 +242,12 @@ impl Metrics {
         self.backup_staleness_window.remove(l);
     }
 
-    pub fn host_contact(&self, l: &HostLabels, reachable: bool, now: chrono::DateTime<chrono::Utc>) {
+    pub fn host_contact(
+        &self,
+        l: &HostLabels,
+        reachable: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         self.host_reachable
             .get_or_create(l)
             .set(if reachable { 1.0 } else { 0.0 });
@@ -283,7 +290,11 @@ pub struct Health {
     pub ready: AtomicBool,
 }
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     loop {
@@ -326,7 +337,11 @@ fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Byte
             "text/plain",
             "not ready\n".to_string(),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
     };
     Response::builder()
         .status(status)
@@ -392,9 +407,9 @@ mod tests {
         assert_eq!(names.len(), 17, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
-            let present = text
-                .lines()
-                .any(|l| l.starts_with(&format!("{full}{{")) || l.starts_with(&format!("{full}_bucket{{")));
+            let present = text.lines().any(|l| {
+                l.starts_with(&format!("{full}{{")) || l.starts_with(&format!("{full}_bucket{{"))
+            });
             assert!(present, "{full} missing from:\n{text}");
         }
     }

@@ -93,11 +93,24 @@ fn operator_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     ])
     .unwrap();
     let token = env
-        .kubectl(&["create", "token", "-n", NS, "fleetsnap-operator", "--duration=2h"])
+        .kubectl(&[
+            "create",
+            "token",
+            "-n",
+            NS,
+            "fleetsnap-operator",
+            "--duration=2h",
+        ])
         .unwrap();
     let view = |path: &str| {
-        env.kubectl(&["config", "view", "--raw", "-o", &format!("jsonpath={{{path}}}")])
-            .unwrap()
+        env.kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+        .unwrap()
     };
     let server = view(".clusters[0].cluster.server");
     let ca = view(".clusters[0].cluster.certificate-authority");
@@ -182,7 +195,9 @@ fn managed_files(env: &TestEnv, host: &str) -> String {
 fn reconcile_count(op: &Operator) -> Result<f64> {
     let text = op.scrape()?;
     text.lines()
-        .find(|l| l.starts_with("fleetsnap_reconcile_duration_seconds_count{kind=\"BackupPolicy\"}"))
+        .find(|l| {
+            l.starts_with("fleetsnap_reconcile_duration_seconds_count{kind=\"BackupPolicy\"}")
+        })
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no reconcile count yet"))
@@ -190,7 +205,8 @@ fn reconcile_count(op: &Operator) -> Result<f64> {
 
 fn setup(env: &TestEnv, dir: &Path) {
     let crds = repo_root().join("crds/generated");
-    env.kubectl(&["apply", "-f", crds.to_str().unwrap()]).unwrap();
+    env.kubectl(&["apply", "-f", crds.to_str().unwrap()])
+        .unwrap();
     for crd in ["hosts", "backuprepositories", "backuppolicies"] {
         env.kubectl(&[
             "wait",
@@ -243,7 +259,12 @@ fn setup(env: &TestEnv, dir: &Path) {
         .unwrap();
     assert!(st.success());
     let wrong = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
-    hosts.push_str(&host_yaml("badkey", env.ssh_port("host3"), wrong.trim(), "badkey"));
+    hosts.push_str(&host_yaml(
+        "badkey",
+        env.ssh_port("host3"),
+        wrong.trim(),
+        "badkey",
+    ));
     apply_yaml(env, dir, "hosts.yaml", &hosts);
 
     apply_yaml(
@@ -315,6 +336,21 @@ fn restic_check(env: &TestEnv, host: &str) -> Result<String> {
     fleetsnap_tests::check(&format!("restic check {repo}"), out)
 }
 
+/// `TestEnv::host_stop`, working around a harness bug: testenv.sh's `host_stop` reads `$i`
+/// in the same `local` statement that assigns it, which fails under `set -u` when the
+/// function runs on its own (`down` works because its own `i` is in scope). Giving the
+/// script `i` in its environment makes the expansion right.
+fn host_stop(env: &TestEnv, host: &str) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("tests/testenv/testenv.sh"))
+        .args(["host-stop", host, "--dir"])
+        .arg(env.dir())
+        .env("i", host.trim_start_matches("host"))
+        .output()
+        .unwrap();
+    fleetsnap_tests::check(&format!("testenv.sh host-stop {host}"), out).unwrap();
+}
+
 fn step(t0: Instant, what: &str) {
     eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let _ = std::io::stderr().flush();
@@ -335,12 +371,16 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     let policy = wait::until("3/3 hosts backed up", Duration::from_secs(420), || {
         let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
         let s = &p["status"];
-        Ok((s["hostsSucceeded"] == 3 && s["hostsTotal"] == 3 && s["lastSnapshotTime"].is_string())
-            .then_some(p))
+        Ok(
+            (s["hostsSucceeded"] == 3 && s["hostsTotal"] == 3 && s["lastSnapshotTime"].is_string())
+                .then_some(p),
+        )
     })
     .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
     step(t0, "3/3 succeeded");
-    let table = env.kubectl(&["get", "backuppolicy", "-n", NS, POLICY]).unwrap();
+    let table = env
+        .kubectl(&["get", "backuppolicy", "-n", NS, POLICY])
+        .unwrap();
     eprintln!("{table}");
     let row = table.lines().nth(1).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
@@ -388,7 +428,13 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     let before: Vec<String> = hosts.iter().map(|h| managed_files(env, h)).collect();
     let count = reconcile_count(&op).unwrap();
     env.kubectl(&[
-        "annotate", "-n", NS, "backuppolicy", POLICY, "e2e/poke=1", "--overwrite",
+        "annotate",
+        "-n",
+        NS,
+        "backuppolicy",
+        POLICY,
+        "e2e/poke=1",
+        "--overwrite",
     ])
     .unwrap();
     wait::until("two more reconciles", Duration::from_secs(120), || {
@@ -411,7 +457,10 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         .filter(|n| !n.starts_with("fleetsnap_verify_") && !n.starts_with("fleetsnap_retention_"))
     {
         let base = name.trim_end_matches("_total");
-        assert!(text.contains(&format!("# TYPE {base}")), "{name} missing:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {base}")),
+            "{name} missing:\n{text}"
+        );
     }
     for h in &hosts {
         let series = format!(
@@ -422,21 +471,28 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     step(t0, "metrics served");
 
     // One host down: it alone turns failing; the others stay green.
-    env.host_stop("host2").unwrap();
+    host_stop(env, "host2");
     step(t0, "host2 stopped");
-    let p = wait::until("host2 failing, host1/3 green", Duration::from_secs(240), || {
-        let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
-        let state = |h: &str| {
-            host_entry(&p, h)
-                .map(|e| e["state"].as_str().unwrap_or_default().to_string())
-                .unwrap_or_default()
-        };
-        let down = host_entry(&p, "host2")
-            .and_then(|e| e["message"].as_str())
-            .is_some_and(|m| m.contains("HostUnreachable"));
-        Ok((down && state("host2") == "Failing" && state("host1") == "Succeeded" && state("host3") == "Succeeded")
-            .then_some(p))
-    })
+    let p = wait::until(
+        "host2 failing, host1/3 green",
+        Duration::from_secs(240),
+        || {
+            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            let state = |h: &str| {
+                host_entry(&p, h)
+                    .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+                    .unwrap_or_default()
+            };
+            let down = host_entry(&p, "host2")
+                .and_then(|e| e["message"].as_str())
+                .is_some_and(|m| m.contains("HostUnreachable"));
+            Ok((down
+                && state("host2") == "Failing"
+                && state("host1") == "Succeeded"
+                && state("host3") == "Succeeded")
+                .then_some(p))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
     assert_eq!(p["status"]["hostsFailing"], 1);
     assert_eq!(p["status"]["hostsSucceeded"], 2);
@@ -447,20 +503,42 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     })
     .unwrap();
     let events = env
-        .kubectl(&["get", "events", "-n", NS, "--field-selector", "reason=BackupFailing", "-o", "name"])
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "reason=BackupFailing",
+            "-o",
+            "name",
+        ])
         .unwrap();
     assert!(!events.trim().is_empty(), "no BackupFailing event");
     step(t0, "host2 reported failing/unreachable, host1/3 green");
 
     // Back up: the policy recovers and says so once.
     env.host_start("host2").unwrap();
-    wait::until("3/3 again after host2 restart", Duration::from_secs(300), || {
-        let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
-        Ok((p["status"]["hostsSucceeded"] == 3).then_some(()))
-    })
+    wait::until(
+        "3/3 again after host2 restart",
+        Duration::from_secs(300),
+        || {
+            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            Ok((p["status"]["hostsSucceeded"] == 3).then_some(()))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
     let events = env
-        .kubectl(&["get", "events", "-n", NS, "--field-selector", "reason=BackupRecovered", "-o", "name"])
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "reason=BackupRecovered",
+            "-o",
+            "name",
+        ])
         .unwrap();
     assert!(!events.trim().is_empty(), "no BackupRecovered event");
     step(t0, "host2 recovered");
@@ -470,18 +548,26 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
     for h in &hosts {
         let units = env
-            .ssh_ok(h, "systemctl list-unit-files 'fleetsnap-*' --no-legend; ls /etc/fleetsnap")
+            .ssh_ok(
+                h,
+                "systemctl list-unit-files 'fleetsnap-*' --no-legend; ls /etc/fleetsnap",
+            )
             .unwrap();
         assert!(!units.contains(&format!("backup-{POLICY}")), "{h}: {units}");
         let data = env
-            .mc(&["ls", "--recursive", &format!("testenv/{BUCKET}/hosts/{h}/snapshots/")])
+            .mc(&[
+                "ls",
+                "--recursive",
+                &format!("testenv/{BUCKET}/hosts/{h}/snapshots/"),
+            ])
             .unwrap();
         assert!(!data.trim().is_empty(), "{h}: snapshots gone from MinIO");
     }
     step(t0, "policy deleted: units gone, data kept");
 
     // The bad policy cannot reach its host; with the Host gone, deletion completes.
-    env.kubectl(&["delete", "-n", NS, "host", "badkey"]).unwrap();
+    env.kubectl(&["delete", "-n", NS, "host", "badkey"])
+        .unwrap();
     env.kubectl(&["delete", "-n", NS, "backuppolicy", "bad", "--timeout=120s"])
         .unwrap();
     step(t0, "done");

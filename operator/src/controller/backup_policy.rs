@@ -54,9 +54,10 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
     let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
     let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let result = async {
+        debug!("reconcile started");
         // Planning against half-filled caches would treat hosts as deselected.
-        let _ = ctx.hosts.wait_until_ready().await;
-        let _ = ctx.repos.wait_until_ready().await;
+        ctx.caches_ready().await;
+        debug!("caches ready");
         finalizer(&api, FINALIZER, policy, |event| async {
             match event {
                 FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
@@ -163,6 +164,7 @@ async fn converge_host(
 ) -> Result<Converged, Failure> {
     let ns = policy.namespace().unwrap_or_default();
     let secrets = read_secrets(ctx, &ns, &derive::referenced_secrets(host, repo)).await?;
+    debug!(secrets = secrets.len(), "secrets read");
     let derived = (|| -> Result<_, DeriveError> {
         Ok((
             derive::host_target(host, &secrets)?,
@@ -318,7 +320,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
         join_all(selected.iter().map(|host| {
             let span = info_span!("host", host = %host.name_any());
             async move {
-                let r = converge_host(ctx, policy, &repo, host).await;
+                let r = converge_host(ctx, policy, repo, host).await;
                 (host.clone(), r)
             }
             .instrument(span)
@@ -369,7 +371,10 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 };
                 warn!(host = %hname, reason = f.reason, message = %f.message, "host failed");
                 ctx.metrics.reconcile_error(KIND, f.reason);
-                ctx.metrics.backup_host_selected.get_or_create(&labels).set(1.0);
+                ctx.metrics
+                    .backup_host_selected
+                    .get_or_create(&labels)
+                    .set(1.0);
                 if matches!(
                     f.reason,
                     reasons::HOST_UNREACHABLE | reasons::AUTH_FAILED | reasons::HOST_KEY_MISMATCH
@@ -480,7 +485,12 @@ async fn write_status(
 }
 
 /// Takes the policy's job off one host: units, config and credentials; never data.
-async fn remove_from_host(ctx: &Context, ns: &str, policy: &str, host: &str) -> Result<(), Failure> {
+async fn remove_from_host(
+    ctx: &Context,
+    ns: &str,
+    policy: &str,
+    host: &str,
+) -> Result<(), Failure> {
     let span = info_span!("remove_job", host = %host, policy = %policy);
     async {
         let Some(h) = ctx.hosts.get(&ObjectRef::new(host).within(ns)) else {
@@ -535,9 +545,11 @@ async fn cleanup(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> 
         hosts.extend(s.hosts.iter().map(|h| h.name.clone()));
     }
     let (ns_ref, name_ref) = (&ns, &name);
-    let results = join_all(hosts.iter().map(|h| async move {
-        (h.clone(), remove_from_host(ctx, ns_ref, name_ref, h).await)
-    }))
+    let results = join_all(
+        hosts
+            .iter()
+            .map(|h| async move { (h.clone(), remove_from_host(ctx, ns_ref, name_ref, h).await) }),
+    )
     .await;
     let deleting_for = policy
         .meta()
@@ -551,8 +563,9 @@ async fn cleanup(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> 
             Ok(()) => {}
             // An unreachable host blocks deletion only for a while; after that it is named
             // in an Event and left (its timer keeps running until someone cleans it).
-            Err(f) if f.reason == reasons::HOST_UNREACHABLE
-                && deleting_for > CLEANUP_GRACE.as_secs() =>
+            Err(f)
+                if f.reason == reasons::HOST_UNREACHABLE
+                    && deleting_for > CLEANUP_GRACE.as_secs() =>
             {
                 publish(
                     ctx,

@@ -336,12 +336,10 @@ fn is_weekday_list(token: &str) -> bool {
 fn calendar_interval(expr: &str) -> Option<u64> {
     let parts: Vec<&str> = expr.split_whitespace().collect();
     let (weekday, rest) = match parts.first() {
-        Some(first)
-            if first
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic()) =>
-        {
+        Some(first) if first.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+            if !is_weekday_list(first) {
+                return None;
+            }
             (Some(*first), &parts[1..])
         }
         _ => (None, &parts[..]),
@@ -693,5 +691,6 @@ mod tests {
         assert_eq!(s("*-*-01 03:00:00"), 30 * 86_400);
         assert_eq!(s("*-*-* 00,12:00:00"), 12 * 3600);
         assert_eq!(s("something odd"), 86_400);
+        assert_eq!(s("Someday *-*-* 04:30:00"), 86_400);
     }
 }

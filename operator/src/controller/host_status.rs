@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::Host;
-use fleetsnap_crds::common::{Condition, ConditionStatus, condition_types, reasons, upsert_condition};
+use fleetsnap_crds::common::{
+    Condition, ConditionStatus, condition_types, reasons, upsert_condition,
+};
 use fleetsnap_crds::host::{ExecutorStatus, HostPolicyStatus, HostStatus, OsFacts};
 use futures::FutureExt;
 use kube::api::{Patch, PatchParams};
@@ -76,7 +78,10 @@ pub async fn apply_policy_entry(
 
 /// The executor as installed: version from the link target, sha256 when it is the
 /// version this operator ships (the only file whose hash was asked for).
-pub fn installed_executor(facts: &HostFacts, artifact: &ExecutorArtifact) -> Option<ExecutorStatus> {
+pub fn installed_executor(
+    facts: &HostFacts,
+    artifact: &ExecutorArtifact,
+) -> Option<ExecutorStatus> {
     let target = facts.links.get(layout::BIN_LINK)?;
     let version = target
         .strip_prefix(&format!("{}/", layout::LIB_DIR))?
@@ -91,7 +96,13 @@ pub fn installed_executor(facts: &HostFacts, artifact: &ExecutorArtifact) -> Opt
     Some(ExecutorStatus { version, sha256 })
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: String, now: DateTime<Utc>) -> Condition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> Condition {
     Condition::new(
         type_,
         if ok {
@@ -117,11 +128,23 @@ pub fn reachable_status(
     let mut conditions = previous.conditions.clone();
     upsert_condition(
         &mut conditions,
-        condition(REACHABLE, true, reasons::SUCCEEDED, "SSH login with the pinned host key works".into(), now),
+        condition(
+            REACHABLE,
+            true,
+            reasons::SUCCEEDED,
+            "SSH login with the pinned host key works".into(),
+            now,
+        ),
     );
     upsert_condition(
         &mut conditions,
-        condition(condition_types::READY, true, reasons::SUCCEEDED, "host is reachable and managed".into(), now),
+        condition(
+            condition_types::READY,
+            true,
+            reasons::SUCCEEDED,
+            "host is reachable and managed".into(),
+            now,
+        ),
     );
     HostStatus {
         reachable: Some(true),
@@ -195,14 +218,22 @@ pub async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Action, Err
                 ctx.reset_attempts(&attempts_key);
                 ctx.metrics.host_contact(&labels, true, now);
                 (
-                    reachable_status(&previous, &facts, &ctx.artifact, host.metadata.generation, now),
+                    reachable_status(
+                        &previous,
+                        &facts,
+                        &ctx.artifact,
+                        host.metadata.generation,
+                        now,
+                    ),
                     Action::requeue(RESYNC),
                 )
             }
             Err(f) => {
                 warn!(reason = f.reason, message = %f.message, "host not reachable");
                 ctx.metrics.reconcile_error(KIND, f.reason);
-                if matches!(f.retry, Retry::Slow(_)) || f.reason == fleetsnap_crds::common::reasons::HOST_UNREACHABLE {
+                if matches!(f.retry, Retry::Slow(_))
+                    || f.reason == fleetsnap_crds::common::reasons::HOST_UNREACHABLE
+                {
                     ctx.metrics.host_contact(&labels, false, now);
                 }
                 let attempt = if f.is_transient() {
@@ -283,7 +314,11 @@ async fn contact(ctx: &Context, host: &Host, ns: &str) -> Result<HostFacts, Fail
 
 pub fn error_policy(host: Arc<Host>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!("{KIND}/{}/{}", host.namespace().unwrap_or_default(), host.name_any());
+    let key = format!(
+        "{KIND}/{}/{}",
+        host.namespace().unwrap_or_default(),
+        host.name_any()
+    );
     let attempt = ctx.failed_attempt(&key);
     warn!(host = %host.name_any(), error = %err, "Host reconcile failed");
     Action::requeue(super::error::backoff(attempt))
@@ -336,13 +371,18 @@ mod tests {
         assert_eq!(exe.version, "0.1.0-abc");
         assert_eq!(exe.sha256, "f".repeat(64));
         assert_eq!(s.conditions.len(), 2);
-        assert!(s.conditions.iter().all(|c| c.status == ConditionStatus::True));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.status == ConditionStatus::True)
+        );
     }
 
     #[test]
     fn foreign_executor_version_has_no_hash_and_missing_link_keeps_previous() {
         let mut f = facts();
-        f.links.insert(layout::BIN_LINK.into(), layout::executor_path("0.0.9"));
+        f.links
+            .insert(layout::BIN_LINK.into(), layout::executor_path("0.0.9"));
         let exe = installed_executor(&f, &artifact()).unwrap();
         assert_eq!(exe.version, "0.0.9");
         assert_eq!(exe.sha256, "");

@@ -23,9 +23,9 @@ use std::time::Duration;
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
@@ -52,11 +52,22 @@ pub struct Context {
     /// Upper bound for everything done on one host in one reconcile (connect, upload the
     /// executor, apply, observe), so a host that stalls mid-session cannot pin a reconcile.
     pub host_timeout: Duration,
+    /// Flips to true once the Host and BackupRepository caches hold a full list. A watch
+    /// channel, because `Store::wait_until_ready` wakes only one of several concurrent
+    /// waiters (its oneshot keeps a single waker), which left reconciles hanging.
+    caches_ready: tokio::sync::watch::Receiver<bool>,
     /// Consecutive transient failures per `<kind>/<namespace>/<object>/<host>`, for backoff.
     attempts: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
+    /// Waits until the caches are filled; planning against half-filled caches would
+    /// treat hosts as deselected.
+    pub async fn caches_ready(&self) {
+        let mut rx = self.caches_ready.clone();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
     /// Counts a failure and returns how many happened in a row.
     pub fn failed_attempt(&self, key: &str) -> u32 {
         let mut a = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,21 +114,41 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     let ns = &settings.namespace;
 
     // Caches of Hosts and repositories: reconciles read them instead of listing.
+    // Two Host caches on purpose: the Host controller waits for its own store's readiness,
+    // and a store must have a single waiter (see `caches_ready`). The shared cache is fed
+    // by the policy controller's Host trigger stream below.
     let (hosts, host_writer) = reflector::store::<Host>();
+    let (host_ctrl_store, host_ctrl_writer) = reflector::store::<Host>();
     // The reflected Host stream drives the Host controller; only spec changes (generation)
     // wake it, so its own status writes do not loop back into it.
     let host_stream = watcher(api::<Host>(&client, ns), wc.clone())
         .default_backoff()
-        .reflect(host_writer)
+        .reflect(host_ctrl_writer)
         .touched_objects()
-        .predicate_filter(|h: &Host| hash_of(h.metadata.generation), Default::default());
+        .predicate_filter(
+            |h: &Host| hash_of(h.metadata.generation),
+            Default::default(),
+        );
     let (repos, repo_writer) = reflector::store::<BackupRepository>();
     let repo_cache = watcher(api::<BackupRepository>(&client, ns), wc.clone())
         .default_backoff()
         .reflect(repo_writer)
         .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "BackupRepository watch failed");
+            }
+        });
 
+    let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
+    let (hosts_ready, repos_ready) = (hosts.clone(), repos.clone());
+    // One waiter only, then broadcast; parked forever afterwards so select! keeps going.
+    let readiness = async move {
+        let _ = hosts_ready.wait_until_ready().await;
+        let _ = repos_ready.wait_until_ready().await;
+        let _ = ready_tx.send(true);
+        futures::future::pending::<()>().await
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -134,6 +165,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
         repos: repos.clone(),
         host_timeout: settings.host_timeout,
         attempts: Default::default(),
+        caches_ready,
     });
     let policies = Controller::new(api::<BackupPolicy>(&client, ns), wc.clone());
     let policy_store = policies.store();
@@ -142,9 +174,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     // lastContact refresh) must not wake every policy selecting the host.
     let host_changes = watcher(api::<Host>(&client, ns), wc.clone())
         .default_backoff()
+        .reflect(host_writer)
         .touched_objects()
         .predicate_filter(
-            |h: &Host| hash_of((h.metadata.generation, h.labels(), h.metadata.deletion_timestamp.is_some())),
+            |h: &Host| {
+                hash_of((
+                    h.metadata.generation,
+                    h.labels(),
+                    h.metadata.deletion_timestamp.is_some(),
+                ))
+            },
             Default::default(),
         );
     let store = policy_store.clone();
@@ -165,16 +204,20 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             .collect::<Vec<_>>()
     });
     let store = policy_store.clone();
-    let policies = policies.watches(api::<BackupRepository>(&client, ns), wc.clone(), move |repo| {
-        let ns = repo.namespace();
-        let name = repo.name_any();
-        store
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace() == ns && p.spec.repository_ref.name == name)
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
-    });
+    let policies = policies.watches(
+        api::<BackupRepository>(&client, ns),
+        wc.clone(),
+        move |repo| {
+            let ns = repo.namespace();
+            let name = repo.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.repository_ref.name == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        },
+    );
     // Only Secret metadata is watched (names, not contents); values are read at reconcile.
     let store = policy_store.clone();
     let (hosts_for_secrets, repos_for_secrets) = (hosts.clone(), repos.clone());
@@ -190,7 +233,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             .filter(|p| p.namespace() == ns)
             .filter(|p| {
                 let repo = repos_for_secrets.get(
-                    &ObjectRef::new(&p.spec.repository_ref.name).within(ns.as_deref().unwrap_or("")),
+                    &ObjectRef::new(&p.spec.repository_ref.name)
+                        .within(ns.as_deref().unwrap_or("")),
                 );
                 let Some(repo) = repo else { return false };
                 hosts_for_secrets
@@ -204,7 +248,11 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     });
     let policy_loop = policies
         .shutdown_on_signal()
-        .run(backup_policy::reconcile, backup_policy::error_policy, ctx.clone())
+        .run(
+            backup_policy::reconcile,
+            backup_policy::error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(policy = %obj, "reconciled"),
@@ -212,9 +260,13 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             }
         });
 
-    let host_loop = Controller::for_stream(host_stream, hosts)
+    let host_loop = Controller::for_stream(host_stream, host_ctrl_store)
         .shutdown_on_signal()
-        .run(host_status::reconcile, host_status::error_policy, ctx.clone())
+        .run(
+            host_status::reconcile,
+            host_status::error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "Host reconcile failed");
@@ -229,6 +281,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
         _ = maintenance_loops => {},
         _ = host_loop => {},
         _ = repo_cache => {},
+        _ = readiness => {},
     }
 }
 
@@ -247,7 +300,11 @@ async fn run_maintenance_controllers(client: &Client, ns: &Option<String>, ctx: 
         .for_each(|r| log_result(retention_policy::KIND, r));
     let verify = Controller::new(api::<VerifyPolicy>(client, ns), wc.clone())
         .shutdown_on_signal()
-        .run(verify_policy::reconcile, verify_policy::error_policy, ctx.clone())
+        .run(
+            verify_policy::reconcile,
+            verify_policy::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| log_result(verify_policy::KIND, r));
     let restores = Controller::new(api::<Restore>(client, ns), wc)
         .shutdown_on_signal()

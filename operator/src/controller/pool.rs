@@ -73,12 +73,17 @@ impl HostPool {
     ) -> Result<T, HostError> {
         let slot = self.slot(key);
         let mut slot = slot.lock().await;
+        debug!(host = %target.name, "host slot taken");
         // The permit is taken after the host's own lock, so waiting for a busy host does
         // not hold a permit another host could use.
-        let _permit = self.permits.acquire().await.map_err(|_| HostError::Unreachable {
-            host: target.name.clone(),
-            detail: "operator is shutting down".into(),
-        })?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HostError::Unreachable {
+                host: target.name.clone(),
+                detail: "operator is shutting down".into(),
+            })?;
         let fp = fingerprint(target);
         if slot.fingerprint != fp {
             slot.conn = None;

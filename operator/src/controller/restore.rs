@@ -109,8 +109,7 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
     let ns = restore.namespace().ok_or(Error::NoNamespace)?;
     let span = info_span!("reconcile", kind = KIND, namespace = %ns, restore = %restore.name_any());
     let r = async {
-        let _ = ctx.hosts.wait_until_ready().await;
-        let _ = ctx.repos.wait_until_ready().await;
+        ctx.caches_ready().await;
         run(&restore, &ctx, &ns).await
     }
     .instrument(span)

@@ -113,8 +113,7 @@ pub async fn reconcile(policy: Arc<RetentionPolicy>, ctx: Arc<Context>) -> Resul
     let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
     let api: Api<RetentionPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let result = async {
-        let _ = ctx.hosts.wait_until_ready().await;
-        let _ = ctx.repos.wait_until_ready().await;
+        ctx.caches_ready().await;
         finalizer(&api, FINALIZER, policy, |event| async {
             match event {
                 FinalizerEvent::Apply(p) => apply(&p, &ctx).await,

@@ -145,9 +145,9 @@ pub fn run_failure_reason(exit_code: i32) -> &'static str {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -350,13 +350,22 @@ pub fn transitions(
                     note: format!("host {}: {msg}", h.name),
                 })
             }
+            // A host that comes back empty (reinstalled VM) is re-provisioned and shows
+            // Pending until its first run; that is the recovery worth telling.
             (
                 Some(HostBackupState::Failing | HostBackupState::Stale),
-                HostBackupState::Succeeded,
+                HostBackupState::Succeeded | HostBackupState::Pending,
             ) => out.push(EventSpec {
                 warning: false,
                 reason: "BackupRecovered",
-                note: format!("host {} backed up successfully again", h.name),
+                note: if h.state == HostBackupState::Succeeded {
+                    format!("host {} backed up successfully again", h.name)
+                } else {
+                    format!(
+                        "host {} is reachable and configured again; waiting for its next backup",
+                        h.name
+                    )
+                },
             }),
             _ => {}
         }
@@ -610,5 +619,11 @@ mod tests {
             transitions(&pending, &good).is_empty(),
             "first success is not a recovery"
         );
+        let evs = transitions(&bad, &pending);
+        assert_eq!(
+            evs[0].reason, "BackupRecovered",
+            "a re-provisioned host recovered"
+        );
+        assert!(evs[0].note.contains("configured again"));
     }
 }
