@@ -11,6 +11,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::time::Instant;
 
 use crate::backend::FileType;
@@ -88,7 +90,9 @@ struct Walker<'a> {
     saver: &'a Saver,
     opts: &'a mut BackupOptions,
     names: Names,
+    /// For a stream source, which is chunked on the walking thread.
     chunker: Chunker,
+    files: SyncSender<FileJob>,
     res: BackupResult,
     started: Instant,
     last_progress: Instant,
@@ -120,39 +124,8 @@ impl Walker<'_> {
         }
     }
 
-    /// Chunk `prefix` + a stream into data blobs; holds at most one chunk besides the
-    /// chunker's window.
-    fn chunk_stream(
-        &mut self,
-        prefix: &[u8],
-        mut r: impl Read,
-    ) -> std::io::Result<Result<(Vec<Id>, u64)>> {
-        let mut content = Vec::new();
-        let (repo, saver) = (self.repo, self.saver);
-        let total = match self.chunker.chunk(prefix, &mut r, |c| {
-            content.push(store_data(repo, saver, c)?);
-            Ok(())
-        })? {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok((content, total)))
-    }
-
-    /// A file's content. Files no longer than MIN_CHUNK are always a single chunk, so they
-    /// are read into a buffer of their own size and never touch the chunker.
-    fn chunk_file(&mut self, mut f: File, size: u64) -> std::io::Result<Result<(Vec<Id>, u64)>> {
-        if size > MIN_CHUNK as u64 {
-            return self.chunk_stream(&[], f);
-        }
-        match chunker::read_small(&mut f, size)? {
-            Ok(data) if data.is_empty() => Ok(Ok((Vec::new(), 0))),
-            Ok(data) => {
-                let len = data.len() as u64;
-                Ok(store_data(self.repo, self.saver, data).map(|id| (vec![id], len)))
-            }
-            Err(prefix) => self.chunk_stream(&prefix, f),
-        }
+    fn stream(&mut self, r: impl Read) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+        chunk_stream(self.repo, self.saver, &mut self.chunker, &[], r)
     }
 
     fn file_unchanged(node: &Node, old: Option<&Node>, repo: &IndexedRepository) -> bool {
@@ -175,15 +148,25 @@ impl Walker<'_> {
         old: Option<&Node>,
         dev: Option<u64>,
     ) -> Result<Option<Node>> {
+        let slot = self.start_entry(path, name, old, dev)?;
+        self.finish_entry(slot)
+    }
+
+    /// First pass: stat the entry and hand a changed file to the readers. Nothing is
+    /// recorded in `res.errors` here, so errors keep the order of the entries.
+    fn start_entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        old: Option<&Node>,
+        dev: Option<u64>,
+    ) -> Result<Slot> {
         if self.opts.excludes.matches(path.as_os_str().as_bytes()) {
-            return Ok(None);
+            return Ok(Slot::Skip);
         }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e) => {
-                self.res.errors.push(format!("{}: {e}", path.display()));
-                return Ok(None);
-            }
+            Err(e) => return Ok(Slot::Failed(format!("{}: {e}", path.display()))),
         };
         let mut node = node_from_metadata(name, path, &meta, &mut self.names);
         self.progress();
@@ -194,54 +177,93 @@ impl Walker<'_> {
                 if Self::file_unchanged(&node, old, self.repo) {
                     node.content = old.and_then(|o| o.content.clone());
                     self.res.files_unmodified += 1;
-                    return Ok(Some(node));
+                    return Ok(Slot::Ready(node));
                 }
-                let f = match File::open(path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.res.errors.push(format!("{}: {e}", path.display()));
-                        return Ok(None);
-                    }
-                };
-                match self.chunk_file(f, node.size) {
-                    Ok(r) => {
-                        let (content, _) = r?;
-                        node.content = Some(content);
-                    }
-                    Err(e) => {
-                        self.res.errors.push(format!("{}: {e}", path.display()));
-                        return Ok(None);
-                    }
-                }
-                if old.is_some() {
-                    self.res.files_changed += 1;
-                } else {
-                    self.res.files_new += 1;
-                }
+                let (reply, rx) = channel();
+                self.files
+                    .send(FileJob {
+                        path: path.to_path_buf(),
+                        size: node.size,
+                        reply,
+                    })
+                    .map_err(|_| RepoError::Usage("file readers stopped".into()))?;
+                Ok(Slot::File {
+                    node,
+                    path: path.to_path_buf(),
+                    had_old: old.is_some(),
+                    rx,
+                })
             }
             NodeType::Dir => {
                 if let Some(d) = dev
                     && self.opts.one_file_system
                     && meta.dev() != d
                 {
-                    return Ok(None);
+                    return Ok(Slot::Skip);
                 }
-                let old_tree = match old.and_then(|o| o.subtree) {
+                Ok(Slot::Dir {
+                    node,
+                    path: path.to_path_buf(),
+                    old_subtree: old.and_then(|o| o.subtree),
+                    dev: dev.unwrap_or(meta.dev()),
+                })
+            }
+            _ => Ok(Slot::Ready(node)),
+        }
+    }
+
+    /// Second pass, in entry order: wait for a file's content or walk a subdirectory.
+    fn finish_entry(&mut self, slot: Slot) -> Result<Option<Node>> {
+        match slot {
+            Slot::Skip => Ok(None),
+            Slot::Failed(e) => {
+                self.res.errors.push(e);
+                Ok(None)
+            }
+            Slot::Ready(n) => Ok(Some(n)),
+            Slot::File {
+                mut node,
+                path,
+                had_old,
+                rx,
+            } => {
+                let out = rx
+                    .recv()
+                    .map_err(|_| RepoError::Usage("file reader stopped".into()))?;
+                match out {
+                    Ok(content) => node.content = Some(content?),
+                    Err(e) => {
+                        self.res.errors.push(format!("{}: {e}", path.display()));
+                        return Ok(None);
+                    }
+                }
+                if had_old {
+                    self.res.files_changed += 1;
+                } else {
+                    self.res.files_new += 1;
+                }
+                Ok(Some(node))
+            }
+            Slot::Dir {
+                mut node,
+                path,
+                old_subtree,
+                dev,
+            } => {
+                let old_tree = match old_subtree {
                     Some(t) => self.repo.load_tree(&t).ok(),
                     None => None,
                 };
-                let sub = self.dir(path, old_tree.as_ref(), Some(dev.unwrap_or(meta.dev())))?;
-                let old_sub = old.and_then(|o| o.subtree);
-                match old_sub {
+                let sub = self.dir(&path, old_tree.as_ref(), Some(dev))?;
+                match old_subtree {
                     None => self.res.dirs_new += 1,
                     Some(o) if o == sub => self.res.dirs_unmodified += 1,
                     Some(_) => self.res.dirs_changed += 1,
                 }
                 node.subtree = Some(sub);
+                Ok(Some(node))
             }
-            _ => {}
         }
-        Ok(Some(node))
     }
 
     fn dir(&mut self, path: &Path, old: Option<&Tree>, dev: Option<u64>) -> Result<Id> {
@@ -264,11 +286,17 @@ impl Walker<'_> {
             entries.retain(|n| n == b"CACHEDIR.TAG");
         }
         entries.sort();
-        let mut nodes = Vec::with_capacity(entries.len());
+        // All files of the directory are queued before any is waited for, so the readers
+        // work on them side by side; the nodes are still assembled in name order.
+        let mut slots = Vec::with_capacity(entries.len());
         for name in entries {
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
             let old_node = old.and_then(|t| t.nodes.iter().find(|n| n.name == name));
-            if let Some(n) = self.entry(&child, &name, old_node, dev)? {
+            slots.push(self.start_entry(&child, &name, old_node, dev)?);
+        }
+        let mut nodes = Vec::with_capacity(slots.len());
+        for slot in slots {
+            if let Some(n) = self.finish_entry(slot)? {
                 nodes.push(n);
             }
         }
@@ -302,6 +330,87 @@ impl Walker<'_> {
         }
         self.save_tree(nodes)
     }
+}
+
+/// Chunk `prefix` + a stream into data blobs; holds at most one chunk besides the chunker's
+/// window.
+fn chunk_stream(
+    repo: &IndexedRepository,
+    saver: &Saver,
+    chunker: &mut Chunker,
+    prefix: &[u8],
+    mut r: impl Read,
+) -> std::io::Result<Result<(Vec<Id>, u64)>> {
+    let mut content = Vec::new();
+    let total = match chunker.chunk(prefix, &mut r, |c| {
+        content.push(store_data(repo, saver, c)?);
+        Ok(())
+    })? {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok((content, total)))
+}
+
+/// A file's content. Files no longer than MIN_CHUNK are always a single chunk, so they are
+/// read into a buffer of their own size and never touch the chunker.
+fn chunk_file(
+    repo: &IndexedRepository,
+    saver: &Saver,
+    chunker: &mut Chunker,
+    mut f: File,
+    size: u64,
+) -> std::io::Result<Result<Vec<Id>>> {
+    if size > MIN_CHUNK as u64 {
+        return Ok(chunk_stream(repo, saver, chunker, &[], f)?.map(|r| r.0));
+    }
+    match chunker::read_small(&mut f, size)? {
+        Ok(data) if data.is_empty() => Ok(Ok(Vec::new())),
+        Ok(data) => Ok(store_data(repo, saver, data).map(|id| vec![id])),
+        Err(prefix) => Ok(chunk_stream(repo, saver, chunker, &prefix, f)?.map(|r| r.0)),
+    }
+}
+
+/// What a reader reports for one file: an I/O error skips the file (recorded), a
+/// repository error aborts the backup.
+type FileOutcome = std::io::Result<Result<Vec<Id>>>;
+
+struct FileJob {
+    path: PathBuf,
+    size: u64,
+    reply: Sender<FileOutcome>,
+}
+
+/// Reading, chunking and hashing are most of a backup's CPU outside the blob workers; with
+/// several readers a slow disk read or a big file no longer stalls everything behind it.
+fn reader(repo: &IndexedRepository, saver: &Saver, jobs: &Mutex<Receiver<FileJob>>) {
+    let mut chunker = Chunker::default();
+    loop {
+        let job = jobs.lock().expect("poisoned").recv();
+        let Ok(job) = job else { break };
+        let out =
+            File::open(&job.path).and_then(|f| chunk_file(repo, saver, &mut chunker, f, job.size));
+        let _ = job.reply.send(out);
+    }
+}
+
+/// One directory entry between the two passes of [`Walker::dir`].
+enum Slot {
+    Skip,
+    Failed(String),
+    Ready(Node),
+    File {
+        node: Node,
+        path: PathBuf,
+        had_old: bool,
+        rx: Receiver<FileOutcome>,
+    },
+    Dir {
+        node: Node,
+        path: PathBuf,
+        old_subtree: Option<Id>,
+        dev: u64,
+    },
 }
 
 /// Queue one data blob unless it is already stored; its ID either way.
@@ -444,13 +553,21 @@ pub fn backup_checked(
     let start_time = GoTime::now();
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let saver = Saver::new(repo, cpus, 4);
-    let (paths, parent, tree, res) = {
+    let readers = cpus.max(2);
+    let (file_tx, file_rx) = sync_channel::<FileJob>(readers * 16);
+    let file_rx = Mutex::new(file_rx);
+    let shared_repo: &IndexedRepository = repo;
+    let (paths, parent, tree, res) = std::thread::scope(|s| {
+        for _ in 0..readers {
+            s.spawn(|| reader(shared_repo, &saver, &file_rx));
+        }
         let mut w = Walker {
-            repo,
+            repo: shared_repo,
             saver: &saver,
             opts: &mut opts,
             names: Names::default(),
             chunker: Chunker::default(),
+            files: file_tx,
             res: BackupResult::default(),
             started,
             last_progress: Instant::now(),
@@ -472,7 +589,7 @@ pub fn backup_checked(
                 };
                 let v = build_vdir(&abs)?;
                 let tree = w.virtual_dir(Path::new("/"), &v, old_root.as_ref())?;
-                (paths, parent.map(|p| p.0), tree, w.res)
+                Ok((paths, parent.map(|p| p.0), tree, w.res))
             }
             Source::Stream { filename, reader } => {
                 if filename.is_empty() || filename.contains('/') {
@@ -481,7 +598,7 @@ pub fn backup_checked(
                     )));
                 }
                 let (content, size) = w
-                    .chunk_stream(&[], reader)
+                    .stream(reader)
                     .map_err(|e| RepoError::Usage(format!("reading {filename}: {e}")))??;
                 let now = GoTime::now();
                 let node = Node {
@@ -501,10 +618,10 @@ pub fn backup_checked(
                 w.res.total_files_processed = 1;
                 w.res.total_bytes_processed = size;
                 let tree = w.save_tree(vec![node])?;
-                (vec![format!("/{filename}")], None, tree, w.res)
+                Ok((vec![format!("/{filename}")], None, tree, w.res))
             }
         }
-    };
+    })?;
     let mut res = res;
     // Crash safety: packs are durable before `finish` returns, then the index, then the snapshot.
     let (stored, stats) = saver.finish()?;
