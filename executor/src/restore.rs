@@ -7,19 +7,22 @@
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use filetime::FileTime;
 
+use crate::backend::FileType;
 use crate::format::mode::unix_perm_from_go;
 use crate::format::pack::BlobType;
 use crate::format::tree::{Node, NodeType};
 use crate::id::Id;
 use crate::pattern::PathMatcher;
-use crate::repo::{IndexedRepository, RepoError, Result};
+use crate::repo::{IndexedRepository, RepoError, Result, decode_blob};
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -61,6 +64,12 @@ struct Restorer<'a> {
     hardlinks: HashMap<(u64, u64), PathBuf>,
     is_root: bool,
     verify_list: Vec<(PathBuf, Vec<Id>)>,
+    /// Files created empty at their final size; their content is written pack by pack.
+    files: Vec<PathBuf>,
+    /// Where each needed data blob goes: (file index, offset in the file).
+    targets: HashMap<Id, Vec<(usize, u64)>>,
+    /// Metadata to apply once all content is written, in the order it was decided.
+    meta_queue: Vec<(Node, PathBuf)>,
 }
 
 pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Result<RestoreStats> {
@@ -73,8 +82,17 @@ pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Re
         hardlinks: HashMap::new(),
         is_root: unsafe { libc::geteuid() } == 0,
         verify_list: Vec::new(),
+        files: Vec::new(),
+        targets: HashMap::new(),
+        meta_queue: Vec::new(),
     };
     r.tree(tree, &opts.target, b"")?;
+    r.write_content();
+    // After the content: writes would change file mtimes, and a read-only directory would
+    // refuse them.
+    for (node, path) in std::mem::take(&mut r.meta_queue) {
+        r.metadata(&node, &path);
+    }
     if opts.verify {
         for (path, content) in std::mem::take(&mut r.verify_list) {
             match verify_file(repo, &path, &content) {
@@ -147,7 +165,7 @@ impl Restorer<'_> {
             any = true;
         }
         for (path, node) in dirs_meta {
-            self.metadata(node, &path);
+            self.meta_queue.push((node.clone(), path));
         }
         Ok(any)
     }
@@ -202,13 +220,15 @@ impl Restorer<'_> {
             NodeType::Socket => return Ok(()),
             _ => return Err(format!("unsupported node type {:?}", node.node_type)),
         }
-        self.metadata(node, path);
+        self.meta_queue.push((node.clone(), path.to_path_buf()));
         Ok(())
     }
 
+    /// Create the file at its final size (unwritten ranges stay holes) and plan where its
+    /// blobs go; [`Restorer::write_content`] fills it in.
     fn file(&mut self, node: &Node, path: &Path) -> Result<()> {
         let io = |e: std::io::Error| RepoError::Usage(format!("{}: {e}", path.display()));
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
@@ -216,23 +236,85 @@ impl Restorer<'_> {
             .open(path)
             .map_err(io)?;
         let content = node.content.clone().unwrap_or_default();
-        let mut len = 0u64;
+        let mut sizes = Vec::with_capacity(content.len());
         for id in &content {
-            let data = self.repo.load_blob(BlobType::Data, id)?;
-            // All-zero runs become holes; set_len below materializes a trailing one.
-            if data.iter().all(|&b| b == 0) {
-                f.seek(SeekFrom::Current(data.len() as i64)).map_err(io)?;
-            } else {
-                f.write_all(&data).map_err(io)?;
-            }
-            len += data.len() as u64;
+            let size = self
+                .repo
+                .index()
+                .plain_size(BlobType::Data, id)
+                .ok_or_else(|| RepoError::MissingBlob {
+                    what: format!("data blob {}", id.short()),
+                })?;
+            sizes.push(size);
         }
+        let len: u64 = sizes.iter().sum();
         f.set_len(len).map_err(io)?;
+        let idx = self.files.len();
+        self.files.push(path.to_path_buf());
+        let mut off = 0;
+        for (id, size) in content.iter().zip(sizes) {
+            self.targets.entry(*id).or_default().push((idx, off));
+            off += size;
+        }
         self.stats.bytes += len;
         if self.opts.verify {
             self.verify_list.push((path.to_path_buf(), content));
         }
         Ok(())
+    }
+
+    /// Read every pack that holds needed blobs once, several packs at a time, and write each
+    /// blob to all its places. Reading blob by blob costs one request per blob, which on
+    /// S3 means one round trip per small file.
+    fn write_content(&mut self) {
+        let mut by_pack: HashMap<Id, Vec<Wanted>> = HashMap::new();
+        for (id, targets) in std::mem::take(&mut self.targets) {
+            let Some((pack, loc)) = self
+                .repo
+                .index()
+                .locations(BlobType::Data, &id)
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            by_pack.entry(pack).or_default().push(Wanted {
+                id,
+                offset: loc.offset,
+                length: loc.length,
+                ulen: loc.uncompressed_length,
+                targets,
+            });
+        }
+        let mut packs: Vec<(Id, Vec<Wanted>)> = by_pack.into_iter().collect();
+        packs.sort_by_key(|p| p.0);
+        for (_, blobs) in &mut packs {
+            blobs.sort_by_key(|b| b.offset);
+        }
+        let errors = Mutex::new(Vec::new());
+        let next = AtomicUsize::new(0);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = (cpus * 2).clamp(2, 8).min(packs.len().max(1));
+        let (repo, files) = (self.repo, &self.files);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((pack, blobs)) = packs.get(i) else {
+                            break;
+                        };
+                        let errs = restore_pack(repo, files, pack, blobs);
+                        if !errs.is_empty() {
+                            errors.lock().expect("poisoned").extend(errs);
+                        }
+                    }
+                });
+            }
+        });
+        self.stats
+            .errors
+            .extend(errors.into_inner().expect("poisoned"));
     }
 
     /// Ownership, xattrs, mode, then times (last, since the others touch ctime/mtime).
@@ -271,6 +353,90 @@ impl Restorer<'_> {
                 .push(format!("utimes {}: {e}", path.display()));
         }
     }
+}
+
+/// A blob to restore and where it sits in its pack.
+struct Wanted {
+    id: Id,
+    offset: u32,
+    length: u32,
+    ulen: u32,
+    targets: Vec<(usize, u64)>,
+}
+
+/// Blobs closer together than this are fetched in one read (the gap is read and dropped).
+const MAX_GAP: u64 = 256 * 1024;
+/// Upper bound for one read, so memory does not grow with the pack size.
+const MAX_READ: u64 = 4 * 1024 * 1024;
+
+fn restore_pack(
+    repo: &IndexedRepository,
+    files: &[PathBuf],
+    pack: &Id,
+    blobs: &[Wanted],
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    let name = pack.to_hex();
+    let mut i = 0;
+    while i < blobs.len() {
+        let start = blobs[i].offset as u64;
+        let mut end = start + blobs[i].length as u64;
+        let mut j = i + 1;
+        while let Some(b) = blobs.get(j) {
+            let b_end = b.offset as u64 + b.length as u64;
+            if b.offset as u64 > end + MAX_GAP || b_end - start > MAX_READ {
+                break;
+            }
+            end = end.max(b_end);
+            j += 1;
+        }
+        let range = repo
+            .backend()
+            .read_range(FileType::Pack, &name, start, end - start);
+        for b in &blobs[i..j] {
+            let what = format!("data blob {} in pack {}", b.id.short(), pack.short());
+            let from_range = match &range {
+                Ok(data) => {
+                    let lo = (b.offset as u64 - start) as usize;
+                    match data.get(lo..lo + b.length as usize) {
+                        Some(sealed) => decode_blob(repo.key(), sealed, b.ulen, &b.id, &what),
+                        None => Err(crate::repo::corrupt(&what, "pack is truncated")),
+                    }
+                }
+                Err(e) => Err(RepoError::Usage(format!("{what}: {e}"))),
+            };
+            // Another copy of the blob may still be good.
+            let plain = from_range.or_else(|e| {
+                tracing::warn!("{e}; trying another copy if any");
+                repo.load_blob(BlobType::Data, &b.id)
+            });
+            let plain = match plain {
+                Ok(p) => p,
+                Err(e) => {
+                    for (f, _) in &b.targets {
+                        errs.push(format!("{}: {e}", files[*f].display()));
+                    }
+                    continue;
+                }
+            };
+            // All-zero blobs stay holes: the file was created at full length.
+            if plain.iter().all(|&x| x == 0) {
+                continue;
+            }
+            for (f, off) in &b.targets {
+                let path = &files[*f];
+                let r = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|fh| fh.write_all_at(&plain, *off));
+                if let Err(e) = r {
+                    errs.push(format!("{}: {}: {e}", path.display(), path.display()));
+                }
+            }
+        }
+        i = j;
+    }
+    errs
 }
 
 /// Re-read a restored file and compare each blob-sized piece with its ID.
