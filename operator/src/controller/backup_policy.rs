@@ -31,7 +31,7 @@ use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::facts::HostFacts;
 use crate::host::layout::JobId;
 use crate::host::model::PolicyKind;
-use crate::host::observe::{JobObservation, observe_job};
+use crate::host::observe::{JobObservation, TimerState, observe_job};
 use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, plan_job};
 use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
 
@@ -145,6 +145,21 @@ pub fn suspend_plan(plan: &mut HostPlan, facts: &HostFacts) {
                 unit: d.timer.clone(),
             });
         }
+    }
+}
+
+/// When to look at a healthy host again to report its next run: shortly after the timer's
+/// next elapse. systemd re-arms a calendar timer only once the run it triggered finished,
+/// so an active timer without a next elapse means a run is in progress: look again soon.
+pub fn observe_again_in(timer: Option<&TimerState>, now: i64) -> Option<Duration> {
+    let timer = timer?;
+    match timer.next_elapse {
+        Some(next) => {
+            let wait = (next - now).max(0) as u64 + 15;
+            Some(Duration::from_secs(wait).max(MIN_RESYNC))
+        }
+        None if timer.active_state == "active" => Some(Duration::from_secs(15)),
+        None => None,
     }
 }
 
@@ -351,10 +366,9 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 ctx.metrics.host_contact(&hlabels, true, now);
                 let entry = summary::host_policy_entry(&name, &c.observation);
                 host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
-                // Look again shortly after the next scheduled run, to report it.
-                if let Some(next) = c.observation.timer.as_ref().and_then(|t| t.next_elapse) {
-                    let wait = (next - now.timestamp()).max(0) as u64 + 15;
-                    requeue = requeue.min(Duration::from_secs(wait).max(MIN_RESYNC));
+                if let Some(wait) = observe_again_in(c.observation.timer.as_ref(), now.timestamp())
+                {
+                    requeue = requeue.min(wait);
                 }
                 debug!(host = %hname, systemd = %c.facts.systemd, "observed");
                 host_results.push(HostResult {
@@ -634,6 +648,36 @@ mod tests {
             desired: Some(desired),
             actions,
         }
+    }
+
+    #[test]
+    fn requeue_follows_the_timer() {
+        let t = |next: Option<i64>, state: &str| TimerState {
+            next_elapse: next,
+            active_state: state.into(),
+            ..TimerState::default()
+        };
+        assert_eq!(
+            observe_again_in(Some(&t(Some(1_100), "active")), 1_000),
+            Some(Duration::from_secs(115))
+        );
+        // Elapse in the past or imminent: never faster than the floor.
+        assert_eq!(
+            observe_again_in(Some(&t(Some(900), "active")), 1_000),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            observe_again_in(Some(&t(Some(1_000), "active")), 1_000),
+            Some(Duration::from_secs(15))
+        );
+        // Running now: the record lands soon.
+        assert_eq!(
+            observe_again_in(Some(&t(None, "active")), 1_000),
+            Some(Duration::from_secs(15))
+        );
+        // Suspended (inactive) or no timer: the periodic resync is enough.
+        assert_eq!(observe_again_in(Some(&t(None, "inactive")), 1_000), None);
+        assert_eq!(observe_again_in(None, 1_000), None);
     }
 
     #[test]
