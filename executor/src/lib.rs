@@ -4,6 +4,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod backend;
+pub mod password;
 pub mod backup;
 pub mod check;
 pub mod cli;

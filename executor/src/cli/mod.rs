@@ -322,11 +322,8 @@ impl Global {
     }
 }
 
-fn strip_newline(mut v: Vec<u8>) -> Vec<u8> {
-    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        v.pop();
-    }
-    v
+fn strip_newline(v: Vec<u8>) -> Vec<u8> {
+    crate::password::normalize(v)
 }
 
 pub fn run(cli: Cli) -> i32 {

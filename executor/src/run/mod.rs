@@ -234,8 +234,8 @@ impl Secrets {
             std::fs::read(dir.join(id)).map_err(|e| err(format!("cannot read: {e}")))
         };
         let c = &cfg.credentials;
-        // The password is raw bytes by contract; nothing is trimmed.
-        let password = read(&c.repository_password)?;
+        // Same rule as `--password-file`, so the Secret also opens the repository for restic.
+        let password = crate::password::normalize(read(&c.repository_password)?);
         let key = |id: &str| -> Result<String, RunError> {
             let v = read(id)?;
             String::from_utf8(v)

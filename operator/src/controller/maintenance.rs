@@ -336,7 +336,10 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
         ));
     }
     let backend = open_backend(job).map_err(fail)?;
-    let repo = Repository::open(backend, job.password.expose()).map_err(|e| fail(e.to_string()))?;
+    // Same normalisation as the executor on the hosts, or a Secret ending in a newline would
+    // open the repository there but not here.
+    let password = fleetsnap::password::normalize(job.password.expose().to_vec());
+    let repo = Repository::open(backend, &password).map_err(|e| fail(e.to_string()))?;
     let _lock = fleetsnap::lock::acquire(&repo, true).map_err(|e| MaintenanceError {
         locked: matches!(e, RepoError::Locked(_)),
         message: e.to_string(),
