@@ -253,7 +253,8 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
         ));
         let errors = Mutex::new(Vec::new());
         let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Two per core: while one pack is being downloaded, the other is being decrypted.
+        let workers = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {

@@ -367,7 +367,7 @@ struct Wanted {
 /// Blobs closer together than this are fetched in one read (the gap is read and dropped).
 const MAX_GAP: u64 = 256 * 1024;
 /// Upper bound for one read, so memory does not grow with the pack size.
-const MAX_READ: u64 = 4 * 1024 * 1024;
+const MAX_READ: u64 = 2 * 1024 * 1024;
 
 fn restore_pack(
     repo: &IndexedRepository,

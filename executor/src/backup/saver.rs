@@ -85,6 +85,11 @@ impl Shared {
         }
         let full = {
             let mut p = self.open[Self::slot(t)].lock().expect("poisoned");
+            if p.data.capacity() == 0 {
+                // Room for a full pack plus one more blob and the header, so growing it
+                // never copies the pack to a buffer twice its size.
+                p.data.reserve(PACK_TARGET + (2 << 20));
+            }
             let offset = p.data.len() as u32;
             p.blobs.push(PackedBlob {
                 blob_type: t,
@@ -131,7 +136,10 @@ pub struct Saver {
 
 impl Saver {
     pub fn new(repo: &Repository, cpu_workers: usize, upload_workers: usize) -> Saver {
-        let (upload_tx, upload_rx) = sync_channel::<(Id, Vec<u8>, Vec<PackedBlob>)>(upload_workers);
+        // Half as many finished packs queued as uploaders keeps them busy; every queued pack
+        // is 16 MiB of resident memory.
+        let queued = (upload_workers / 2).max(1);
+        let (upload_tx, upload_rx) = sync_channel::<(Id, Vec<u8>, Vec<PackedBlob>)>(queued);
         let shared = Arc::new(Shared {
             key: repo.key().clone(),
             compress: repo.version() >= 2,
