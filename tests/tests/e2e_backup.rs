@@ -127,18 +127,24 @@ fn operator_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     kc
 }
 
-fn start_operator(env: &TestEnv, dir: &Path) -> Operator {
-    let log = env.dir().join("operator.log");
+/// How every operator replica of the test is started.
+struct Launch {
+    kubeconfig: PathBuf,
+    executor: PathBuf,
+}
+
+fn start_operator(env: &TestEnv, launch: &Launch, identity: &str) -> Operator {
+    let log = env.dir().join(format!("operator-{identity}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
     let child = Command::new(workspace_bin("fleetsnap-operator").unwrap())
         .arg("--kubeconfig")
-        .arg(operator_kubeconfig(env, dir))
+        .arg(&launch.kubeconfig)
         .args(["--namespace", NS, "--leader-election-namespace", NS])
-        .args(["--metrics-addr", &metrics, "--identity", "e2e-operator"])
+        .args(["--metrics-addr", &metrics, "--identity", identity])
         .args(["--host-timeout", "90s"])
         .arg("--executor-path")
-        .arg(executor(dir))
+        .arg(&launch.executor)
         .env("RUST_LOG", "info,fleetsnap_operator=debug,kube=warn")
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -149,6 +155,18 @@ fn start_operator(env: &TestEnv, dir: &Path) -> Operator {
         log,
         metrics,
     }
+}
+
+fn lease_holder(env: &TestEnv) -> Result<String> {
+    env.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        NS,
+        "fleetsnap-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
 }
 
 fn apply_yaml(env: &TestEnv, dir: &Path, name: &str, yaml: &str) {
@@ -363,7 +381,11 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     step(t0, "testenv up");
     let dir = tempfile::tempdir().unwrap();
     setup(env, dir.path());
-    let op = start_operator(env, dir.path());
+    let launch = Launch {
+        kubeconfig: operator_kubeconfig(env, dir.path()),
+        executor: executor(dir.path()),
+    };
+    let mut op = start_operator(env, &launch, "e2e-operator");
     step(t0, "resources applied, operator started");
     let hosts = env.hosts();
 
@@ -470,6 +492,41 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     }
     step(t0, "metrics served");
 
+    // A second replica stands by while the leader renews, and takes over when the leader
+    // dies without releasing the lease (SIGKILL, possibly mid-reconcile).
+    let standby = start_operator(env, &launch, "e2e-standby");
+    wait::until("standby waiting", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&standby.log)?;
+        Ok(log.contains("waiting for leadership").then_some(()))
+    })
+    .unwrap();
+    assert_eq!(lease_holder(env).unwrap(), "e2e-operator");
+    let standby_log = std::fs::read_to_string(&standby.log).unwrap();
+    assert!(
+        !standby_log.contains("controllers running"),
+        "the standby started working while the leader held the lease:\n{standby_log}"
+    );
+    op.child.kill().unwrap();
+    let _ = op.child.wait();
+    op = standby;
+    wait::until("standby took the lease", Duration::from_secs(60), || {
+        Ok((lease_holder(env)? == "e2e-standby").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nstandby log:\n{}", op.log_tail()));
+    wait::until("new leader reconciled", Duration::from_secs(60), || {
+        Ok(reconcile_count(&op).ok().filter(|c| *c >= 1.0))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nstandby log:\n{}", op.log_tail()));
+    let after_takeover: Vec<String> = hosts.iter().map(|h| managed_files(env, h)).collect();
+    assert_eq!(
+        before, after_takeover,
+        "the new leader rewrote converged files"
+    );
+    step(
+        t0,
+        "standby took over after the leader was killed; hosts untouched",
+    );
+
     // One host down: it alone turns failing; the others stay green.
     host_stop(env, "host2");
     step(t0, "host2 stopped");
@@ -570,14 +627,32 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         .unwrap();
     env.kubectl(&["delete", "-n", NS, "backuppolicy", "bad", "--timeout=120s"])
         .unwrap();
+    // Secrets appear nowhere the API shows.
+    let shown = [
+        env.kubectl(&["get", "-n", NS, "hosts,backuppolicies", "-o", "json"])
+            .unwrap(),
+        env.kubectl(&["get", "-n", NS, "events", "-o", "json"])
+            .unwrap(),
+    ]
+    .join("\n");
+    for secret in [PASSWORD, env.var("MINIO_ROOT_PASSWORD")] {
+        assert!(
+            !shown.contains(secret),
+            "a secret appears in status or Events"
+        );
+    }
+    assert!(!shown.contains("PRIVATE KEY"));
     step(t0, "done");
-    if let Err(e) = check_log_has_no_secrets(&op) {
-        panic!("{e:#}");
+    for log in std::fs::read_dir(env.dir()).unwrap().flatten() {
+        let name = log.file_name().to_string_lossy().into_owned();
+        if name.starts_with("operator-") {
+            check_log_has_no_secrets(&log.path()).unwrap_or_else(|e| panic!("{e:#}"));
+        }
     }
 }
 
-fn check_log_has_no_secrets(op: &Operator) -> Result<()> {
-    let log = std::fs::read_to_string(&op.log).context("operator log")?;
+fn check_log_has_no_secrets(path: &Path) -> Result<()> {
+    let log = std::fs::read_to_string(path).context("operator log")?;
     let env = env();
     for secret in [PASSWORD, env.var("MINIO_ROOT_PASSWORD")] {
         if log.contains(secret) {
