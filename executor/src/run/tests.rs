@@ -10,6 +10,7 @@ impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("creds")).unwrap();
+        // The trailing newline is dropped when the credential is read (password::normalize).
         std::fs::write(dir.path().join("creds/repository-password"), b"pw\n").unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("sub")).unwrap();
@@ -55,7 +56,7 @@ impl Env {
 
     fn open(&self) -> IndexedRepository {
         let be = backend::open(self.p("repo").to_str().unwrap()).unwrap();
-        Repository::open(be, b"pw\n").unwrap().load_index().unwrap()
+        Repository::open(be, b"pw").unwrap().load_index().unwrap()
     }
 }
 
@@ -207,6 +208,6 @@ fn retention_forgets_and_prunes() {
     assert_eq!(rec.kind, JobKind::Retention);
     assert_eq!(env.open().snapshots().unwrap().len(), 1);
     let be = backend::open(env.p("repo").to_str().unwrap()).unwrap();
-    let rep = crate::check::check(Repository::open(be, b"pw\n").unwrap(), None).unwrap();
+    let rep = crate::check::check(Repository::open(be, b"pw").unwrap(), None).unwrap();
     assert!(rep.ok() && rep.warnings.is_empty(), "{rep:?}");
 }
