@@ -23,7 +23,10 @@ fn health_dir() -> PathBuf {
 }
 
 fn lua() -> Command {
-    match Command::new("lua5.4").args(["-e", "require('cjson')"]).output() {
+    match Command::new("lua5.4")
+        .args(["-e", "require('cjson')"])
+        .output()
+    {
         Ok(o) if o.status.success() => Command::new("lua5.4"),
         Ok(o) => panic!(
             "lua-cjson is not available to lua5.4 (Debian package lua-cjson; tests/testenv/deps.sh installs it): {}",
@@ -63,7 +66,11 @@ fn every_kind_has_a_health_check_that_matches_its_fixtures() {
     let mut total = 0;
     for kind in KINDS {
         let script = health_dir().join(format!("{}.lua", kind.to_lowercase()));
-        assert!(script.exists(), "no health check for {kind}: {}", script.display());
+        assert!(
+            script.exists(),
+            "no health check for {kind}: {}",
+            script.display()
+        );
         let dir = health_dir().join("testdata").join(kind.to_lowercase());
         let mut seen = BTreeSet::new();
         let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -93,7 +100,10 @@ fn every_kind_has_a_health_check_that_matches_its_fixtures() {
             states.push("Suspended");
         }
         for s in states {
-            assert!(seen.contains(s), "{kind}: no fixture ends {s} (seen {seen:?})");
+            assert!(
+                seen.contains(s),
+                "{kind}: no fixture ends {s} (seen {seen:?})"
+            );
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -115,10 +125,14 @@ fn the_harness_notices_a_wrong_script() {
 
 #[test]
 fn argocd_cm_patch_carries_exactly_the_scripts() {
-    let cm = std::fs::read_to_string(repo_root().join("deploy/argocd/argocd-cm-health.yaml")).unwrap();
+    let cm =
+        std::fs::read_to_string(repo_root().join("deploy/argocd/argocd-cm-health.yaml")).unwrap();
     for kind in KINDS {
         let key = format!("  resource.customizations.health.fleetsnap.io_{kind}: |\n");
-        let start = cm.find(&key).unwrap_or_else(|| panic!("argocd-cm-health.yaml lacks {kind}")) + key.len();
+        let start = cm
+            .find(&key)
+            .unwrap_or_else(|| panic!("argocd-cm-health.yaml lacks {kind}"))
+            + key.len();
         let mut body = String::new();
         for line in cm[start..].lines() {
             if line.is_empty() {
@@ -134,7 +148,8 @@ fn argocd_cm_patch_carries_exactly_the_scripts() {
             }
         }
         let script =
-            std::fs::read_to_string(health_dir().join(format!("{}.lua", kind.to_lowercase()))).unwrap();
+            std::fs::read_to_string(health_dir().join(format!("{}.lua", kind.to_lowercase())))
+                .unwrap();
         assert_eq!(
             body.trim_end(),
             script.trim_end(),

@@ -74,7 +74,12 @@ fn promtool() -> Command {
 }
 
 /// kubectl with `input` on stdin; Ok(stdout) or Err(stderr).
-fn kubectl_stdin(env: &TestEnv, kubeconfig: Option<&Path>, args: &[&str], input: &str) -> anyhow::Result<String> {
+fn kubectl_stdin(
+    env: &TestEnv,
+    kubeconfig: Option<&Path>,
+    args: &[&str],
+    input: &str,
+) -> anyhow::Result<String> {
     let mut cmd = env.command("kubectl");
     if let Some(k) = kubeconfig {
         cmd.env("KUBECONFIG", k);
@@ -86,7 +91,10 @@ fn kubectl_stdin(env: &TestEnv, kubeconfig: Option<&Path>, args: &[&str], input:
         .stderr(Stdio::piped())
         .spawn()?;
     child.stdin.take().unwrap().write_all(input.as_bytes())?;
-    check(&format!("kubectl {}", args.join(" ")), child.wait_with_output()?)
+    check(
+        &format!("kubectl {}", args.join(" ")),
+        child.wait_with_output()?,
+    )
 }
 
 fn install_crds(env: &TestEnv) {
@@ -98,8 +106,14 @@ fn install_crds(env: &TestEnv) {
         ] {
             let d = dir.to_str().unwrap();
             env.kubectl(&["apply", "--server-side", "-f", d]).unwrap();
-            env.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "-f", d])
-                .unwrap();
+            env.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                d,
+            ])
+            .unwrap();
         }
     });
 }
@@ -171,10 +185,16 @@ fn chart_metadata_and_crds_match_the_workspace() {
         let name = p.file_name().unwrap().to_owned();
         let in_chart = std::fs::read(chart().join("crds").join(&name))
             .unwrap_or_else(|_| panic!("charts/fleetsnap/crds lacks {name:?}"));
-        assert!(in_chart == std::fs::read(&p).unwrap(), "{name:?} differs from crds/generated");
+        assert!(
+            in_chart == std::fs::read(&p).unwrap(),
+            "{name:?} differs from crds/generated"
+        );
         names.insert(name);
     }
-    assert_eq!(names.len(), std::fs::read_dir(chart().join("crds")).unwrap().count());
+    assert_eq!(
+        names.len(),
+        std::fs::read_dir(chart().join("crds")).unwrap().count()
+    );
     assert_eq!(names.len(), 6);
 }
 
@@ -187,10 +207,27 @@ fn rendered_chart_passes_server_side_dry_run() {
 
     let all = render(
         ns,
-        &["--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true"],
+        &[
+            "--set",
+            "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+        ],
     );
-    let out = kubectl_stdin(env, None, &["apply", "--dry-run=server", "-n", ns, "-o", "json", "-f", "-"], &all)
-        .unwrap();
+    let out = kubectl_stdin(
+        env,
+        None,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        &all,
+    )
+    .unwrap();
     let objs = items(&out);
     let kinds: BTreeSet<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     for k in [
@@ -218,7 +255,10 @@ fn rendered_chart_passes_server_side_dry_run() {
     assert_eq!(pod["serviceAccountName"], "fleetsnap-operator");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -231,11 +271,23 @@ fn rendered_chart_passes_server_side_dry_run() {
     assert_eq!(c["ports"][0]["containerPort"], 8080);
     assert!(c["resources"]["requests"]["cpu"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     let joined = args.join(" ");
     assert!(joined.contains("--metrics-addr 0.0.0.0:8080"), "{joined}");
-    assert!(joined.contains(&format!("--leader-election-namespace {ns}")), "{joined}");
-    assert!(c["image"].as_str().unwrap().ends_with(":0.1.0"), "{}", c["image"]);
+    assert!(
+        joined.contains(&format!("--leader-election-namespace {ns}")),
+        "{joined}"
+    );
+    assert!(
+        c["image"].as_str().unwrap().ends_with(":0.1.0"),
+        "{}",
+        c["image"]
+    );
 
     // The Service selects the Deployment's pods.
     let svc = find(&objs, "Service");
@@ -254,8 +306,22 @@ fn rendered_chart_passes_server_side_dry_run() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let reference = kubectl_stdin(env, None, &["apply", "--dry-run=server", "-n", ns, "-o", "json", "-f", "-"], &wrapped)
-        .unwrap();
+    let reference = kubectl_stdin(
+        env,
+        None,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        &wrapped,
+    )
+    .unwrap();
     let reference: Value = serde_json::from_str(&reference).unwrap();
     assert_eq!(rule["spec"], reference["spec"]);
     assert!(rule["spec"]["groups"].as_array().unwrap().len() >= 3);
@@ -269,7 +335,13 @@ fn rendered_chart_passes_server_side_dry_run() {
     // Optional parts really are optional.
     let minimal = render(ns, &[]);
     assert!(!minimal.contains("kind: ServiceMonitor") && !minimal.contains("kind: PrometheusRule"));
-    kubectl_stdin(env, None, &["apply", "--dry-run=server", "-n", ns, "-f", "-"], &minimal).unwrap();
+    kubectl_stdin(
+        env,
+        None,
+        &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+        &minimal,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -281,15 +353,29 @@ fn namespaced_mode_renders_roles_per_watched_namespace() {
         namespace(env, n);
     }
     // The operator watches one namespace or all; more than one is refused at render time.
-    let err = run_helm(&["template", chart().to_str().unwrap(), "--set", "watchNamespaces={team-a,team-b}"])
-        .unwrap_err();
+    let err = run_helm(&[
+        "template",
+        chart().to_str().unwrap(),
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ])
+    .unwrap_err();
     assert!(format!("{err:#}").contains("watchNamespaces"), "{err:#}");
     let out = render(ns, &["--set", "watchNamespaces={team-a}"]);
     // Objects carry their namespaces (release namespace, team-a, team-b).
-    let applied = kubectl_stdin(env, None, &["apply", "--dry-run=server", "-o", "json", "-f", "-"], &out)
-        .unwrap();
+    let applied = kubectl_stdin(
+        env,
+        None,
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        &out,
+    )
+    .unwrap();
     let objs = items(&applied);
-    assert!(!objs.iter().any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding")
+    );
     let role_ns: BTreeSet<&str> = objs
         .iter()
         .filter(|o| o["kind"] == "Role" && o["metadata"]["name"] == "fleetsnap-operator")
@@ -304,10 +390,25 @@ fn namespaced_mode_renders_roles_per_watched_namespace() {
 /// A kubeconfig that authenticates as the chart's ServiceAccount with a real token.
 fn token_kubeconfig(env: &TestEnv, ns: &str, dir: &Path) -> PathBuf {
     let token = env
-        .kubectl(&["create", "token", "fleetsnap-operator", "-n", ns, "--duration=1h"])
+        .kubectl(&[
+            "create",
+            "token",
+            "fleetsnap-operator",
+            "-n",
+            ns,
+            "--duration=1h",
+        ])
         .unwrap();
     let server = env
-        .kubectl(&["config", "view", "--raw", "--flatten", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"])
+        .kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--flatten",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])
         .unwrap();
     let ca = env
         .kubectl(&[
@@ -361,41 +462,93 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
     let policy = r#"{"apiVersion":"fleetsnap.io/v1alpha1","kind":"BackupPolicy","metadata":{"name":"nightly"},
         "spec":{"hostSelector":{},"repositoryRef":{"name":"r"},"paths":["/etc"],"schedule":{"onCalendar":"*-*-* 02:00:00"}}}"#;
     kubectl_stdin(env, None, &["apply", "-n", watched, "-f", "-"], policy).unwrap();
-    let _ = env.kubectl(&["create", "secret", "generic", "restic-password", "-n", watched, "--from-literal=password=x"]);
+    let _ = env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "restic-password",
+        "-n",
+        watched,
+        "--from-literal=password=x",
+    ]);
 
     let dir = tempfile::tempdir().unwrap();
     let kc = token_kubeconfig(env, ns, dir.path());
     let as_operator = |args: &[&str]| -> anyhow::Result<String> {
-        let out = env.command("kubectl").env("KUBECONFIG", &kc).args(args).output()?;
+        let out = env
+            .command("kubectl")
+            .env("KUBECONFIG", &kc)
+            .args(args)
+            .output()?;
         check(&format!("kubectl (as operator) {}", args.join(" ")), out)
     };
     // The token really is the ServiceAccount.
-    let who = as_operator(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).unwrap();
-    assert_eq!(who, format!("system:serviceaccount:{ns}:fleetsnap-operator"));
+    let who = as_operator(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ])
+    .unwrap();
+    assert_eq!(
+        who,
+        format!("system:serviceaccount:{ns}:fleetsnap-operator")
+    );
 
     // `kubectl auth can-i` with the token: a SelfSubjectAccessReview evaluated by the server.
     let can = |args: &[&str]| -> bool {
         let mut a = vec!["auth", "can-i"];
         a.extend_from_slice(args);
-        let out = env.command("kubectl").env("KUBECONFIG", &kc).args(&a).output().unwrap();
+        let out = env
+            .command("kubectl")
+            .env("KUBECONFIG", &kc)
+            .args(&a)
+            .output()
+            .unwrap();
         let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(said == "yes" || said == "no", "can-i {args:?}: {said} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            said == "yes" || said == "no",
+            "can-i {args:?}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         said == "yes"
     };
     let allowed: &[&[&str]] = &[
         &["list", "backuppolicies.fleetsnap.io", "--all-namespaces"],
         &["watch", "hosts.fleetsnap.io", "-n", watched],
         &["get", "restores.fleetsnap.io", "-n", watched],
-        &["patch", "backuppolicies.fleetsnap.io", "--subresource=status", "-n", watched],
-        &["update", "hosts.fleetsnap.io", "--subresource=status", "-n", watched],
+        &[
+            "patch",
+            "backuppolicies.fleetsnap.io",
+            "--subresource=status",
+            "-n",
+            watched,
+        ],
+        &[
+            "update",
+            "hosts.fleetsnap.io",
+            "--subresource=status",
+            "-n",
+            watched,
+        ],
         &["patch", "verifypolicies.fleetsnap.io", "-n", watched],
         &["get", "secrets", "-n", watched],
         &["list", "secrets", "-n", watched],
         &["create", "events.events.k8s.io", "-n", watched],
         &["create", "events", "-n", watched],
         &["create", "leases.coordination.k8s.io", "-n", ns],
-        &["update", "leases.coordination.k8s.io/fleetsnap-operator", "-n", ns],
-        &["get", "leases.coordination.k8s.io/fleetsnap-operator", "-n", ns],
+        &[
+            "update",
+            "leases.coordination.k8s.io/fleetsnap-operator",
+            "-n",
+            ns,
+        ],
+        &[
+            "get",
+            "leases.coordination.k8s.io/fleetsnap-operator",
+            "-n",
+            ns,
+        ],
     ];
     let refused: &[&[&str]] = &[
         &["delete", "secrets", "-n", watched],
@@ -408,9 +561,24 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
         &["delete", "backuppolicies.fleetsnap.io", "-n", watched],
         &["delete", "hosts.fleetsnap.io", "-n", watched],
         &["create", "leases.coordination.k8s.io", "-n", other],
-        &["update", "leases.coordination.k8s.io/fleetsnap-operator", "-n", other],
-        &["update", "leases.coordination.k8s.io/someone-elses-lease", "-n", ns],
-        &["delete", "leases.coordination.k8s.io/fleetsnap-operator", "-n", ns],
+        &[
+            "update",
+            "leases.coordination.k8s.io/fleetsnap-operator",
+            "-n",
+            other,
+        ],
+        &[
+            "update",
+            "leases.coordination.k8s.io/someone-elses-lease",
+            "-n",
+            ns,
+        ],
+        &[
+            "delete",
+            "leases.coordination.k8s.io/fleetsnap-operator",
+            "-n",
+            ns,
+        ],
         &["create", "clusterrolebindings"],
         &["update", "customresourcedefinitions.apiextensions.k8s.io"],
         &["create", "serviceaccounts/token", "-n", ns],
@@ -432,17 +600,38 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
     as_operator(&["get", "backuppolicies", "-A"]).unwrap();
     as_operator(&["get", "secret", "restic-password", "-n", watched]).unwrap();
     as_operator(&[
-        "patch", "backuppolicy", "nightly", "-n", watched, "--subresource=status", "--type=merge",
-        "-p", r#"{"status":{"hostsTotal":3,"observedGeneration":1}}"#,
+        "patch",
+        "backuppolicy",
+        "nightly",
+        "-n",
+        watched,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"hostsTotal":3,"observedGeneration":1}}"#,
     ])
     .unwrap();
     let total = env
-        .kubectl(&["get", "backuppolicy", "nightly", "-n", watched, "-o", "jsonpath={.status.hostsTotal}"])
+        .kubectl(&[
+            "get",
+            "backuppolicy",
+            "nightly",
+            "-n",
+            watched,
+            "-o",
+            "jsonpath={.status.hostsTotal}",
+        ])
         .unwrap();
     assert_eq!(total, "3");
     as_operator(&[
-        "patch", "backuppolicy", "nightly", "-n", watched, "--type=merge",
-        "-p", r#"{"metadata":{"finalizers":["fleetsnap.io/cleanup"]}}"#,
+        "patch",
+        "backuppolicy",
+        "nightly",
+        "-n",
+        watched,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["fleetsnap.io/cleanup"]}}"#,
     ])
     .unwrap();
     let lease = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"fleetsnap-operator"},"spec":{"holderIdentity":"op-0","leaseDurationSeconds":15}}"#;
@@ -458,7 +647,17 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
     let err = as_operator(&["run", "pwn", "-n", watched, "--image=busybox"]).unwrap_err();
     assert!(format!("{err:#}").contains("Forbidden"), "{err:#}");
     // update (PUT) of the whole object: refused by RBAC.
-    let current = env.kubectl(&["get", "backuppolicy", "nightly", "-n", watched, "-o", "json"]).unwrap();
+    let current = env
+        .kubectl(&[
+            "get",
+            "backuppolicy",
+            "nightly",
+            "-n",
+            watched,
+            "-o",
+            "json",
+        ])
+        .unwrap();
     let err = kubectl_stdin(env, Some(&kc), &["replace", "-f", "-"], &current).unwrap_err();
     assert!(format!("{err:#}").contains("Forbidden"), "{err:#}");
 
@@ -466,30 +665,76 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
     // ValidatingAdmissionPolicy refuses it. Policies load asynchronously: wait until the
     // server enforces it (dry-run probes change nothing).
     let spec_patch = r#"{"spec":{"paths":["/root"]}}"#;
-    let refusal = wait::until("the spec guard to be enforced", Duration::from_secs(60), || {
-        match as_operator(&[
-            "patch", "backuppolicy", "nightly", "-n", watched, "--type=merge", "--dry-run=server", "-p", spec_patch,
+    let refusal = wait::until(
+        "the spec guard to be enforced",
+        Duration::from_secs(60),
+        || match as_operator(&[
+            "patch",
+            "backuppolicy",
+            "nightly",
+            "-n",
+            watched,
+            "--type=merge",
+            "--dry-run=server",
+            "-p",
+            spec_patch,
         ]) {
             Ok(_) => Ok(None),
             Err(e) => Ok(Some(format!("{e:#}"))),
-        }
-    })
+        },
+    )
     .unwrap();
     assert!(refusal.contains("only status and finalizers"), "{refusal}");
-    let err = as_operator(&["patch", "backuppolicy", "nightly", "-n", watched, "--type=merge", "-p", spec_patch])
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("only status and finalizers"), "{err:#}");
+    let err = as_operator(&[
+        "patch",
+        "backuppolicy",
+        "nightly",
+        "-n",
+        watched,
+        "--type=merge",
+        "-p",
+        spec_patch,
+    ])
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("only status and finalizers"),
+        "{err:#}"
+    );
     let paths = env
-        .kubectl(&["get", "backuppolicy", "nightly", "-n", watched, "-o", "jsonpath={.spec.paths}"])
+        .kubectl(&[
+            "get",
+            "backuppolicy",
+            "nightly",
+            "-n",
+            watched,
+            "-o",
+            "jsonpath={.spec.paths}",
+        ])
         .unwrap();
     assert_eq!(paths, r#"["/etc"]"#);
     // The guard is specific to the operator: the admin can still edit spec.
-    env.kubectl(&["patch", "backuppolicy", "nightly", "-n", watched, "--type=merge", "--dry-run=server", "-p", spec_patch])
-        .unwrap();
+    env.kubectl(&[
+        "patch",
+        "backuppolicy",
+        "nightly",
+        "-n",
+        watched,
+        "--type=merge",
+        "--dry-run=server",
+        "-p",
+        spec_patch,
+    ])
+    .unwrap();
     // Finalizer and status changes still pass the guard.
     as_operator(&[
-        "patch", "backuppolicy", "nightly", "-n", watched, "--type=merge",
-        "-p", r#"{"metadata":{"finalizers":null}}"#,
+        "patch",
+        "backuppolicy",
+        "nightly",
+        "-n",
+        watched,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
     ])
     .unwrap();
 }
@@ -497,7 +742,11 @@ fn operator_service_account_has_exactly_the_rights_it_needs() {
 #[test]
 fn promtool_checks_and_unit_tests_the_alert_rules() {
     let alerts = chart().join("files/alerts.yaml");
-    let out = promtool().args(["check", "rules"]).arg(&alerts).output().unwrap();
+    let out = promtool()
+        .args(["check", "rules"])
+        .arg(&alerts)
+        .output()
+        .unwrap();
     let text = check("promtool check rules", out).unwrap();
     assert!(text.contains("SUCCESS"), "{text}");
 
@@ -512,12 +761,22 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     let text = check("promtool test rules", out).unwrap();
     assert_eq!(text.matches("SUCCESS").count(), 2, "{text}");
     // Every alert has unit tests.
-    let all_tests = std::fs::read_to_string(&tests).unwrap() + &std::fs::read_to_string(&long_tests).unwrap();
+    let all_tests =
+        std::fs::read_to_string(&tests).unwrap() + &std::fs::read_to_string(&long_tests).unwrap();
     for line in std::fs::read_to_string(&alerts).unwrap().lines() {
         if let Some(name) = line.trim().strip_prefix("- alert: ") {
-            let fired = all_tests.matches(&format!("alertname: {name}\n    exp_alerts:\n    - exp_labels")).count();
-            let silent = all_tests.matches(&format!("alertname: {name}\n    exp_alerts: []")).count();
-            assert!(fired >= 1 && silent >= 1, "{name}: {fired} firing and {silent} silent cases");
+            let fired = all_tests
+                .matches(&format!(
+                    "alertname: {name}\n    exp_alerts:\n    - exp_labels"
+                ))
+                .count();
+            let silent = all_tests
+                .matches(&format!("alertname: {name}\n    exp_alerts: []"))
+                .count();
+            assert!(
+                fired >= 1 && silent >= 1,
+                "{name}: {fired} firing and {silent} silent cases"
+            );
         }
     }
 
@@ -526,7 +785,11 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     std::fs::create_dir(dir.path().join("files")).unwrap();
     std::fs::create_dir(dir.path().join("tests")).unwrap();
     let rules = std::fs::read_to_string(&alerts).unwrap();
-    let broken = rules.replacen("> on (namespace, policy) group_left ()", "< on (namespace, policy) group_left ()", 1);
+    let broken = rules.replacen(
+        "> on (namespace, policy) group_left ()",
+        "< on (namespace, policy) group_left ()",
+        1,
+    );
     assert_ne!(broken, rules);
     std::fs::write(dir.path().join("files/alerts.yaml"), broken).unwrap();
     std::fs::copy(&tests, dir.path().join("tests/alerts_test.yaml")).unwrap();
@@ -535,7 +798,11 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
         .arg(dir.path().join("tests/alerts_test.yaml"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "promtool accepted broken rules: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "promtool accepted broken rules: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Metric names (`fleetsnap_...`) used in a text, histogram series mapped to their family.
@@ -546,10 +813,19 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     while let Some(pos) = text[i..].find("fleetsnap_") {
         let start = i + pos;
         let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_') {
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
             end += 1;
         }
-        let preceded_by_word = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b'/' || bytes[start - 1] == b'-' || bytes[start - 1] == b'.');
+        let preceded_by_word = start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'/'
+                || bytes[start - 1] == b'-'
+                || bytes[start - 1] == b'.');
         if !preceded_by_word {
             let mut name = text[start..end].to_string();
             for suffix in ["_bucket", "_count", "_sum"] {
@@ -598,7 +874,10 @@ fn alerts_and_dashboard_use_only_documented_metrics() {
         assert!(used.contains(required), "no alert uses {required}");
     }
     let unknown: Vec<_> = used.difference(&documented).collect();
-    assert!(unknown.is_empty(), "alerts use metrics not in docs/metrics.md: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "alerts use metrics not in docs/metrics.md: {unknown:?}"
+    );
     for alert in [
         "FleetsnapBackupStale",
         "FleetsnapBackupNeverSucceeded",
@@ -606,11 +885,16 @@ fn alerts_and_dashboard_use_only_documented_metrics() {
         "FleetsnapVerifyOverdue",
         "FleetsnapHostUnreachable",
     ] {
-        assert!(alerts.contains(&format!("alert: {alert}\n")), "missing alert {alert}");
+        assert!(
+            alerts.contains(&format!("alert: {alert}\n")),
+            "missing alert {alert}"
+        );
     }
 
-    let dash: Value =
-        serde_json::from_str(&std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap()).unwrap();
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap(),
+    )
+    .unwrap();
     let mut dash_exprs = String::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
@@ -620,7 +904,10 @@ fn alerts_and_dashboard_use_only_documented_metrics() {
     }
     let in_dash = metric_names(&dash_exprs);
     let unknown: Vec<_> = in_dash.difference(&documented).collect();
-    assert!(unknown.is_empty(), "dashboard uses metrics not in docs/metrics.md: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard uses metrics not in docs/metrics.md: {unknown:?}"
+    );
     // Every documented metric is on the dashboard.
     let missing: Vec<_> = documented.difference(&in_dash).collect();
     assert!(missing.is_empty(), "dashboard lacks panels for {missing:?}");

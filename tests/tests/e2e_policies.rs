@@ -416,7 +416,16 @@ spec:
     assert!(!ok, "{h1} listed {h2}'s snapshots:\n{out}");
     let (ok, out) = fleetsnap_as_host(env, &h1, &h1, "snapshots");
     assert!(ok, "{h1} cannot list its own snapshots:\n{out}");
-    let (ok, out) = fleetsnap_as_host(env, &h1, &h1, "forget --keep-last 1");
+    // Forget a snapshot by id: a keep rule could keep everything and delete nothing.
+    let (ok, out) = fleetsnap_as_host(env, &h1, &h1, "--json snapshots");
+    assert!(ok, "{out}");
+    let listed: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| fail(anyhow::anyhow!("{e}: {out}")));
+    let id = listed[0]["id"]
+        .as_str()
+        .unwrap_or_else(|| fail(anyhow::anyhow!("no snapshot id in {out}")))
+        .to_string();
+    let (ok, out) = fleetsnap_as_host(env, &h1, &h1, &format!("forget {id}"));
     assert!(!ok, "forget with an append-only key succeeded:\n{out}");
     assert!(out.contains("append-only"), "unclear forget error:\n{out}");
     step(t0, "(d) host key cannot list others or forget");

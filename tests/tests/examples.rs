@@ -42,7 +42,10 @@ fn example_files() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "expected the runbook scenario in examples/, found {files:?}");
+    assert!(
+        files.len() >= 8,
+        "expected the runbook scenario in examples/, found {files:?}"
+    );
     files
 }
 
@@ -65,7 +68,14 @@ fn every_example_passes_admission_and_is_stored() {
     // Dry run first: the server runs the full admission chain (schema, CEL) without storing.
     for f in example_files() {
         let out = env
-            .kubectl(&["apply", "--dry-run=server", "-n", ns, "-f", f.to_str().unwrap()])
+            .kubectl(&[
+                "apply",
+                "--dry-run=server",
+                "-n",
+                ns,
+                "-f",
+                f.to_str().unwrap(),
+            ])
             .unwrap_or_else(|e| panic!("{} refused at admission: {e:#}", f.display()));
         assert!(out.contains("(server dry run)"), "{}: {out}", f.display());
     }
@@ -106,7 +116,11 @@ fn every_example_passes_admission_and_is_stored() {
     for h in hosts["items"].as_array().unwrap() {
         let labels = &h["metadata"]["labels"];
         for k in ["env", "role", "account"] {
-            assert!(labels[k].is_string(), "host {} lacks label {k}", h["metadata"]["name"]);
+            assert!(
+                labels[k].is_string(),
+                "host {} lacks label {k}",
+                h["metadata"]["name"]
+            );
         }
     }
     // The nightly prod selector picks the prod hosts (app1, app2, db1) but not the build agent.
@@ -118,8 +132,14 @@ fn every_example_passes_admission_and_is_stored() {
     let repo = get(env, ns, "backuprepository/aws-fleet");
     assert_eq!(repo["spec"]["pathTemplate"], "hosts/{hostname}");
     assert_eq!(repo["spec"]["appendOnly"], true);
-    assert_eq!(repo["spec"]["maintenanceCredentialsSecretRef"]["name"], "s3-maintenance");
-    assert_eq!(repo["spec"]["s3"]["perHostCredentials"]["secretNameTemplate"], "s3-{host}");
+    assert_eq!(
+        repo["spec"]["maintenanceCredentialsSecretRef"]["name"],
+        "s3-maintenance"
+    );
+    assert_eq!(
+        repo["spec"]["s3"]["perHostCredentials"]["secretNameTemplate"],
+        "s3-{host}"
+    );
     assert_eq!(repo["spec"]["objectLock"]["mode"], "GOVERNANCE");
 
     let nightly = get(env, ns, "backuppolicy/nightly");
@@ -127,7 +147,10 @@ fn every_example_passes_admission_and_is_stored() {
     assert_eq!(sched["onCalendar"], "*-*-* 02:00:00");
     assert_eq!(sched["randomizedDelay"], "45m");
     assert_eq!(sched["persistent"], true);
-    assert_eq!(nightly["spec"]["hostSelector"]["matchLabels"]["env"], "prod");
+    assert_eq!(
+        nightly["spec"]["hostSelector"]["matchLabels"]["env"],
+        "prod"
+    );
 
     let pg = get(env, ns, "backuppolicy/postgres-dump");
     let src = &pg["spec"]["stdinSources"][0];
@@ -136,7 +159,10 @@ fn every_example_passes_admission_and_is_stored() {
     assert_eq!(src["filename"], "pg_dumpall.sql");
 
     let ret = get(env, ns, "retentionpolicy/standard");
-    assert_eq!(ret["spec"]["keep"], serde_json::json!({"daily": 7, "weekly": 4, "monthly": 6}));
+    assert_eq!(
+        ret["spec"]["keep"],
+        serde_json::json!({"daily": 7, "weekly": 4, "monthly": 6})
+    );
     assert_eq!(ret["spec"]["schedule"]["onCalendar"], "Sun *-*-* 04:30:00");
     assert_eq!(ret["spec"]["runOn"], "Operator");
 
@@ -157,7 +183,10 @@ fn every_example_passes_admission_and_is_stored() {
         .kubectl(&["get", "secrets", "-n", ns, "-o", "name"])
         .unwrap();
     for s in ["fleetsnap-ssh", "restic-password", "s3-maintenance"] {
-        assert!(secrets.contains(&format!("secret/{s}\n")), "missing Secret {s}: {secrets}");
+        assert!(
+            secrets.contains(&format!("secret/{s}\n")),
+            "missing Secret {s}: {secrets}"
+        );
     }
     for h in hosts["items"].as_array().unwrap() {
         let name = h["metadata"]["name"].as_str().unwrap();
@@ -189,7 +218,10 @@ fn example_secrets_are_placeholders() {
                 continue;
             }
             values += 1;
-            assert!(line.contains("REPLACE-ME"), "not a marked placeholder: {line}");
+            assert!(
+                line.contains("REPLACE-ME"),
+                "not a marked placeholder: {line}"
+            );
         }
     }
     assert!(values >= 10, "found only {values} secret values");
@@ -211,7 +243,14 @@ fn a_broken_example_is_refused() {
     let f = dir.path().join("broken.yaml");
     std::fs::write(&f, broken).unwrap();
     let err = env
-        .kubectl(&["apply", "--dry-run=server", "-n", ns, "-f", f.to_str().unwrap()])
+        .kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            ns,
+            "-f",
+            f.to_str().unwrap(),
+        ])
         .unwrap_err();
     assert!(format!("{err:#}").contains("onCalendar"), "{err:#}");
 }
@@ -221,8 +260,14 @@ fn readme_explains_every_example() {
     let readme = std::fs::read_to_string(repo_root().join("examples/README.md")).unwrap();
     for f in example_files() {
         let name = f.file_name().unwrap().to_str().unwrap();
-        assert!(readme.contains(name), "examples/README.md does not mention {name}");
+        assert!(
+            readme.contains(name),
+            "examples/README.md does not mention {name}"
+        );
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.starts_with('#'), "{name} should start with a comment explaining it");
+        assert!(
+            text.starts_with('#'),
+            "{name} should start with a comment explaining it"
+        );
     }
 }

@@ -41,7 +41,8 @@ fn crd_applied_with_kubectl_is_served_and_watchable() {
     let dir = tempfile::tempdir().unwrap();
     let crd = dir.path().join("crd.yaml");
     std::fs::write(&crd, WIDGET_CRD).unwrap();
-    env.kubectl(&["apply", "-f", crd.to_str().unwrap()]).unwrap();
+    env.kubectl(&["apply", "-f", crd.to_str().unwrap()])
+        .unwrap();
     env.kubectl(&[
         "wait",
         "--for=condition=Established",
@@ -64,7 +65,8 @@ fn crd_applied_with_kubectl_is_served_and_watchable() {
         "apiVersion: smoke.fleetsnap.io/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
     )
     .unwrap();
-    env.kubectl(&["apply", "-f", obj.to_str().unwrap()]).unwrap();
+    env.kubectl(&["apply", "-f", obj.to_str().unwrap()])
+        .unwrap();
     let seen = read_until(stdout, Duration::from_secs(60), |l| l.contains("w1"));
     let _ = watch.kill();
     assert_eq!(seen.unwrap().trim(), "widget.smoke.fleetsnap.io/w1");
@@ -85,7 +87,8 @@ fn crd_applied_with_kubectl_is_served_and_watchable() {
 fn a_binary_copied_over_ssh_runs_on_the_host() {
     let env = env();
     let bin = workspace_bin("fleetsnap").unwrap();
-    env.ssh_ok("host1", "mkdir -p /usr/local/lib/fleetsnap/smoke").unwrap();
+    env.ssh_ok("host1", "mkdir -p /usr/local/lib/fleetsnap/smoke")
+        .unwrap();
     env.scp(&bin, "host1", "/usr/local/lib/fleetsnap/smoke/fleetsnap")
         .unwrap();
     let local = std::process::Command::new("sha256sum")
@@ -112,17 +115,25 @@ fn a_binary_copied_over_ssh_runs_on_the_host() {
 fn a_systemd_timer_fires_and_the_journal_shows_the_run() {
     let env = env();
     let unit = "[Unit]\nDescription=smoke tick\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo smoke-tick-$(hostname)'\n";
-    let timer = "[Timer]\nOnCalendar=*-*-* *:*:00/3\nAccuracySec=1s\n[Install]\nWantedBy=timers.target\n";
+    let timer =
+        "[Timer]\nOnCalendar=*-*-* *:*:00/3\nAccuracySec=1s\n[Install]\nWantedBy=timers.target\n";
     let script = format!(
         "cat > /etc/systemd/system/smoke-tick.service <<'E'\n{unit}E\ncat > /etc/systemd/system/smoke-tick.timer <<'E'\n{timer}E\n\
          systemd-analyze verify /etc/systemd/system/smoke-tick.service /etc/systemd/system/smoke-tick.timer && \
          systemctl daemon-reload && systemctl enable --now smoke-tick.timer"
     );
     env.ssh_ok("host2", &script).unwrap();
-    let journal = wait::until("the timer's first run in the journal", Duration::from_secs(60), || {
-        let out = env.ssh_ok("host2", "journalctl -u smoke-tick.service --no-pager -o cat")?;
-        Ok(out.contains("smoke-tick-host2").then_some(out))
-    })
+    let journal = wait::until(
+        "the timer's first run in the journal",
+        Duration::from_secs(60),
+        || {
+            let out = env.ssh_ok(
+                "host2",
+                "journalctl -u smoke-tick.service --no-pager -o cat",
+            )?;
+            Ok(out.contains("smoke-tick-host2").then_some(out))
+        },
+    )
     .unwrap();
     assert!(journal.contains("smoke-tick-host2"));
     let state = env
@@ -139,7 +150,8 @@ fn an_object_written_inside_a_host_lands_in_minio() {
     let env = env();
     env.mc(&["mb", "--ignore-existing", "testenv/smoke-inbox"])
         .unwrap();
-    env.scp(&env.tool("mc"), "host1", "/usr/local/bin/mc").unwrap();
+    env.scp(&env.tool("mc"), "host1", "/usr/local/bin/mc")
+        .unwrap();
     // The credentials travel on stdin, never on a command line.
     let url = format!(
         "http://{}:{}@10.0.2.100:9000\n",
@@ -153,15 +165,22 @@ fn an_object_written_inside_a_host_lands_in_minio() {
             url.as_bytes(),
         )
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let body = env.mc(&["cat", "testenv/smoke-inbox/from-host1.txt"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = env
+        .mc(&["cat", "testenv/smoke-inbox/from-host1.txt"])
+        .unwrap();
     assert_eq!(body.trim(), "written-by-host1");
 }
 
 #[test]
 fn object_lock_refuses_deleting_a_locked_version() {
     let env = env();
-    env.mc(&["mb", "--with-lock", "testenv/smoke-locked"]).unwrap();
+    env.mc(&["mb", "--with-lock", "testenv/smoke-locked"])
+        .unwrap();
     env.mc(&[
         "retention",
         "set",
@@ -182,12 +201,7 @@ fn object_lock_refuses_deleting_a_locked_version() {
     let v: serde_json::Value = serde_json::from_str(listing.lines().next().unwrap()).unwrap();
     let version = v["versionId"].as_str().unwrap().to_string();
     let err = env
-        .mc(&[
-            "rm",
-            "--version-id",
-            &version,
-            "testenv/smoke-locked/obj",
-        ])
+        .mc(&["rm", "--version-id", &version, "testenv/smoke-locked/obj"])
         .unwrap_err();
     assert!(
         format!("{err:#}").to_lowercase().contains("worm")

@@ -24,7 +24,10 @@ fn a_vm_boots_its_own_kernel_runs_a_timer_and_reaches_minio() {
     let mut lines = facts.lines();
     assert_eq!(lines.next(), Some("qemu"), "{facts}");
     let kernel = lines.next().unwrap();
-    assert!(kernel.contains("cloud-amd64"), "guest kernel is the image's own: {kernel}");
+    assert!(
+        kernel.contains("cloud-amd64"),
+        "guest kernel is the image's own: {kernel}"
+    );
     assert_eq!(lines.next(), Some("host1"));
 
     let timer = "[Timer]\nOnCalendar=*-*-* *:*:00/5\nAccuracySec=1s\n";
@@ -43,7 +46,8 @@ fn a_vm_boots_its_own_kernel_runs_a_timer_and_reaches_minio() {
     .unwrap();
 
     env.mc(&["mb", "testenv/vm-inbox"]).unwrap();
-    env.scp(&env.tool("mc"), "host1", "/usr/local/bin/mc").unwrap();
+    env.scp(&env.tool("mc"), "host1", "/usr/local/bin/mc")
+        .unwrap();
     let url = format!(
         "http://{}:{}@10.0.2.100:9000\n",
         env.var("MINIO_ROOT_USER"),
@@ -57,9 +61,15 @@ fn a_vm_boots_its_own_kernel_runs_a_timer_and_reaches_minio() {
             url.as_bytes(),
         )
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
-        env.mc(&["cat", "testenv/vm-inbox/kernel.txt"]).unwrap().trim(),
+        env.mc(&["cat", "testenv/vm-inbox/kernel.txt"])
+            .unwrap()
+            .trim(),
         kernel
     );
 }
