@@ -4,7 +4,6 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod backend;
-pub mod password;
 pub mod backup;
 pub mod check;
 pub mod cli;
@@ -13,6 +12,7 @@ pub mod forget;
 pub mod format;
 pub mod id;
 pub mod lock;
+pub mod password;
 pub mod pattern;
 pub mod prune;
 pub mod repo;
