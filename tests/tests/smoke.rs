@@ -69,6 +69,7 @@ fn crd_applied_with_kubectl_is_served_and_watchable() {
         .unwrap();
     let seen = read_until(stdout, Duration::from_secs(60), |l| l.contains("w1"));
     let _ = watch.kill();
+    let _ = watch.wait();
     assert_eq!(seen.unwrap().trim(), "widget.smoke.fleetsnap.io/w1");
 
     // The schema is enforced by the API server, not by a client.
