@@ -600,6 +600,47 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     assert!(!events.trim().is_empty(), "no BackupRecovered event");
     step(t0, "host2 recovered");
 
+    // A host relabelled out of the selector loses the job; its data stays.
+    env.kubectl(&[
+        "label",
+        "-n",
+        NS,
+        "host",
+        "host3",
+        "group=elsewhere",
+        "--overwrite",
+    ])
+    .unwrap();
+    wait::until(
+        "host3 deselected and cleaned",
+        Duration::from_secs(120),
+        || {
+            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            Ok((p["status"]["hostsTotal"] == 2 && host_entry(&p, "host3").is_none()).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    let left = env
+        .ssh_ok(
+            "host3",
+            "systemctl list-unit-files 'fleetsnap-*' --no-legend; ls /etc/fleetsnap",
+        )
+        .unwrap();
+    assert!(!left.contains(&format!("backup-{POLICY}")), "host3: {left}");
+    let host3 = get_json(env, "host/host3").unwrap();
+    let entries = host3["status"]["policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !entries.iter().any(|e| e["name"] == POLICY),
+        "host3 still lists the policy: {host3:#}"
+    );
+    step(
+        t0,
+        "host3 left the selector: job removed, status entry gone",
+    );
+
     // Deleting the policy takes the job off every host; the data stays.
     env.kubectl(&["delete", "-n", NS, "backuppolicy", POLICY, "--timeout=180s"])
         .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
