@@ -290,7 +290,13 @@ mod tests {
     use serde_json::Value;
 
     fn vectors(rel: &str) -> Value {
-        let p = format!("/work/shared/restic-format/fixtures/vectors/{rel}");
+        let p = format!(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/restic-format/fixtures/vectors/{}"
+            ),
+            rel
+        );
         serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
     }
 

@@ -16,7 +16,10 @@ use fleetsnap::format::unpacked;
 use fleetsnap::repo::Repository;
 use proptest::prelude::*;
 
-const FIXTURE: &str = "/work/shared/restic-format/fixtures/repos/repo-v2";
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/restic-format/fixtures/repos/repo-v2"
+);
 
 /// Raw and decrypted bytes of one file of each kind from the fixture repository.
 struct Seeds {

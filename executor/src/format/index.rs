@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn parses_fixture_index_and_legacy() {
-        let dir = "/work/shared/restic-format/fixtures/vectors/repo-v2/plaintext/index";
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/restic-format/fixtures/vectors/repo-v2/plaintext/index"
+        );
         for e in std::fs::read_dir(dir).unwrap() {
             let data = std::fs::read(e.unwrap().path()).unwrap();
             let idx = IndexFile::parse(&data).unwrap();

@@ -172,9 +172,10 @@ mod tests {
     #[test]
     fn reads_fixture_tree_pack_kat() {
         let v: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(
-                "/work/shared/restic-format/fixtures/vectors/repo-v2/kat-tree-pack.json",
-            )
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/restic-format/fixtures/vectors/repo-v2/kat-tree-pack.json"
+            ))
             .unwrap(),
         )
         .unwrap();

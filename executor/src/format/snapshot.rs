@@ -80,8 +80,13 @@ mod tests {
     #[test]
     fn parses_fixture_snapshots_keeping_offsets() {
         for repo in ["repo-v1", "repo-v2"] {
-            let dir =
-                format!("/work/shared/restic-format/fixtures/vectors/{repo}/plaintext/snapshots");
+            let dir = format!(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../shared/restic-format/fixtures/vectors/{}/plaintext/snapshots"
+                ),
+                repo
+            );
             for e in std::fs::read_dir(dir).unwrap() {
                 let data = std::fs::read(e.unwrap().path()).unwrap();
                 let s: Snapshot = serde_json::from_slice(&data).unwrap();

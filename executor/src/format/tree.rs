@@ -187,7 +187,13 @@ mod tests {
     #[test]
     fn fixture_trees_parse_and_reserialize_sorted() {
         for repo in ["repo-v1", "repo-v2"] {
-            let dir = format!("/work/shared/restic-format/fixtures/vectors/{repo}/plaintext/trees");
+            let dir = format!(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../shared/restic-format/fixtures/vectors/{}/plaintext/trees"
+                ),
+                repo
+            );
             for e in std::fs::read_dir(dir).unwrap() {
                 let data = std::fs::read(e.unwrap().path()).unwrap();
                 let t = Tree::parse(&data).unwrap();

@@ -416,7 +416,10 @@ impl IndexedRepository {
 pub(crate) mod testutil {
     use super::*;
 
-    pub const FIXTURES: &str = "/work/shared/restic-format/fixtures";
+    pub const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/restic-format/fixtures"
+    );
 
     /// A fixture repository copied into memory, plus the crafted cheap key for repo-v2 so
     /// tests do not pay for calibrated scrypt.
