@@ -79,8 +79,7 @@ fn executor(dir: &Path) -> PathBuf {
     if ok { stripped } else { built }
 }
 
-/// A kubeconfig for the operator's own ServiceAccount, as it would run in a cluster. (The
-/// harness's admin client certificate is X.509 v1, which rustls refuses.)
+/// A kubeconfig for the operator's own ServiceAccount token, as it runs in a cluster.
 fn operator_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     env.kubectl(&["create", "serviceaccount", "-n", NS, "fleetsnap-operator"])
         .unwrap();
@@ -354,21 +353,6 @@ fn restic_check(env: &TestEnv, host: &str) -> Result<String> {
     fleetsnap_tests::check(&format!("restic check {repo}"), out)
 }
 
-/// `TestEnv::host_stop`, working around a harness bug: testenv.sh's `host_stop` reads `$i`
-/// in the same `local` statement that assigns it, which fails under `set -u` when the
-/// function runs on its own (`down` works because its own `i` is in scope). Giving the
-/// script `i` in its environment makes the expansion right.
-fn host_stop(env: &TestEnv, host: &str) {
-    let out = Command::new("bash")
-        .arg(repo_root().join("tests/testenv/testenv.sh"))
-        .args(["host-stop", host, "--dir"])
-        .arg(env.dir())
-        .env("i", host.trim_start_matches("host"))
-        .output()
-        .unwrap();
-    fleetsnap_tests::check(&format!("testenv.sh host-stop {host}"), out).unwrap();
-}
-
 fn step(t0: Instant, what: &str) {
     eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let _ = std::io::stderr().flush();
@@ -528,7 +512,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     );
 
     // One host down: it alone turns failing; the others stay green.
-    host_stop(env, "host2");
+    env.host_stop("host2").unwrap();
     step(t0, "host2 stopped");
     let p = wait::until(
         "host2 failing, host1/3 green",
