@@ -70,7 +70,13 @@ fn script() -> PathBuf {
 
 impl TestEnv {
     /// Start a fresh environment in its own directory under `/tmp/fleetsnap-testenv`.
-    pub fn start(opts: Options) -> Result<TestEnv> {
+    pub fn start(mut opts: Options) -> Result<TestEnv> {
+        // FLEETSNAP_TEST_TIER=vm runs a container suite on qemu VMs instead (slow under TCG).
+        match std::env::var("FLEETSNAP_TEST_TIER").as_deref() {
+            Ok("vm") => opts.tier = Tier::Vm,
+            Ok("ct") | Err(_) => {}
+            Ok(other) => bail!("FLEETSNAP_TEST_TIER must be ct or vm, not {other:?}"),
+        }
         let exe = std::env::current_exe().ok();
         let stem = exe
             .as_deref()
