@@ -33,6 +33,7 @@ fn env() -> &'static TestEnv {
 struct Operator {
     child: Child,
     log: PathBuf,
+    metrics: String,
 }
 
 impl Drop for Operator {
@@ -60,11 +61,12 @@ fn free_port() -> u16 {
 
 fn start_operator(env: &TestEnv) -> Operator {
     let log = env.dir().join("operator-policies.log");
+    let metrics = format!("127.0.0.1:{}", free_port());
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(workspace_bin("fleetsnap-operator").unwrap())
         .args(["--kubeconfig", env.var("KUBECONFIG")])
         .args(["--namespace", NS, "--leader-election-namespace", NS])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &metrics])
         .args(["--identity", "e2e-policies", "--host-timeout", "120s"])
         .arg("--executor-path")
         .arg(workspace_bin("fleetsnap").unwrap())
@@ -75,7 +77,37 @@ fn start_operator(env: &TestEnv) -> Operator {
         .stderr(file)
         .spawn()
         .unwrap();
-    Operator { child, log }
+    Operator {
+        child,
+        log,
+        metrics,
+    }
+}
+
+/// `fleetsnap_*` names used by the chart's alert rules (histogram series by family).
+fn alert_metric_names() -> std::collections::BTreeSet<String> {
+    let rules =
+        std::fs::read_to_string(repo_root().join("charts/fleetsnap/files/alerts.yaml")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in rules.match_indices("fleetsnap_") {
+        if i > 0
+            && (rules.as_bytes()[i - 1].is_ascii_alphanumeric()
+                || b"_-/.".contains(&rules.as_bytes()[i - 1]))
+        {
+            continue;
+        }
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        names.insert(family);
+    }
+    names
 }
 
 fn apply_yaml(env: &TestEnv, dir: &Path, name: &str, yaml: &str) {
@@ -552,6 +584,36 @@ spec:
         .unwrap();
     assert!(!events.trim().is_empty(), "no VerifyFailed event");
     step(t0, "(b') corrupted pack reported");
+
+    // Every metric an alert rule uses is served by the real operator now that backup,
+    // verify and retention policies have run.
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{}/metrics", op.metrics)])
+        .output()
+        .unwrap();
+    let scrape = fleetsnap_tests::check("curl /metrics", out).unwrap();
+    let served: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+        })
+        .collect();
+    let wanted = alert_metric_names();
+    assert!(!wanted.is_empty());
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|m| !served.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alert rules use metrics the operator does not serve: {missing:?}\n{scrape}"
+    );
+    step(t0, "every metric used by an alert rule is served");
 
     let log = std::fs::read_to_string(&op.log).unwrap();
     for secret in [PASSWORD, env.var("MINIO_ROOT_PASSWORD")] {
