@@ -314,6 +314,27 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// helm, built (once, cached) by `tests/testenv/tools.sh`.
+pub fn helm() -> Result<PathBuf> {
+    let tools = repo_root().join("tests/testenv/tools.sh");
+    check(
+        "tests/testenv/tools.sh helm",
+        Command::new("bash").arg(&tools).arg("helm").output()?,
+    )?;
+    let dir = check(
+        "tests/testenv/tools.sh path helm",
+        Command::new("bash")
+            .arg(&tools)
+            .args(["path", "helm"])
+            .output()?,
+    )?;
+    let bin = PathBuf::from(dir.trim()).join("helm");
+    if !bin.exists() {
+        bail!("helm is not available at {}", bin.display());
+    }
+    Ok(bin)
+}
+
 /// Path of a binary built from this workspace (e.g. `fleetsnap`), next to the test executable.
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -312,6 +312,8 @@ down() {
   done
   ip netns del "$NS" 2>/dev/null || true
   rm -f "$DIR/s3.sock"
+  # Keep the logs for a post-mortem; drop the bulk (etcd, MinIO objects, VM disk overlays).
+  rm -rf "$DIR/etcd" "$DIR/minio/data" "$DIR"/hosts/*.qcow2
 }
 
 up() {
