@@ -422,9 +422,25 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     }
 
     // Stock restic reads and verifies every byte of each host's repository.
+    // restic needs the exclusive lock: pause each host's timer and let a running backup
+    // finish first (on TCG VMs the short test schedule keeps a backup running most of the time).
+    let timer = format!("fleetsnap-backup-{POLICY}.timer");
+    let service = format!("fleetsnap-backup-{POLICY}.service");
     for h in &hosts {
+        env.ssh_ok(h, &format!("systemctl stop {timer}")).unwrap();
+        wait::until(
+            "the running backup to finish",
+            Duration::from_secs(300),
+            || {
+                let out = env.ssh(h, &format!("systemctl is-active {service}"), b"")?;
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                Ok((state != "activating" && state != "active").then_some(()))
+            },
+        )
+        .unwrap();
         let out = restic_check(env, h).unwrap();
         assert!(out.contains("no errors were found"), "{out}");
+        env.ssh_ok(h, &format!("systemctl start {timer}")).unwrap();
     }
     step(t0, "restic check --read-data passed on 3 repositories");
 
