@@ -158,3 +158,17 @@ fn argocd_cm_patch_carries_exactly_the_scripts() {
         );
     }
 }
+
+#[test]
+fn scripts_are_generated_from_their_templates() {
+    let out = Command::new("python3")
+        .arg(repo_root().join("deploy/argocd/generate.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 runs deploy/argocd/generate.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
