@@ -191,6 +191,13 @@ pub struct RetentionPolicyStatus {
     /// are freed by the bucket's lifecycle rules once the lock expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_objects_retained: Option<i64>,
+    /// Hosts that carry, or may still carry, this policy's job (timer, service, config and
+    /// credentials). The operator records a host here before installing the job and drops it
+    /// only once the job was removed, so it can take the job off a host that leaves the
+    /// selection, when `runOn` switches to `Operator` or when the policy is deleted. Absent when written by an operator
+    /// older than this field: every selected host is then treated as a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_hosts: Option<Vec<String>>,
     /// Errors of the last run, at most one per host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<RunError>,

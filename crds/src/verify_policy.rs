@@ -225,6 +225,13 @@ pub struct VerifyPolicyStatus {
     /// Hosts whose last verification failed.
     #[serde(default)]
     pub hosts_failing: i32,
+    /// Hosts that carry, or may still carry, this policy's job (timer, service, config and
+    /// credentials). The operator records a host here before installing the job and drops it
+    /// only once the job was removed, so it can take the job off a host that leaves the
+    /// selection or when the policy is deleted. Absent when written by an operator
+    /// older than this field: every selected host is then treated as a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_hosts: Option<Vec<String>>,
     /// Failures of the last run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<VerifyError>,

@@ -237,6 +237,22 @@ impl Metrics {
         self.backup_consecutive_failures.remove(l);
     }
 
+    /// The host no longer belongs to the policy of that kind: its series disappear.
+    pub fn forget_job_host(&self, kind: crate::host::model::PolicyKind, l: &PolicyHostLabels) {
+        use crate::host::model::PolicyKind;
+        match kind {
+            PolicyKind::Backup => self.forget_backup_host(l),
+            PolicyKind::Retention => {
+                self.retention_last_success.remove(l);
+            }
+            PolicyKind::Verify => {
+                self.verify_host_selected.remove(l);
+                self.verify_last_success.remove(l);
+                self.verify_consecutive_failures.remove(l);
+            }
+        }
+    }
+
     pub fn forget_policy(&self, l: &PolicyLabels) {
         self.backup_expected_interval.remove(l);
         self.backup_staleness_window.remove(l);

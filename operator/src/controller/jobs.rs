@@ -2,7 +2,9 @@
 //! repository a policy targets, and the same dereference → plan → apply → observe pipeline
 //! the BackupPolicy controller runs, for a job of another kind.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetsnap_crds::common::{LocalObjectRef, Schedule, reasons};
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
@@ -11,21 +13,27 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::Context;
 use super::backup_policy::suspend_plan;
 use super::derive::{self, DeriveError, Secrets};
 use super::error::{Failure, Retry};
+use super::units::{UnitMode, UnitPlan, plan_units};
 use crate::host::apply::{apply_plan, gather_facts, remove_job};
 use crate::host::layout::JobId;
 use crate::host::model::{PolicyKind, PolicySpec};
 use crate::host::observe::{JobObservation, observe_job};
 use crate::host::plan::{JobInputs, fact_query, plan_job};
 use crate::host::shell::HostShell;
+use crate::metrics::PolicyHostLabels;
+use k8s_openapi::api::core::v1::ObjectReference;
 
 /// Run records read per observation.
 pub const RECORDS: usize = 50;
+/// After a deletion, hosts that stay unreachable this long are given up on, so a dead VM
+/// cannot keep a policy in Terminating forever. A Warning Event names them.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(600);
 
 /// The hosts and repository a Retention/VerifyPolicy applies to, once references are
 /// resolved.
@@ -253,6 +261,164 @@ pub async fn converge_host(
     }
 }
 
+/// Names of the namespace's Hosts as the cache holds them (deleting ones included: they can
+/// still be reached until they are gone).
+pub fn existing_hosts(ctx: &Context, ns: &str) -> BTreeSet<String> {
+    ctx.hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .map(|h| h.name_any())
+        .collect()
+}
+
+/// Takes the job off every listed host, concurrently (the pool bounds how many at once);
+/// returns the hosts where that failed, with why.
+pub async fn remove_from_hosts(
+    ctx: &Context,
+    ns: &str,
+    kind: PolicyKind,
+    policy: &str,
+    hosts: &BTreeSet<String>,
+) -> BTreeMap<String, Failure> {
+    let results = futures::future::join_all(
+        hosts
+            .iter()
+            .map(|h| async move { (h.clone(), remove_from_host(ctx, ns, kind, policy, h).await) }),
+    )
+    .await;
+    let mut failed = BTreeMap::new();
+    for (host, r) in results {
+        match r {
+            Ok(()) => info!(host = %host, kind = %kind, policy, "job removed from host"),
+            Err(f) => {
+                warn!(host = %host, kind = %kind, policy, reason = f.reason, message = %f.message, "removing the job failed");
+                failed.insert(host, f);
+            }
+        }
+    }
+    failed
+}
+
+/// Runs a plan's removals; the series of hosts that lost the job and are not selected any
+/// more disappear with it. Returns the hosts where the removal failed.
+pub async fn remove_planned(
+    ctx: &Context,
+    ns: &str,
+    kind: PolicyKind,
+    policy: &str,
+    plan: &UnitPlan,
+    selected: &BTreeSet<String>,
+) -> BTreeMap<String, Failure> {
+    let failed = remove_from_hosts(ctx, ns, kind, policy, &plan.remove).await;
+    for host in plan
+        .remove
+        .iter()
+        .chain(&plan.forget)
+        .filter(|h| !failed.contains_key(*h) && !selected.contains(*h))
+    {
+        ctx.metrics.forget_job_host(
+            kind,
+            &PolicyHostLabels {
+                namespace: ns.to_string(),
+                policy: policy.to_string(),
+                host: host.clone(),
+            },
+        );
+    }
+    failed
+}
+
+/// The hosts a deleted policy's job may be on: the record, or for a status written before
+/// the record existed, the current selection (empty when the references never resolved:
+/// such a policy never installed anything).
+pub async fn recorded_or_selected(
+    ctx: &Context,
+    ns: &str,
+    recorded: Option<&Vec<String>>,
+    backup_policy_ref: Option<&LocalObjectRef>,
+    host_selector: Option<&LabelSelector>,
+    repository_ref: Option<&LocalObjectRef>,
+) -> BTreeSet<String> {
+    if let Some(r) = recorded {
+        return r.iter().cloned().collect();
+    }
+    match resolve_targets(ctx, ns, backup_policy_ref, host_selector, repository_ref).await {
+        Ok(t) => selected_hosts(ctx, &t.selector, ns)
+            .iter()
+            .map(|h| h.name_any())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Finalizer work of a Retention/VerifyPolicy: the job leaves every host in `recorded`.
+/// Returns the hosts still pending (the finalizer stays); unreachable hosts are given up
+/// after [`CLEANUP_GRACE`] with a `CleanupAbandoned` Warning.
+pub async fn remove_everywhere(
+    ctx: &Context,
+    obj: &ObjectReference,
+    meta: &kube::core::ObjectMeta,
+    kind: PolicyKind,
+    recorded: &BTreeSet<String>,
+) -> Vec<String> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let plan = plan_units(
+        UnitMode::RemoveAll,
+        &BTreeSet::new(),
+        Some(recorded),
+        &existing_hosts(ctx, &ns),
+        &BTreeSet::new(),
+    );
+    let failed = remove_planned(ctx, &ns, kind, &name, &plan, &BTreeSet::new()).await;
+    let (pending, abandoned) =
+        split_cleanup_failures(&failed, deleting_for(meta, chrono::Utc::now()));
+    for host in &abandoned {
+        event(
+            ctx,
+            obj,
+            true,
+            "CleanupAbandoned",
+            format!(
+                "host {host} stayed unreachable for {}s after deletion; its {kind} units were left in place",
+                CLEANUP_GRACE.as_secs()
+            ),
+        )
+        .await;
+    }
+    if pending.is_empty() {
+        info!(hosts = plan.remove.len(), kind = %kind, "job removed from every host");
+    }
+    pending
+}
+
+/// How long ago the object was marked for deletion (zero when it is not).
+pub fn deleting_for(meta: &kube::core::ObjectMeta, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| Duration::from_secs((now.timestamp() - t.0.as_second()).max(0) as u64))
+        .unwrap_or_default()
+}
+
+/// Splits failed removals during a deletion into hosts that keep the finalizer and hosts
+/// given up on: only an unreachable host, and only once the grace is over. Auth or host key
+/// problems keep it, since a human can fix those.
+pub fn split_cleanup_failures(
+    failed: &BTreeMap<String, Failure>,
+    deleting_for: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let (mut pending, mut abandoned) = (Vec::new(), Vec::new());
+    for (host, f) in failed {
+        if f.reason == reasons::HOST_UNREACHABLE && deleting_for > CLEANUP_GRACE {
+            abandoned.push(host.clone());
+        } else {
+            pending.push(host.clone());
+        }
+    }
+    (pending, abandoned)
+}
+
 /// Takes a job off one host (units, config, credentials; never data or run records).
 pub async fn remove_from_host(
     ctx: &Context,
@@ -368,4 +534,46 @@ pub async fn event(
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::error::Retry;
+    use super::*;
+
+    fn failure(reason: &'static str) -> Failure {
+        Failure {
+            reason,
+            message: "m".into(),
+            retry: Retry::Backoff,
+        }
+    }
+
+    #[test]
+    fn only_unreachable_hosts_are_given_up_and_only_after_the_grace() {
+        let failed: BTreeMap<String, Failure> = [
+            ("dead".to_string(), failure(reasons::HOST_UNREACHABLE)),
+            ("locked-out".to_string(), failure(reasons::AUTH_FAILED)),
+        ]
+        .into_iter()
+        .collect();
+        let (pending, abandoned) = split_cleanup_failures(&failed, Duration::from_secs(60));
+        assert_eq!(pending, vec!["dead", "locked-out"]);
+        assert!(abandoned.is_empty());
+        let (pending, abandoned) =
+            split_cleanup_failures(&failed, CLEANUP_GRACE + Duration::from_secs(1));
+        assert_eq!(pending, vec!["locked-out"]);
+        assert_eq!(abandoned, vec!["dead"]);
+    }
+
+    #[test]
+    fn deletion_age_is_zero_until_deleted() {
+        let now = chrono::Utc::now();
+        let mut meta = kube::core::ObjectMeta::default();
+        assert_eq!(deleting_for(&meta, now), Duration::ZERO);
+        meta.deletion_timestamp = Some(super::super::summary::to_time(
+            now - chrono::Duration::seconds(90),
+        ));
+        assert_eq!(deleting_for(&meta, now), Duration::from_secs(90));
+    }
 }

@@ -13,6 +13,7 @@ pub mod pool;
 pub mod restore;
 pub mod retention_policy;
 pub mod summary;
+pub mod units;
 pub mod verify_policy;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 //! maintenance credentials, one run per repository at a time. That is what makes
 //! append-only repositories possible: no host ever holds a key that can delete.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use super::error::{Error, Failure};
 use super::jobs::{self, condition};
 use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
 use super::summary::to_time;
+use super::units::{self, UnitMode};
 use crate::host::model::PolicyKind;
 use crate::metrics::PolicyHostLabels;
 
@@ -144,6 +146,7 @@ pub fn error_policy(policy: Arc<RetentionPolicy>, err: &Error, ctx: Arc<Context>
 
 async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
     let gen_ = policy.metadata.generation;
     let previous = policy.status.clone().unwrap_or_default();
     let mut status = previous.clone();
@@ -157,6 +160,7 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         spec.repository_ref.as_ref(),
     )
     .await;
+    // Without targets the selection is unknown: hosts keep what they have.
     let targets = match targets {
         Ok(t) => t,
         Err(e) => {
@@ -165,40 +169,100 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
             return Ok(Action::requeue(MAX_RESYNC));
         }
     };
-    if let Some((reason, message)) = spec_problem(policy, &targets.repository) {
+    let problem = spec_problem(policy, &targets.repository);
+    let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
+    let selected: BTreeSet<String> = hosts.iter().map(|h| h.name_any()).collect();
+    let mode = match (spec.run_on, &problem) {
+        (RunOn::Operator, _) => UnitMode::RemoveAll,
+        (RunOn::Host, None) => UnitMode::Install,
+        (RunOn::Host, Some(_)) => UnitMode::Hold,
+    };
+    let recorded: Option<BTreeSet<String>> = previous
+        .installed_hosts
+        .as_ref()
+        .map(|r| r.iter().cloned().collect());
+    let plan = units::plan_units(
+        mode,
+        &selected,
+        recorded.as_ref(),
+        &jobs::existing_hosts(ctx, &ns),
+        &BTreeSet::new(),
+    );
+    let mut written = previous.clone();
+    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
+        status.installed_hosts = Some(record);
+        write(ctx, policy, &written, &status).await?;
+        written = status.clone();
+    }
+    let removal =
+        jobs::remove_planned(ctx, &ns, PolicyKind::Retention, &name, &plan, &selected).await;
+    status.installed_hosts = Some(units::next_record(
+        &plan,
+        &removal.keys().cloned().collect(),
+    ));
+
+    // When to look again; `None` waits for a change.
+    let mut requeue = if let Some((reason, message)) = problem {
         warn!(reason, %message, "retention policy cannot run");
         stalled(&mut status, reason, &message, gen_);
-        write(ctx, policy, &previous, &status).await?;
-        return Ok(Action::await_change());
-    }
-    condition(
-        &mut status.conditions,
-        condition_types::STALLED,
-        Some(false),
-        reasons::SUCCEEDED,
-        "",
-        gen_,
-    );
-    let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
-    let action = match spec.run_on {
-        RunOn::Host => host_mode(ctx, policy, &targets.repository, &hosts, &mut status).await,
-        RunOn::Operator => {
-            operator_mode(ctx, policy, &targets.repository, &hosts, &mut status).await
-        }
-    };
-    if hosts.is_empty() {
+        None
+    } else {
         condition(
             &mut status.conditions,
-            condition_types::READY,
+            condition_types::STALLED,
             Some(false),
-            reasons::NO_HOSTS_SELECTED,
-            "no Host matches the policy's selector",
+            reasons::SUCCEEDED,
+            "",
             gen_,
         );
+        let converge: Vec<Arc<Host>> = hosts
+            .iter()
+            .filter(|h| plan.converge.contains(&h.name_any()))
+            .cloned()
+            .collect();
+        let requeue = match spec.run_on {
+            RunOn::Host => {
+                host_mode(ctx, policy, &targets.repository, &converge, &mut status).await
+            }
+            RunOn::Operator => {
+                operator_mode(ctx, policy, &targets.repository, &hosts, &mut status).await
+            }
+        };
+        if hosts.is_empty() {
+            condition(
+                &mut status.conditions,
+                condition_types::READY,
+                Some(false),
+                reasons::NO_HOSTS_SELECTED,
+                "no Host matches the policy's selector",
+                gen_,
+            );
+        }
+        requeue
+    };
+    // Pending removals are listed beside the run errors (not counted as failing hosts) and
+    // retried; the previous round's notes are replaced, not piled up.
+    status
+        .errors
+        .retain(|e| !e.message.starts_with(REMOVAL_PENDING));
+    for (host, f) in &removal {
+        status.errors.push(RunError {
+            host: host.clone(),
+            message: format!("{REMOVAL_PENDING}{}: {}", f.reason, f.message),
+            time: None,
+        });
+        let after = super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC);
+        requeue = Some(requeue.map_or(after, |r: Duration| r.min(after)));
     }
-    write(ctx, policy, &previous, &status).await?;
-    Ok(action)
+    write(ctx, policy, &written, &status).await?;
+    Ok(match requeue {
+        Some(r) => Action::requeue(r),
+        None => Action::await_change(),
+    })
 }
+
+/// Prefix of the status note for a host the job could not be removed from yet.
+const REMOVAL_PENDING: &str = "removing the host-side retention job is pending: ";
 
 fn stalled(status: &mut RetentionPolicyStatus, reason: &str, message: &str, gen_: Option<i64>) {
     condition(
@@ -249,7 +313,7 @@ async fn host_mode(
     repo: &BackupRepository,
     hosts: &[Arc<Host>],
     status: &mut RetentionPolicyStatus,
-) -> Action {
+) -> Option<Duration> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let gen_ = policy.metadata.generation;
@@ -325,7 +389,12 @@ async fn host_mode(
         }
     }
     let failing = !errors.is_empty();
-    if failing && status.errors != errors {
+    let before: Vec<&RunError> = status
+        .errors
+        .iter()
+        .filter(|e| !e.message.starts_with(REMOVAL_PENDING))
+        .collect();
+    if failing && before != errors.iter().collect::<Vec<_>>() {
         let note = errors
             .iter()
             .map(|e| format!("{}: {}", e.host, e.message))
@@ -353,7 +422,7 @@ async fn host_mode(
             gen_,
         );
     }
-    Action::requeue(requeue.max(MIN_RESYNC))
+    Some(requeue.max(MIN_RESYNC))
 }
 
 /// Credentials the operator uses for one host's repository: the maintenance keys when the
@@ -428,7 +497,7 @@ async fn operator_mode(
     repo: &BackupRepository,
     hosts: &[Arc<Host>],
     status: &mut RetentionPolicyStatus,
-) -> Action {
+) -> Option<Duration> {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let gen_ = policy.metadata.generation;
@@ -442,7 +511,7 @@ async fn operator_mode(
             "suspended: no runs are scheduled",
             gen_,
         );
-        return Action::await_change();
+        return None;
     }
     let cal = Calendar::parse(&policy.spec.schedule.on_calendar).expect("checked by spec_problem");
     let created = policy
@@ -459,7 +528,7 @@ async fn operator_mode(
             "the schedule never fires",
             gen_,
         );
-        return Action::await_change();
+        return None;
     };
     if due > now {
         if status.last_run.is_none() {
@@ -473,7 +542,7 @@ async fn operator_mode(
             );
         }
         let wait = (due - now).to_std().unwrap_or_default() + Duration::from_secs(1);
-        return Action::requeue(wait.min(MAX_RESYNC).max(Duration::from_secs(1)));
+        return Some(wait.min(MAX_RESYNC).max(Duration::from_secs(1)));
     }
 
     let secrets = match jobs::read_secrets(ctx, &ns, &maintenance_secret_names(repo)).await {
@@ -487,7 +556,7 @@ async fn operator_mode(
                 f.message,
                 gen_,
             );
-            return Action::requeue(LOCKED_RETRY);
+            return Some(LOCKED_RETRY);
         }
     };
     info!(hosts = hosts.len(), "operator-side retention run");
@@ -601,47 +670,45 @@ async fn operator_mode(
     }
     status.errors = errors;
     if locked {
-        return Action::requeue(LOCKED_RETRY);
+        return Some(LOCKED_RETRY);
     }
     let next = cal
         .next_after(now)
         .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
         .unwrap_or(MAX_RESYNC);
-    Action::requeue((next + Duration::from_secs(1)).min(MAX_RESYNC))
+    Some((next + Duration::from_secs(1)).min(MAX_RESYNC))
 }
 
+/// Finalizer: the job leaves every host that may carry it. With a record (see
+/// `status.installedHosts`) that is exactly the recorded hosts, whatever `runOn` says now.
 async fn cleanup(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let name = policy.name_any();
-    if policy.spec.run_on == RunOn::Operator {
-        return Ok(Action::await_change());
-    }
-    let Ok(targets) = jobs::resolve_targets(
+    let previous = policy.status.clone().unwrap_or_default();
+    let spec = &policy.spec;
+    let recorded = jobs::recorded_or_selected(
         ctx,
         &ns,
-        policy.spec.backup_policy_ref.as_ref(),
-        policy.spec.host_selector.as_ref(),
-        policy.spec.repository_ref.as_ref(),
+        previous.installed_hosts.as_ref(),
+        spec.backup_policy_ref.as_ref(),
+        spec.host_selector.as_ref(),
+        spec.repository_ref.as_ref(),
     )
-    .await
-    else {
-        // Without a selector there is no way to know the hosts; nothing was installed by
-        // this controller for a policy whose references never resolved.
-        return Ok(Action::await_change());
-    };
-    let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
-    let mut pending = Vec::new();
-    for h in hosts {
-        if let Err(f) =
-            jobs::remove_from_host(ctx, &ns, PolicyKind::Retention, &name, &h.name_any()).await
-        {
-            warn!(host = %h.name_any(), reason = f.reason, "retention cleanup failed");
-            pending.push(h.name_any());
-        }
-    }
+    .await;
+    let pending = jobs::remove_everywhere(
+        ctx,
+        &policy.object_ref(&()),
+        &policy.metadata,
+        PolicyKind::Retention,
+        &recorded,
+    )
+    .await;
     if !pending.is_empty() {
+        // Hosts already cleaned leave the record, so the retry contacts only the rest.
+        let mut status = previous.clone();
+        status.installed_hosts = Some(pending.clone());
+        write(ctx, policy, &previous, &status).await?;
         return Err(Error::CleanupIncomplete {
-            policy: name,
+            policy: policy.name_any(),
             hosts: pending.join(", "),
         });
     }

@@ -20,6 +20,7 @@ use super::Context;
 use super::error::Error;
 use super::jobs::{self, condition};
 use super::summary::to_time;
+use super::units::{self, UnitMode};
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
 use crate::host::record::RunRecord;
@@ -29,6 +30,8 @@ pub const KIND: &str = "VerifyPolicy";
 const FINALIZER: &str = "fleetsnap.io/host-cleanup";
 const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(5);
+/// Prefix of the status note for a host the job could not be removed from yet.
+const REMOVAL_PENDING: &str = "left the selection; removing the verify job is pending: ";
 
 /// Executor arguments of the verify job: what data to re-read, then the drill.
 pub fn extra_args(policy: &VerifyPolicy) -> Vec<String> {
@@ -216,9 +219,35 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         })
         .set(interval.as_secs_f64());
     let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
+    let selected: BTreeSet<String> = hosts.iter().map(|h| h.name_any()).collect();
+    let recorded: Option<BTreeSet<String>> = previous
+        .installed_hosts
+        .as_ref()
+        .map(|r| r.iter().cloned().collect());
+    let plan = units::plan_units(
+        UnitMode::Install,
+        &selected,
+        recorded.as_ref(),
+        &jobs::existing_hosts(ctx, &ns),
+        &BTreeSet::new(),
+    );
+    let mut written = previous.clone();
+    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
+        status.installed_hosts = Some(record);
+        write(ctx, policy, &written, &status).await?;
+        written = status.clone();
+    }
+    let removal = jobs::remove_planned(ctx, &ns, PolicyKind::Verify, &name, &plan, &selected).await;
+    status.installed_hosts = Some(units::next_record(
+        &plan,
+        &removal.keys().cloned().collect(),
+    ));
     let repo = &targets.repository;
     let args = extra_args(policy);
-    let results = join_all(hosts.iter().map(|h| {
+    let converge = hosts
+        .iter()
+        .filter(|h| plan.converge.contains(&h.name_any()));
+    let results = join_all(converge.map(|h| {
         let spec = jobs::job_spec(
             PolicyKind::Verify,
             &name,
@@ -315,7 +344,12 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     status.hosts_failing = errors.len() as i32;
 
     // One Event per newly failing host, naming the packs; one when it recovers.
-    let before: BTreeSet<&str> = previous.errors.iter().map(|e| e.host.as_str()).collect();
+    let before: BTreeSet<&str> = previous
+        .errors
+        .iter()
+        .filter(|e| !e.message.starts_with(REMOVAL_PENDING))
+        .map(|e| e.host.as_str())
+        .collect();
     let after: BTreeSet<&str> = errors.iter().map(|e| e.host.as_str()).collect();
     let obj = policy.object_ref(&());
     for e in errors.iter().filter(|e| !before.contains(e.host.as_str())) {
@@ -412,7 +446,18 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             gen_,
         );
     }
-    write(ctx, policy, &previous, &status).await?;
+    // A host the job could not be taken off yet is listed (not counted as failing) and
+    // retried.
+    for (host, f) in &removal {
+        status.errors.push(VerifyError {
+            host: host.clone(),
+            message: format!("{REMOVAL_PENDING}{}: {}", f.reason, f.message),
+            packs: vec![],
+            time: None,
+        });
+        requeue = requeue.min(super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC));
+    }
+    write(ctx, policy, &written, &status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
 }
 
@@ -433,37 +478,36 @@ async fn write(
     .await
 }
 
+/// Finalizer: the job leaves every host that may carry it (`status.installedHosts`, or the
+/// selection for a status written before that record existed).
 async fn cleanup(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let name = policy.name_any();
-    let Ok(targets) = jobs::resolve_targets(
+    let previous = policy.status.clone().unwrap_or_default();
+    let spec = &policy.spec;
+    let recorded = jobs::recorded_or_selected(
         ctx,
         &ns,
-        policy.spec.backup_policy_ref.as_ref(),
-        policy.spec.host_selector.as_ref(),
-        policy.spec.repository_ref.as_ref(),
+        previous.installed_hosts.as_ref(),
+        spec.backup_policy_ref.as_ref(),
+        spec.host_selector.as_ref(),
+        spec.repository_ref.as_ref(),
     )
-    .await
-    else {
-        return Ok(Action::await_change());
-    };
-    let mut pending = Vec::new();
-    for h in jobs::selected_hosts(ctx, &targets.selector, &ns) {
-        if let Err(f) =
-            jobs::remove_from_host(ctx, &ns, PolicyKind::Verify, &name, &h.name_any()).await
-        {
-            warn!(host = %h.name_any(), reason = f.reason, "verify cleanup failed");
-            pending.push(h.name_any());
-        }
-        ctx.metrics.verify_host_selected.remove(&PolicyHostLabels {
-            namespace: ns.clone(),
-            policy: name.clone(),
-            host: h.name_any(),
-        });
-    }
+    .await;
+    let pending = jobs::remove_everywhere(
+        ctx,
+        &policy.object_ref(&()),
+        &policy.metadata,
+        PolicyKind::Verify,
+        &recorded,
+    )
+    .await;
     if !pending.is_empty() {
+        // Hosts already cleaned leave the record, so the retry contacts only the rest.
+        let mut status = previous.clone();
+        status.installed_hosts = Some(pending.clone());
+        write(ctx, policy, &previous, &status).await?;
         return Err(Error::CleanupIncomplete {
-            policy: name,
+            policy: policy.name_any(),
             hosts: pending.join(", "),
         });
     }
