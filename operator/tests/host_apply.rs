@@ -11,18 +11,22 @@
 use std::path::PathBuf;
 
 use fleetsnap_operator::host::HostError;
-use fleetsnap_operator::host::apply::{reconcile_job, remove_job};
+use fleetsnap_operator::host::apply::{apply_plan, gather_facts, reconcile_job, remove_job};
 use fleetsnap_operator::host::layout::JobId;
 use fleetsnap_operator::host::model::{
     Credentials, ExecutorArtifact, HostTarget, IoSchedulingClass, PolicyKind, PolicySpec,
     SecretBytes,
 };
 use fleetsnap_operator::host::observe::observe_job;
-use fleetsnap_operator::host::plan::{JobInputs, sha256_hex};
+use fleetsnap_operator::host::plan::{self, JobInputs, sha256_hex};
 use fleetsnap_operator::host::shell::{HostShell, run_ok};
 use fleetsnap_operator::host::ssh::{SshHost, SshOptions};
 
 const PASSWORD: &str = "it-password-5b1d0c7e";
+
+/// The tests share one host, and the operator never applies two jobs to a host at once (the
+/// debris sweep relies on that): neither may they.
+static ONE_HOST_USER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -125,6 +129,7 @@ async fn snapshot<S: HostShell>(sh: &S, slug: &str) -> String {
 
 #[tokio::test]
 async fn apply_is_idempotent_secret_free_and_removable() {
+    let _one = ONE_HOST_USER.lock().await;
     let target = target();
     let host = SshHost::connect(&target, &SshOptions::default())
         .await
@@ -133,8 +138,21 @@ async fn apply_is_idempotent_secret_free_and_removable() {
     let name = "it-apply";
     let job = JobId::new(PolicyKind::Backup, name).unwrap();
     let slug = job.slug();
-    // Start from a clean slate in case an earlier run was interrupted.
+    // Start from a clean slate in case an earlier run used this host.
     remove_job(&host, &job).await.unwrap();
+    run_ok(
+        &host,
+        "remove test executors",
+        &[
+            "rm",
+            "-rf",
+            "/usr/local/lib/fleetsnap/0.0.1-it",
+            "/usr/local/lib/fleetsnap/0.0.2-it",
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
 
     let (a1, p) = (artifact(tmp.path(), "0.0.1-it"), policy(name));
     let creds = Credentials {
@@ -300,4 +318,136 @@ async fn wrong_host_key_is_refused_before_anything_runs() {
         .await
         .unwrap_err();
     assert!(matches!(err, HostError::Unreachable { .. }), "{err}");
+}
+
+/// What a converged job looks like, independent of when it was written: path, mode, owner
+/// and content hash of every file the job owns (credentials hashed after decryption, since
+/// `systemd-creds encrypt` is randomised), the executor link, the timer's state, and any
+/// temp or staged file an interrupted write could have left.
+async fn converged_state<S: HostShell>(sh: &S, slug: &str) -> String {
+    let script = format!(
+        "cd / && for f in /etc/systemd/system/fleetsnap-{slug}.* /etc/fleetsnap/{slug}.json \
+         /usr/local/lib/fleetsnap/*/fleetsnap; do \
+         printf '%s %s\\n' \"$(stat -c '%n %a %U' \"$f\")\" \"$(sha256sum < \"$f\")\"; done; \
+         for f in /etc/fleetsnap/credstore*/{slug}.*; do \
+         case $f in *.encrypted/*) h=$(systemd-creds decrypt --name=\"${{f##*/{slug}.}}\" \"$f\" - | sha256sum);; \
+         *) h=$(sha256sum < \"$f\");; esac; printf '%s %s\\n' \"$(stat -c '%n %a %U' \"$f\")\" \"$h\"; done; \
+         readlink /usr/local/bin/fleetsnap; \
+         systemctl is-enabled fleetsnap-{slug}.timer; systemctl is-active fleetsnap-{slug}.timer; \
+         echo debris:; find /etc/systemd/system /etc/fleetsnap /usr/local/bin /usr/local/lib/fleetsnap -maxdepth 2 \
+         \\( -name '*fleetsnap-tmp' -o -name '*.fleetsnap-new' -o -name '.fleetsnap.upload' \\) -print; \
+         ls -A /etc/fleetsnap/.staging"
+    );
+    let (code, out) = sh_out(sh, &script, b"").await;
+    assert_eq!(code, Some(0), "{out}");
+    out
+}
+
+/// The operator can die between any two host actions (SIGKILL, lost leadership, a dropped
+/// connection) and in the middle of one. Whatever was left, the next reconcile must reach
+/// exactly the state an uninterrupted one reaches, and a further one must change nothing.
+#[tokio::test]
+async fn interrupted_apply_converges_from_every_point() {
+    let _one = ONE_HOST_USER.lock().await;
+    let target = target();
+    let host = SshHost::connect(&target, &SshOptions::default())
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "it-kill";
+    let version = "0.0.9-kill";
+    let job = JobId::new(PolicyKind::Backup, name).unwrap();
+    let slug = job.slug();
+    let (art, p) = (artifact(tmp.path(), version), policy(name));
+    let creds = Credentials {
+        repository_password: SecretBytes::new(PASSWORD),
+        aws: None,
+    };
+    let inputs = JobInputs {
+        artifact: &art,
+        policy: &p,
+        credentials: &creds,
+    };
+    // A clean slate: no units, no executor of this version and no link (so installing both is
+    // part of every plan).
+    let clean = || async {
+        remove_job(&host, &job).await.unwrap();
+        run_ok(
+            &host,
+            "remove executor version",
+            &[
+                "rm",
+                "-rf",
+                &format!("/usr/local/lib/fleetsnap/{version}"),
+                "/usr/local/bin/fleetsnap",
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    };
+
+    clean().await;
+    let (full, _) = reconcile_job(&host, &inputs).await.unwrap();
+    let reference = converged_state(&host, &slug).await;
+    assert!(
+        reference.contains("enabled\nactive\ndebris:\n"),
+        "{reference}"
+    );
+    assert!(reference.ends_with("debris:\n"), "{reference}");
+    let steps = full.actions.len();
+    assert!(steps >= 5, "{:?}", full.actions);
+
+    for k in 0..steps {
+        clean().await;
+        let facts = gather_facts(&host, &plan::fact_query(&job, Some(&art)))
+            .await
+            .unwrap();
+        let mut partial = plan::plan_job(&inputs, &facts).unwrap();
+        assert_eq!(partial.actions.len(), steps, "{:?}", partial.actions);
+        let killed_in = partial.actions[k].label();
+        partial.actions.truncate(k);
+        apply_plan(&host, &partial).await.unwrap();
+        // What SIGKILL in the middle of action k can leave: a partial upload, a temp file next
+        // to its target, a staged unit, a half-made link (scripts' EXIT traps do not run on
+        // SIGKILL).
+        run_ok(
+            &host,
+            "leave debris",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "set -e; mkdir -p /usr/local/lib/fleetsnap/{version} /etc/fleetsnap/.staging; \
+                     head -c 1000 /dev/urandom > /usr/local/lib/fleetsnap/{version}/.fleetsnap.upload; \
+                     echo partial > /etc/fleetsnap/.{slug}.json.fleetsnap-tmp; \
+                     mkdir -p /etc/fleetsnap/credstore.encrypted; \
+                     echo half-a-secret > /etc/fleetsnap/credstore.encrypted/.{slug}.repository-password.fleetsnap-tmp; \
+                     echo partial > /etc/fleetsnap/.staging/.fleetsnap-{slug}.timer.fleetsnap-tmp; \
+                     echo '[Unit]' > /etc/fleetsnap/.staging/fleetsnap-{slug}.timer; \
+                     ln -sfn /nonexistent /usr/local/bin/fleetsnap.fleetsnap-new"
+                ),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+        let (_, report) = reconcile_job(&host, &inputs)
+            .await
+            .unwrap_or_else(|e| panic!("reconcile after a kill in {killed_in:?}: {e}"));
+        assert!(report.changed(), "{report:?}");
+        assert_eq!(
+            converged_state(&host, &slug).await,
+            reference,
+            "after a kill in step {k} ({killed_in})"
+        );
+        let (again, _) = reconcile_job(&host, &inputs).await.unwrap();
+        assert!(
+            again.is_noop(),
+            "not converged after a kill in step {k} ({killed_in}): {:?}",
+            again.actions
+        );
+    }
+    clean().await;
+    host.close().await.unwrap();
 }

@@ -17,6 +17,12 @@ pub struct FactQuery {
     pub dirs: Vec<String>,
     pub links: Vec<String>,
     pub units: Vec<String>,
+    /// Directories to scan for what an interrupted write leaves: temp files
+    /// (`.<name>.fleetsnap-tmp`, `.fleetsnap.upload`) and half-made links (`*.fleetsnap-new`).
+    pub debris_dirs: Vec<String>,
+    /// Directories whose every entry is debris (unit staging: staged units are moved or
+    /// deleted within the same action, so anything found there was left by a kill).
+    pub scratch_dirs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub struct HostFacts {
     /// Symlink → target.
     pub links: BTreeMap<String, String>,
     pub units: BTreeMap<String, UnitFact>,
+    /// Leftovers of interrupted writes (see [`FactQuery::debris_dirs`]), sorted.
+    pub debris: Vec<String>,
 }
 
 impl HostFacts {
@@ -74,7 +82,8 @@ impl HostFacts {
 }
 
 /// The remote fact-gathering script. Arguments: groups introduced by `-f` (plain files),
-/// `-e` (encrypted credentials), `-d` (dirs), `-l` (links), `-u` (units).
+/// `-e` (encrypted credentials), `-d` (dirs), `-l` (links), `-u` (units), `-x` (dirs to
+/// scan for temp-file debris), `-s` (dirs whose every entry is debris).
 ///
 /// Encrypted credentials are decrypted into a pipe to sha256sum; their plaintext is never
 /// printed. The encryption probe encrypts a constant, not a secret.
@@ -93,7 +102,7 @@ meta() { stat -c '%a	%U	%G' -- "$1"; }
 mode=f
 for a in "$@"; do
   case "$a" in
-    -f|-e|-d|-l|-u) mode=${a#-}; continue ;;
+    -f|-e|-d|-l|-u|-x|-s) mode=${a#-}; continue ;;
   esac
   case "$mode" in
     f) if [ -f "$a" ] && [ ! -L "$a" ]; then
@@ -112,6 +121,12 @@ for a in "$@"; do
     l) if [ -L "$a" ]; then printf 'link\t%s\t%s\n' "$a" "$(readlink -- "$a")"; fi ;;
     u) printf 'unit\t%s\t%s\t%s\n' "$a" "$(systemctl is-enabled -- "$a" 2>/dev/null | head -n1)" \
          "$(systemctl is-active -- "$a" 2>/dev/null | head -n1)" ;;
+    x) for p in "$a"/.*.fleetsnap-tmp "$a"/.fleetsnap.upload "$a"/*.fleetsnap-new; do
+         if [ -e "$p" ] || [ -L "$p" ]; then printf 'debris\t%s\n' "$p"; fi
+       done ;;
+    s) for p in "$a"/* "$a"/.[!.]*; do
+         if [ -e "$p" ] || [ -L "$p" ]; then printf 'debris\t%s\n' "$p"; fi
+       done ;;
   esac
 done
 "#;
@@ -124,6 +139,8 @@ pub fn gather_args(q: &FactQuery) -> Vec<String> {
         ("-d", &q.dirs),
         ("-l", &q.links),
         ("-u", &q.units),
+        ("-x", &q.debris_dirs),
+        ("-s", &q.scratch_dirs),
     ] {
         args.push(flag.to_string());
         args.extend(list.iter().cloned());
@@ -176,12 +193,15 @@ pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
                     },
                 );
             }
+            ["debris", path] => f.debris.push(path.to_string()),
             _ => return Err(format!("unexpected line {line:?}")),
         }
     }
     if f.arch.is_empty() {
         return Err("no architecture reported".into());
     }
+    f.debris.sort();
+    f.debris.dedup();
     Ok(f)
 }
 
@@ -200,8 +220,16 @@ mod tests {
                    file\t/etc/fleetsnap/a.json\t644\troot\troot\tabc\n\
                    dir\t/var/lib/fleetsnap\t755\troot\troot\n\
                    link\t/usr/local/bin/fleetsnap\t/usr/local/lib/fleetsnap/1/fleetsnap\n\
-                   unit\tx.timer\tenabled\tactive\nunit\ty.timer\t\tinactive\n";
+                   unit\tx.timer\tenabled\tactive\nunit\ty.timer\t\tinactive\n\
+                   debris\t/etc/fleetsnap/.staging/x.timer\ndebris\t/etc/fleetsnap/.a.json.fleetsnap-tmp\n";
         let f = parse_gather_output(out).unwrap();
+        assert_eq!(
+            f.debris,
+            [
+                "/etc/fleetsnap/.a.json.fleetsnap-tmp",
+                "/etc/fleetsnap/.staging/x.timer"
+            ]
+        );
         assert_eq!(f.systemd_version(), Some(252));
         assert!(f.creds_encrypt);
         assert_eq!(f.files["/etc/fleetsnap/a.json"].mode, 0o644);

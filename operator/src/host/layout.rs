@@ -5,6 +5,7 @@
 use super::model::PolicyKind;
 
 pub const LIB_DIR: &str = "/usr/local/lib/fleetsnap";
+pub const BIN_DIR: &str = "/usr/local/bin";
 pub const BIN_LINK: &str = "/usr/local/bin/fleetsnap";
 pub const CONFIG_DIR: &str = "/etc/fleetsnap";
 /// Plain credentials (root-only 0600 files) when the host cannot encrypt.

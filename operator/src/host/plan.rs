@@ -202,6 +202,13 @@ pub fn fact_query(job: &JobId, artifact: Option<&ExecutorArtifact>) -> FactQuery
         ],
         links: vec![layout::BIN_LINK.to_string()],
         units: vec![job.timer_unit(), job.service_unit()],
+        debris_dirs: vec![
+            layout::BIN_DIR.to_string(),
+            layout::CONFIG_DIR.to_string(),
+            layout::CREDSTORE_DIR.to_string(),
+            layout::CREDSTORE_ENCRYPTED_DIR.to_string(),
+        ],
+        scratch_dirs: vec![layout::STAGING_DIR.to_string()],
         ..Default::default()
     };
     for (path, enc) in job.all_credential_paths() {
@@ -213,6 +220,7 @@ pub fn fact_query(job: &JobId, artifact: Option<&ExecutorArtifact>) -> FactQuery
     }
     if let Some(a) = artifact {
         q.files.push(layout::executor_path(&a.version));
+        q.debris_dirs.push(layout::executor_dir(&a.version));
         q.dirs = desired_dirs(job, a, false)
             .into_iter()
             .chain(desired_dirs(job, a, true))
@@ -389,11 +397,23 @@ fn set_metadata(f: &DesiredFile) -> Action {
     }
 }
 
+/// What a killed reconcile left (a temp file that may hold half a secret, a staged unit, a
+/// dangling link) goes first. Jobs on one host are applied one at a time, so nothing found
+/// here can belong to a write in progress.
+fn sweep_debris(facts: &HostFacts) -> Vec<Action> {
+    if facts.debris.is_empty() {
+        return Vec::new();
+    }
+    vec![Action::RemoveFiles {
+        paths: facts.debris.clone(),
+    }]
+}
+
 /// Plan installing or updating one job. Errors are spec errors (bad names, unsafe values).
 pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, String> {
     let desired = desired_state(inputs, facts.creds_encrypt)?;
     let job = JobId::new(inputs.policy.kind, &inputs.policy.name)?;
-    let mut actions = Vec::new();
+    let mut actions = sweep_debris(facts);
 
     for d in &desired.dirs {
         let ok = facts
@@ -479,7 +499,7 @@ pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, S
 /// credentials. Run records, the repository cache, the executor and — above all — backup
 /// data are left alone.
 pub fn plan_removal(job: &JobId, facts: &HostFacts) -> HostPlan {
-    let mut actions = Vec::new();
+    let mut actions = sweep_debris(facts);
     let timer_path = layout::unit_path(&job.timer_unit());
     let service_path = layout::unit_path(&job.service_unit());
     let timer = facts.units.get(&job.timer_unit());

@@ -551,3 +551,57 @@ fn fact_query_covers_what_the_plan_compares() {
             .contains(&"fleetsnap-backup-nightly.timer".to_string())
     );
 }
+
+#[test]
+fn debris_of_a_killed_reconcile_is_swept_first() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let mut facts = converged(fresh_host(true), first.desired.as_ref().unwrap());
+    let debris = vec![
+        "/etc/fleetsnap/.staging/fleetsnap-backup-nightly.timer".to_string(),
+        "/etc/fleetsnap/credstore.encrypted/.backup-nightly.repository-password.fleetsnap-tmp"
+            .to_string(),
+        "/usr/local/bin/fleetsnap.fleetsnap-new".to_string(),
+    ];
+    facts.debris = debris.clone();
+    // Converged otherwise: the sweep is the whole plan, for installs and removals alike.
+    let install = plan(&a, &p, &c, &facts);
+    assert_eq!(
+        install.actions,
+        vec![Action::RemoveFiles {
+            paths: debris.clone()
+        }]
+    );
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let removal = plan_removal(&job, &facts);
+    assert_eq!(
+        removal.actions.first(),
+        Some(&Action::RemoveFiles { paths: debris })
+    );
+    // On a fresh host the sweep precedes everything else.
+    let mut fresh = fresh_host(true);
+    fresh.debris = vec!["/usr/local/lib/fleetsnap/0.1.0/.fleetsnap.upload".into()];
+    let p2 = plan(&a, &p, &c, &fresh);
+    assert!(matches!(
+        p2.actions.first(),
+        Some(Action::RemoveFiles { .. })
+    ));
+    assert!(p2.actions.len() > 5);
+}
+
+#[test]
+fn fact_query_scans_every_directory_a_write_goes_through() {
+    let a = artifact("0.1.0");
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let q = fact_query(&job, Some(&a));
+    for d in [
+        layout::CONFIG_DIR,
+        layout::CREDSTORE_DIR,
+        layout::CREDSTORE_ENCRYPTED_DIR,
+        layout::BIN_DIR,
+    ] {
+        assert!(q.debris_dirs.contains(&d.to_string()), "{d}");
+    }
+    assert!(q.debris_dirs.contains(&layout::executor_dir("0.1.0")));
+    assert_eq!(q.scratch_dirs, vec![layout::STAGING_DIR.to_string()]);
+}
