@@ -94,6 +94,7 @@ pub fn apply(snaps: &[(Id, Snapshot)], p: &Policy) -> Vec<Decision> {
     for (idx, (id, s)) in sorted.iter().enumerate() {
         let mut reasons = Vec::new();
         let t = s.time.0;
+        let oldest = idx + 1 == sorted.len();
         for (i, (name, _, bucket)) in rules.iter().enumerate() {
             if remaining[i] == 0 {
                 continue;
@@ -104,6 +105,11 @@ pub fn apply(snaps: &[(Id, Snapshot)], p: &Policy) -> Vec<Decision> {
                 last_bucket[i] = Some(b);
                 remaining[i] -= 1;
                 reasons.push(name.to_string());
+            } else if oldest {
+                // As restic: a rule with budget left also keeps the group's oldest snapshot,
+                // so a history shorter than the rules still keeps its full length.
+                remaining[i] -= 1;
+                reasons.push(format!("oldest {name}"));
             }
         }
         if let (Some(w), Some(n)) = (p.within, newest)
@@ -282,9 +288,53 @@ mod tests {
                 ..Default::default()
             },
         );
+        // Two years seen, three left in the budget: the oldest snapshot is kept too.
         assert_eq!(
             kept(&yearly),
-            vec!["2025-02-03T01:00:00Z", "2024-12-31T01:00:00Z"]
+            vec![
+                "2025-02-03T01:00:00Z",
+                "2024-12-31T01:00:00Z",
+                "2024-01-01T01:00:00Z"
+            ]
         );
+    }
+
+    #[test]
+    fn a_rule_with_budget_left_keeps_the_oldest_snapshot_as_restic_does() {
+        // restic 0.19.1 `forget --keep-daily 7` over 01-01 09:00, 01-01 10:00, 01-02 10:00
+        // keeps all three, the first as "oldest daily snapshot".
+        let snaps = history(2, 2); // 01-01 01:00, 01-01 13:00, 01-02 01:00, 01-02 13:00
+        let daily = |n| Policy {
+            daily: n,
+            ..Default::default()
+        };
+        let d = apply(&snaps, &daily(7));
+        assert_eq!(
+            kept(&d),
+            vec![
+                "2024-01-02T13:00:00Z",
+                "2024-01-01T13:00:00Z",
+                "2024-01-01T01:00:00Z"
+            ]
+        );
+        assert_eq!(d[3].reasons, vec!["oldest daily snapshot"]);
+        // Budget used up by the newer days: the oldest goes.
+        let d = apply(&snaps, &daily(2));
+        assert_eq!(
+            kept(&d),
+            vec!["2024-01-02T13:00:00Z", "2024-01-01T13:00:00Z"]
+        );
+        // A single snapshot is kept once, for its own bucket.
+        let d = apply(&snaps[..1], &daily(7));
+        assert_eq!(d[0].reasons, vec!["daily snapshot"]);
+        // keep-last never needs the rule: every snapshot is its own bucket.
+        let d = apply(
+            &snaps,
+            &Policy {
+                last: 9,
+                ..Default::default()
+            },
+        );
+        assert!(d.iter().all(|x| x.reasons == ["last snapshot"]));
     }
 }
