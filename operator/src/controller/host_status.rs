@@ -15,7 +15,7 @@ use fleetsnap_crds::Host;
 use fleetsnap_crds::common::{
     Condition, ConditionStatus, condition_types, reasons, upsert_condition,
 };
-use fleetsnap_crds::host::{ExecutorStatus, HostPolicyStatus, HostStatus, OsFacts};
+use fleetsnap_crds::host::{ExecutorStatus, HostPolicyStatus, HostStatus, OsFacts, PolicyKind};
 use futures::FutureExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -39,11 +39,35 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// Reachability condition type (besides the standard `Ready`).
 pub const REACHABLE: &str = "Reachable";
 
-fn policy_manager(policy: &str) -> String {
-    format!("{FIELD_MANAGER}.backuppolicy.{policy}")
+/// Field manager of one policy's entry: `fleetsnap-operator.<kind>.<policy>`. One manager
+/// per (kind, policy) owns exactly one item of the `policies` list (keyed by kind and name),
+/// so an apply by one policy can neither replace nor remove another's entry, whichever
+/// controller wrote it.
+pub fn policy_manager(kind: PolicyKind, policy: &str) -> String {
+    let kind = match kind {
+        PolicyKind::BackupPolicy => "backuppolicy",
+        PolicyKind::RetentionPolicy => "retentionpolicy",
+        PolicyKind::VerifyPolicy => "verifypolicy",
+    };
+    format!("{FIELD_MANAGER}.{kind}.{policy}")
 }
 
-/// Writes (or with `None` removes) this policy's entry in `Host.status.policies`.
+/// The patch that sets (or with `None` removes) one policy's entry. Removing is an apply of
+/// an empty status by the entry's manager: server-side apply drops the fields that manager
+/// alone owned, and nothing else.
+pub fn entry_patch(entry: Option<&HostPolicyStatus>) -> serde_json::Value {
+    let status = match entry {
+        Some(e) => json!({ "policies": [e] }),
+        None => json!({}),
+    };
+    json!({
+        "apiVersion": "fleetsnap.io/v1alpha1",
+        "kind": "Host",
+        "status": status,
+    })
+}
+
+/// Writes (or with `None` removes) this BackupPolicy's entry in `Host.status.policies`.
 pub async fn apply_policy_entry(
     ctx: &Context,
     ns: &str,
@@ -51,21 +75,32 @@ pub async fn apply_policy_entry(
     policy: &str,
     entry: Option<HostPolicyStatus>,
 ) -> Result<(), Error> {
+    apply_entry(
+        ctx,
+        ns,
+        host,
+        PolicyKind::BackupPolicy,
+        policy,
+        entry.as_ref(),
+    )
+    .await
+}
+
+/// Writes (or with `None` removes) one policy's entry in `Host.status.policies`.
+pub async fn apply_entry(
+    ctx: &Context,
+    ns: &str,
+    host: &str,
+    kind: PolicyKind,
+    policy: &str,
+    entry: Option<&HostPolicyStatus>,
+) -> Result<(), Error> {
     let api: Api<Host> = Api::namespaced(ctx.client.clone(), ns);
-    let status = match entry {
-        Some(e) => json!({ "policies": [e] }),
-        None => json!({}),
-    };
-    let patch = json!({
-        "apiVersion": "fleetsnap.io/v1alpha1",
-        "kind": "Host",
-        "status": status,
-    });
     match api
         .patch_status(
             host,
-            &PatchParams::apply(&policy_manager(policy)).force(),
-            &Patch::Apply(&patch),
+            &PatchParams::apply(&policy_manager(kind, policy)).force(),
+            &Patch::Apply(&entry_patch(entry)),
         )
         .await
     {
@@ -73,6 +108,71 @@ pub async fn apply_policy_entry(
         // The Host was deleted meanwhile: there is no entry to keep up to date.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// This policy's entry on a Host as the cache last saw it.
+pub fn cached_entry(host: &Host, kind: PolicyKind, policy: &str) -> Option<HostPolicyStatus> {
+    host.status
+        .as_ref()?
+        .policies
+        .iter()
+        .find(|e| e.kind == kind && e.name == policy)
+        .cloned()
+}
+
+/// Whether writing `entry` would change what the Host shows (compared as the JSON the API
+/// stores, so an unchanged entry costs no write and no watch event).
+pub fn entry_differs(cached: Option<&HostPolicyStatus>, entry: Option<&HostPolicyStatus>) -> bool {
+    let as_json = |e: Option<&HostPolicyStatus>| e.map(|e| serde_json::to_value(e).ok());
+    as_json(cached) != as_json(entry)
+}
+
+/// This policy's entry on the named Host, from the cache.
+pub fn current_entry(
+    ctx: &Context,
+    ns: &str,
+    host: &str,
+    kind: PolicyKind,
+    policy: &str,
+) -> Option<HostPolicyStatus> {
+    ctx.hosts
+        .get(&kube::runtime::reflector::ObjectRef::new(host).within(ns))
+        .and_then(|h| cached_entry(&h, kind, policy))
+}
+
+/// Names of the namespace's Hosts that list this policy in `status.policies`.
+pub fn hosts_with_entry(
+    ctx: &Context,
+    ns: &str,
+    kind: PolicyKind,
+    policy: &str,
+) -> std::collections::BTreeSet<String> {
+    ctx.hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .filter(|h| cached_entry(h, kind, policy).is_some())
+        .map(|h| h.name_any())
+        .collect()
+}
+
+/// Sets (or removes) the entry unless the cached Host already shows exactly that. Failures
+/// are logged, not returned: the entry is a report, and the next reconcile writes it again.
+pub async fn sync_entry(
+    ctx: &Context,
+    ns: &str,
+    host: &str,
+    kind: PolicyKind,
+    policy: &str,
+    entry: Option<&HostPolicyStatus>,
+) {
+    let cached = current_entry(ctx, ns, host, kind, policy);
+    if !entry_differs(cached.as_ref(), entry) {
+        return;
+    }
+    if let Err(e) = apply_entry(ctx, ns, host, kind, policy, entry).await {
+        warn!(host, ?kind, policy, error = %e, "writing the Host.status.policies entry failed");
     }
 }
 
@@ -388,6 +488,71 @@ mod tests {
         assert_eq!(exe.sha256, "");
         f.links.clear();
         assert_eq!(installed_executor(&f, &artifact()), None);
+    }
+
+    #[test]
+    fn every_policy_kind_and_name_has_its_own_field_manager() {
+        let managers: std::collections::BTreeSet<String> = [
+            (PolicyKind::BackupPolicy, "nightly"),
+            (PolicyKind::RetentionPolicy, "nightly"),
+            (PolicyKind::VerifyPolicy, "nightly"),
+            (PolicyKind::RetentionPolicy, "weekly"),
+        ]
+        .iter()
+        .map(|(k, n)| policy_manager(*k, n))
+        .collect();
+        assert_eq!(managers.len(), 4);
+        // Unchanged for backups, so entries written by earlier versions keep their owner.
+        assert_eq!(
+            policy_manager(PolicyKind::BackupPolicy, "nightly"),
+            "fleetsnap-operator.backuppolicy.nightly"
+        );
+        // Longest policy name still fits the API's 128-character manager limit.
+        assert!(policy_manager(PolicyKind::RetentionPolicy, &"a".repeat(63)).len() <= 128);
+    }
+
+    /// What makes per-manager entries safe: the API merges `status.policies` items by
+    /// (kind, name), so an apply carrying one item never replaces the list.
+    #[test]
+    fn host_policies_merge_by_kind_and_name() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Host::crd()).unwrap();
+        let policies = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["policies"];
+        assert_eq!(policies["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            policies["x-kubernetes-list-map-keys"],
+            serde_json::json!(["kind", "name"])
+        );
+    }
+
+    #[test]
+    fn an_entry_patch_carries_one_item_and_removal_carries_none() {
+        let e = HostPolicyStatus {
+            kind: PolicyKind::VerifyPolicy,
+            name: "weekly".into(),
+            last_run: None,
+            last_success: None,
+            snapshot_id: None,
+            bytes_added: None,
+            duration_seconds: None,
+            error: Some("HostUnreachable: timed out".into()),
+            next_run: None,
+            consecutive_failures: 0,
+        };
+        let p = entry_patch(Some(&e));
+        assert_eq!(p["kind"], "Host");
+        assert_eq!(p["status"]["policies"].as_array().unwrap().len(), 1);
+        assert_eq!(p["status"]["policies"][0]["kind"], "VerifyPolicy");
+        assert_eq!(entry_patch(None)["status"], serde_json::json!({}));
+        // Unchanged entries are not written again; a change or a removal is.
+        assert!(!entry_differs(Some(&e), Some(&e.clone())));
+        assert!(entry_differs(None, Some(&e)));
+        assert!(entry_differs(Some(&e), None));
+        assert!(!entry_differs(None, None));
+        let mut later = e.clone();
+        later.consecutive_failures = 1;
+        assert!(entry_differs(Some(&e), Some(&later)));
     }
 
     #[test]

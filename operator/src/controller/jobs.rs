@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetsnap_crds::common::{LocalObjectRef, Schedule, reasons};
+use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,6 +20,7 @@ use super::Context;
 use super::backup_policy::suspend_plan;
 use super::derive::{self, DeriveError, Secrets};
 use super::error::{Failure, Retry};
+use super::host_status;
 use super::units::{UnitMode, UnitPlan, plan_units};
 use crate::host::apply::{apply_plan, gather_facts, remove_job};
 use crate::host::layout::JobId;
@@ -387,10 +389,37 @@ pub async fn remove_everywhere(
         )
         .await;
     }
+    let keep: Vec<String> = pending.clone();
+    drop_stale_entries(ctx, &ns, crd_kind(kind), &name, &BTreeSet::new(), &keep).await;
     if pending.is_empty() {
         info!(hosts = plan.remove.len(), kind = %kind, "job removed from every host");
     }
     pending
+}
+
+/// The API kind of a host job's policy, as `Host.status.policies[].kind` names it.
+pub fn crd_kind(kind: PolicyKind) -> CrdKind {
+    match kind {
+        PolicyKind::Backup => CrdKind::BackupPolicy,
+        PolicyKind::Retention => CrdKind::RetentionPolicy,
+        PolicyKind::Verify => CrdKind::VerifyPolicy,
+    }
+}
+
+/// Removes this policy's `Host.status.policies` entry from hosts that are neither selected
+/// nor may still carry the job (`keep`).
+pub async fn drop_stale_entries(
+    ctx: &Context,
+    ns: &str,
+    kind: CrdKind,
+    policy: &str,
+    selected: &BTreeSet<String>,
+    keep: &[String],
+) {
+    let with_entry = host_status::hosts_with_entry(ctx, ns, kind, policy);
+    for host in super::units::stale_entries(&with_entry, selected, keep) {
+        host_status::sync_entry(ctx, ns, &host, kind, policy, None).await;
+    }
 }
 
 /// How long ago the object was marked for deletion (zero when it is not).

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::Host;
 use fleetsnap_crds::common::{condition_types, reasons};
+use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::repository::BackupRepository;
 use fleetsnap_crds::retention_policy::{RetentionPolicy, RetentionPolicyStatus, RunError, RunOn};
 use futures::future::join_all;
@@ -24,9 +25,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Context;
 use super::derive::{self, Secrets};
 use super::error::{Error, Failure};
+use super::host_status;
 use super::jobs::{self, condition};
 use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
-use super::summary::to_time;
+use super::summary::{self, to_time};
 use super::units::{self, UnitMode};
 use crate::host::model::PolicyKind;
 use crate::metrics::PolicyHostLabels;
@@ -196,10 +198,17 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
     }
     let removal =
         jobs::remove_planned(ctx, &ns, PolicyKind::Retention, &name, &plan, &selected).await;
-    status.installed_hosts = Some(units::next_record(
-        &plan,
-        &removal.keys().cloned().collect(),
-    ));
+    let record = units::next_record(&plan, &removal.keys().cloned().collect());
+    jobs::drop_stale_entries(
+        ctx,
+        &ns,
+        CrdKind::RetentionPolicy,
+        &name,
+        &selected,
+        &record,
+    )
+    .await;
+    status.installed_hosts = Some(record);
 
     // When to look again; `None` waits for a change.
     let mut requeue = if let Some((reason, message)) = problem {
@@ -343,6 +352,25 @@ async fn host_mode(
             policy: name.clone(),
             host: host.clone(),
         };
+        let entry = match &r {
+            Ok(c) => summary::job_entry(CrdKind::RetentionPolicy, &name, &c.observation),
+            Err(f) => summary::unreached_entry(
+                CrdKind::RetentionPolicy,
+                &name,
+                host_status::current_entry(ctx, &ns, &host, CrdKind::RetentionPolicy, &name)
+                    .as_ref(),
+                f,
+            ),
+        };
+        host_status::sync_entry(
+            ctx,
+            &ns,
+            &host,
+            CrdKind::RetentionPolicy,
+            &name,
+            Some(&entry),
+        )
+        .await;
         match r {
             Ok(c) => {
                 if let Some(ok) = c.observation.last_success() {
@@ -580,7 +608,9 @@ async fn operator_mode(
             // Serialised per repository: a second policy on the same repository waits here.
             let lock = maintenance::repository_lock(&job.repository);
             let _guard = lock.lock().await;
-            (host, maintenance::run(job).await)
+            let (started, t0) = (Utc::now(), Instant::now());
+            let r = maintenance::run(job).await;
+            (host, r.map(|rep| (rep, started, t0.elapsed())))
         }
         .instrument(span)
     }))
@@ -595,7 +625,41 @@ async fn operator_mode(
             policy: name.clone(),
             host: host.clone(),
         };
-        match r {
+        let next = cal.next_after(Utc::now());
+        let previous_entry =
+            host_status::current_entry(ctx, &ns, &host, CrdKind::RetentionPolicy, &name);
+        let entry = match &r {
+            Ok((_, started, took)) => Some(summary::operator_run_entry(
+                &name,
+                previous_entry.as_ref(),
+                *started,
+                *took,
+                None,
+                next,
+            )),
+            // Not a run: the slot is retried shortly, the entry waits for its outcome.
+            Err(e) if e.locked => None,
+            Err(e) => Some(summary::operator_run_entry(
+                &name,
+                previous_entry.as_ref(),
+                now,
+                Duration::ZERO,
+                Some(&e.message),
+                next,
+            )),
+        };
+        if let Some(entry) = entry {
+            host_status::sync_entry(
+                ctx,
+                &ns,
+                &host,
+                CrdKind::RetentionPolicy,
+                &name,
+                Some(&entry),
+            )
+            .await;
+        }
+        match r.map(|(rep, _, _)| rep) {
             Ok(rep) => {
                 info!(host = %host, kept = rep.kept, removed = rep.removed, reclaimed = rep.reclaimed_bytes, "retention done");
                 ctx.metrics

@@ -81,6 +81,94 @@ pub fn host_policy_entry(policy: &str, obs: &JobObservation) -> HostPolicyStatus
     }
 }
 
+/// The `Host.status.policies[]` entry of a host-side Retention or Verify job, from its run
+/// records (backup-only fields stay empty).
+pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolicyStatus {
+    let last = obs.last_run();
+    HostPolicyStatus {
+        kind,
+        name: policy.to_string(),
+        last_run: last.map(|r| to_time(r.started)),
+        last_success: obs.last_success().map(|r| to_time(r.finished)),
+        snapshot_id: None,
+        bytes_added: None,
+        duration_seconds: last.map(|r| r.duration_seconds),
+        error: last.filter(|r| !r.succeeded()).map(|r| {
+            r.error
+                .clone()
+                .unwrap_or_else(|| format!("exit code {}", r.exit_code))
+        }),
+        next_run: obs
+            .timer
+            .as_ref()
+            .and_then(|t| t.next_elapse)
+            .map(unix_time),
+        consecutive_failures: consecutive_failures(obs),
+    }
+}
+
+/// The entry of a host the reconcile could not reach or converge: what was known about its
+/// runs stays, the error says why the host is not up to date. The failure is not a failed
+/// run, so the failure streak is not counted up.
+pub fn unreached_entry(
+    kind: CrdKind,
+    policy: &str,
+    previous: Option<&HostPolicyStatus>,
+    failure: &Failure,
+) -> HostPolicyStatus {
+    HostPolicyStatus {
+        kind,
+        name: policy.to_string(),
+        error: Some(format!("{}: {}", failure.reason, failure.message)),
+        ..previous.cloned().unwrap_or(HostPolicyStatus {
+            kind,
+            name: policy.to_string(),
+            last_run: None,
+            last_success: None,
+            snapshot_id: None,
+            bytes_added: None,
+            duration_seconds: None,
+            error: None,
+            next_run: None,
+            consecutive_failures: 0,
+        })
+    }
+}
+
+/// The entry of one host's repository after an operator-side retention run.
+pub fn operator_run_entry(
+    policy: &str,
+    previous: Option<&HostPolicyStatus>,
+    started: DateTime<Utc>,
+    duration: Duration,
+    error: Option<&str>,
+    next_run: Option<DateTime<Utc>>,
+) -> HostPolicyStatus {
+    let succeeded = error.is_none();
+    HostPolicyStatus {
+        kind: CrdKind::RetentionPolicy,
+        name: policy.to_string(),
+        last_run: Some(to_time(started)),
+        last_success: if succeeded {
+            Some(to_time(started + duration))
+        } else {
+            previous.and_then(|p| p.last_success.clone())
+        },
+        snapshot_id: None,
+        bytes_added: None,
+        duration_seconds: Some((duration.as_secs_f64() * 10.0).round() / 10.0),
+        error: error.map(str::to_string),
+        next_run: next_run.map(to_time),
+        consecutive_failures: if succeeded {
+            0
+        } else {
+            previous
+                .map_or(0, |p| p.consecutive_failures)
+                .saturating_add(1)
+        },
+    }
+}
+
 /// Summary state of one host. A failure to reach or converge the host wins over its run
 /// records; without it, the newest run decides, and staleness is judged on the newest success.
 pub fn host_summary(
@@ -448,6 +536,89 @@ mod tests {
         assert_eq!(e.bytes_added, Some(100));
         let clean = host_policy_entry("p", &obs(vec![record(100, 0)]));
         assert_eq!((clean.consecutive_failures, clean.error), (0, None));
+    }
+
+    #[test]
+    fn retention_and_verify_entries_carry_their_kind_and_no_backup_fields() {
+        let o = obs(vec![record(100, 0), record(200, 3)]);
+        let e = job_entry(CrdKind::VerifyPolicy, "weekly", &o);
+        assert_eq!(e.kind, CrdKind::VerifyPolicy);
+        assert_eq!(e.name, "weekly");
+        assert_eq!(e.last_run, Some(to_time(at(195))));
+        assert_eq!(e.last_success, Some(to_time(at(100))));
+        assert_eq!(e.error.as_deref(), Some("repository unreachable"));
+        assert_eq!(e.consecutive_failures, 1);
+        assert_eq!(e.next_run, Some(unix_time(5000)));
+        assert_eq!((e.snapshot_id, e.bytes_added), (None, None));
+        // Serialized kind is the Kubernetes kind, the list-map key beside the name.
+        let v = serde_json::to_value(job_entry(CrdKind::RetentionPolicy, "r", &o)).unwrap();
+        assert_eq!(v["kind"], "RetentionPolicy");
+    }
+
+    #[test]
+    fn an_unreached_host_keeps_its_run_history_and_says_why() {
+        let f = Failure {
+            reason: "HostUnreachable",
+            message: "connection refused".into(),
+            retry: super::super::error::Retry::Backoff,
+        };
+        let before = job_entry(CrdKind::RetentionPolicy, "r", &obs(vec![record(100, 0)]));
+        let e = unreached_entry(CrdKind::RetentionPolicy, "r", Some(&before), &f);
+        assert_eq!(e.last_success, before.last_success);
+        assert_eq!(e.consecutive_failures, 0);
+        assert_eq!(
+            e.error.as_deref(),
+            Some("HostUnreachable: connection refused")
+        );
+        let fresh = unreached_entry(CrdKind::VerifyPolicy, "v", None, &f);
+        assert_eq!(fresh.kind, CrdKind::VerifyPolicy);
+        assert_eq!(fresh.last_run, None);
+    }
+
+    #[test]
+    fn operator_side_entries_count_failures_and_keep_the_last_success() {
+        let ok = operator_run_entry(
+            "r",
+            None,
+            at(1000),
+            Duration::from_secs(12),
+            None,
+            Some(at(2000)),
+        );
+        assert_eq!(ok.kind, CrdKind::RetentionPolicy);
+        assert_eq!(ok.last_run, Some(to_time(at(1000))));
+        assert_eq!(ok.last_success, Some(to_time(at(1012))));
+        assert_eq!(ok.next_run, Some(to_time(at(2000))));
+        assert_eq!(ok.duration_seconds, Some(12.0));
+        let bad = operator_run_entry(
+            "r",
+            Some(&ok),
+            at(3000),
+            Duration::from_secs(1),
+            Some("boom"),
+            None,
+        );
+        assert_eq!(bad.last_success, ok.last_success);
+        assert_eq!(bad.error.as_deref(), Some("boom"));
+        assert_eq!(bad.consecutive_failures, 1);
+        let worse = operator_run_entry(
+            "r",
+            Some(&bad),
+            at(4000),
+            Duration::from_secs(1),
+            Some("boom"),
+            None,
+        );
+        assert_eq!(worse.consecutive_failures, 2);
+        let healed = operator_run_entry(
+            "r",
+            Some(&worse),
+            at(5000),
+            Duration::from_secs(1),
+            None,
+            None,
+        );
+        assert_eq!((healed.consecutive_failures, healed.error), (0, None));
     }
 
     #[test]

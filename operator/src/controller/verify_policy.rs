@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::common::{condition_types, reasons};
+use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::verify_policy::{Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus};
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
@@ -18,8 +19,9 @@ use tracing::{Instrument, info_span, warn};
 
 use super::Context;
 use super::error::Error;
+use super::host_status;
 use super::jobs::{self, condition};
-use super::summary::to_time;
+use super::summary::{self, to_time};
 use super::units::{self, UnitMode};
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
@@ -238,10 +240,9 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         written = status.clone();
     }
     let removal = jobs::remove_planned(ctx, &ns, PolicyKind::Verify, &name, &plan, &selected).await;
-    status.installed_hosts = Some(units::next_record(
-        &plan,
-        &removal.keys().cloned().collect(),
-    ));
+    let record = units::next_record(&plan, &removal.keys().cloned().collect());
+    jobs::drop_stale_entries(ctx, &ns, CrdKind::VerifyPolicy, &name, &selected, &record).await;
+    status.installed_hosts = Some(record);
     let repo = &targets.repository;
     let args = extra_args(policy);
     let converge = hosts
@@ -282,6 +283,16 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             .verify_host_selected
             .get_or_create(&labels)
             .set(1.0);
+        let entry = match &r {
+            Ok(c) => summary::job_entry(CrdKind::VerifyPolicy, &name, &c.observation),
+            Err(f) => summary::unreached_entry(
+                CrdKind::VerifyPolicy,
+                &name,
+                host_status::current_entry(ctx, &ns, &host, CrdKind::VerifyPolicy, &name).as_ref(),
+                f,
+            ),
+        };
+        host_status::sync_entry(ctx, &ns, &host, CrdKind::VerifyPolicy, &name, Some(&entry)).await;
         match r {
             Ok(c) => {
                 let obs = &c.observation;
@@ -299,7 +310,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                 ctx.metrics
                     .verify_consecutive_failures
                     .get_or_create(&labels)
-                    .set(super::summary::consecutive_failures(obs) as f64);
+                    .set(summary::consecutive_failures(obs) as f64);
                 if let Some(last) = obs.last_run() {
                     last_run = last_run.max(Some(last.started));
                 }
