@@ -178,6 +178,21 @@ pub(crate) fn check_name(
     Ok(())
 }
 
+/// What [`Backend::remove_permanently`] achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Nothing of the file is stored any more (or it did not exist).
+    Deleted,
+    /// The file is gone from the repository (listing and reads no longer see it), but the
+    /// storage keeps `versions` stored versions of it that are still under a retention lock
+    /// (S3 Object Lock) or legal hold. `until`: when the last of those retentions ends
+    /// (RFC 3339), if the storage said.
+    Retained {
+        versions: usize,
+        until: Option<String>,
+    },
+}
+
 /// One file as listed by a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
@@ -210,4 +225,13 @@ pub trait Backend: Send + Sync {
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()>;
     /// Delete a file. Deleting a file that does not exist is not an error.
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()>;
+    /// Delete a file for good, as prune and forget do with repository data. `remove` may
+    /// leave older versions behind (a delete marker on a versioned S3 bucket), which is what
+    /// lock files and the like want; this also frees their storage where the backend can.
+    /// Versions the storage must keep for now are reported as [`Removal::Retained`], with
+    /// the file already gone from the repository. Deleting a file that does not exist is not
+    /// an error.
+    fn remove_permanently(&self, t: FileType, name: &str) -> BackendResult<Removal> {
+        self.remove(t, name).map(|()| Removal::Deleted)
+    }
 }

@@ -6,6 +6,7 @@
 //! connection pool. Calling into this backend from inside another tokio runtime would
 //! panic; the engine is plain threads, so that does not arise.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -18,7 +19,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockEnabled};
 use aws_smithy_http_client::tls;
 use tokio::runtime::Runtime;
 use tracing::{debug, debug_span, warn};
@@ -26,8 +27,8 @@ use tracing::{debug, debug_span, warn};
 use super::local::short_read_error;
 use super::url::S3Location;
 use super::{
-    Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, FileType, check_name, is_id,
-    object_path,
+    Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, FileType, Removal,
+    check_name, is_id, object_path,
 };
 
 /// Objects above this size go up in parts: a failed part is retried on its own instead of
@@ -97,6 +98,71 @@ pub struct S3Backend {
     multipart_threshold: usize,
     part_size: usize,
     region: String,
+    /// How `remove_permanently` deletes here; found out on first use.
+    delete_mode: Mutex<Option<DeleteMode>>,
+}
+
+/// How [`Backend::remove_permanently`] deletes on one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeleteMode {
+    /// A plain DELETE, as restic does: unversioned buckets; plain versioned buckets, where it
+    /// leaves a delete marker and the bucket's lifecycle rules reclaim old versions; and
+    /// identities that may not see the bucket's lock configuration or object versions.
+    Plain,
+    /// Object Lock bucket: every version of the file is deleted, because nothing else ever
+    /// will (lifecycle rules are optional there). Versions still under retention stay,
+    /// hidden behind a delete marker.
+    AllVersions,
+}
+
+/// One entry of a key's version listing (a stored version or a delete marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VersionEntry {
+    id: String,
+    delete_marker: bool,
+    latest: bool,
+}
+
+/// How to delete every version of one key, decided from its listing.
+#[derive(Debug, PartialEq, Eq)]
+struct PurgeSteps {
+    /// Hide the file before deleting versions: deleting the newest of several stored
+    /// versions would make the next older one the file's content again, for everyone reading
+    /// the repository meanwhile and for good if the older one is locked.
+    marker_first: bool,
+    /// Stored versions, newest first.
+    versions: Vec<String>,
+    /// Existing delete markers; removed too once no version is left.
+    markers: Vec<String>,
+    /// The newest entry is a delete marker: the repository already sees no file.
+    hidden: bool,
+}
+
+impl PurgeSteps {
+    fn new(entries: &[VersionEntry]) -> Self {
+        let versions: Vec<String> = entries
+            .iter()
+            .filter(|e| !e.delete_marker)
+            .map(|e| e.id.clone())
+            .collect();
+        let hidden = entries.iter().any(|e| e.delete_marker && e.latest);
+        PurgeSteps {
+            marker_first: !hidden && versions.len() > 1,
+            markers: entries
+                .iter()
+                .filter(|e| e.delete_marker)
+                .map(|e| e.id.clone())
+                .collect(),
+            versions,
+            hidden,
+        }
+    }
+
+    /// After the deletes, `retained` versions are left: does a delete marker still have to
+    /// hide them? A retained version that was the newest would otherwise stay visible.
+    fn marker_after(&self, retained: usize) -> bool {
+        retained > 0 && !self.hidden && !self.marker_first
+    }
 }
 
 impl S3Backend {
@@ -175,6 +241,7 @@ impl S3Backend {
             part_size,
             loc,
             region,
+            delete_mode: Mutex::new(None),
         })
     }
 
@@ -211,67 +278,223 @@ impl S3Backend {
         let key = self.key(t, name);
         let what = object_path(t, name, false);
         let _span = debug_span!("backend.versions", backend = "s3", what = %what).entered();
-        self.rt.block_on(async {
-            let mut out = Vec::new();
-            // The SDK has no paginator for versions; follow the markers by hand.
-            let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
-            loop {
-                let page = self
-                    .client
-                    .list_object_versions()
-                    .bucket(&self.loc.bucket)
-                    .prefix(&key)
-                    .set_key_marker(key_marker.take())
-                    .set_version_id_marker(version_marker.take())
-                    .send()
-                    .await
-                    .map_err(|e| self.err("list", what.clone(), &e))?;
-                for v in page.versions() {
-                    if v.key() == Some(key.as_str())
-                        && let Some(id) = v.version_id()
-                    {
-                        out.push(id.to_string());
-                    }
-                }
-                if !page.is_truncated().unwrap_or(false) {
-                    break;
-                }
-                key_marker = page.next_key_marker().map(str::to_owned);
-                version_marker = page.next_version_id_marker().map(str::to_owned);
-                if key_marker.is_none() && version_marker.is_none() {
-                    break;
+        let entries = self.rt.block_on(self.list_versions(&key, &what))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.delete_marker)
+            .map(|e| e.id)
+            .collect())
+    }
+
+    /// Every version and delete marker of exactly `key`, each kind newest first.
+    async fn list_versions(&self, key: &str, what: &str) -> BackendResult<Vec<VersionEntry>> {
+        let mut out = Vec::new();
+        // The SDK has no paginator for versions; follow the markers by hand.
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.loc.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.err("list versions of", what, &e))?;
+            // The prefix also matches longer keys; only the exact key is this file.
+            for v in page.versions() {
+                if v.key() == Some(key)
+                    && let Some(id) = v.version_id()
+                {
+                    out.push(VersionEntry {
+                        id: id.to_string(),
+                        delete_marker: false,
+                        latest: v.is_latest().unwrap_or(false),
+                    });
                 }
             }
-            Ok(out)
-        })
+            for m in page.delete_markers() {
+                if m.key() == Some(key)
+                    && let Some(id) = m.version_id()
+                {
+                    out.push(VersionEntry {
+                        id: id.to_string(),
+                        delete_marker: true,
+                        latest: m.is_latest().unwrap_or(false),
+                    });
+                }
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Permanently delete one version. Unlike `remove`, this is refused on an Object Lock
     /// bucket while the version is under retention, which surfaces as `Locked`.
     pub fn remove_version(&self, t: FileType, name: &str, version_id: &str) -> BackendResult<()> {
-        let what = format!("{} (version {version_id})", object_path(t, name, false));
-        let _span = debug_span!("backend.remove_version", backend = "s3", what = %what).entered();
-        self.rt.block_on(async {
-            match self
-                .client
-                .delete_object()
-                .bucket(&self.loc.bucket)
-                .key(self.key(t, name))
-                .version_id(version_id)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let err = self.err("remove", what, &e);
-                    if err.kind == BackendErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(err)
-                    }
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.remove_version", backend = "s3", what = %what, version_id)
+            .entered();
+        self.rt
+            .block_on(self.delete_version(&self.key(t, name), &what, version_id))
+    }
+
+    /// Delete one version or delete marker; one that is already gone is not an error.
+    async fn delete_version(&self, key: &str, what: &str, version_id: &str) -> BackendResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.err("remove", format!("{what} (version {version_id})"), &e);
+                if err.kind == BackendErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
                 }
             }
+        }
+    }
+
+    /// A plain DELETE: removes the object on an unversioned bucket, hides it behind a new
+    /// delete marker on a versioned one. Returns the marker's version ID, if one was made.
+    async fn delete_current(&self, key: &str, what: &str) -> BackendResult<Option<String>> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) if out.delete_marker() == Some(true) => Ok(out.version_id().map(str::to_owned)),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                let err = self.err("remove", what, &e);
+                if err.kind == BackendErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Whether `remove_permanently` must deal with versions here, asked once per backend.
+    fn delete_mode(&self) -> DeleteMode {
+        let mut cached = self.delete_mode.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mode) = *cached {
+            return mode;
+        }
+        let answer = self.rt.block_on(
+            self.client
+                .get_object_lock_configuration()
+                .bucket(&self.loc.bucket)
+                .send(),
+        );
+        let mode = match answer {
+            Ok(out) => {
+                let enabled = out
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled());
+                if enabled == Some(&ObjectLockEnabled::Enabled) {
+                    DeleteMode::AllVersions
+                } else {
+                    DeleteMode::Plain
+                }
+            }
+            Err(e) => {
+                // No configuration (the usual answer for buckets without Object Lock) or no
+                // permission to read it: delete as restic does, which is never worse than
+                // before.
+                let err = self.err("read", "the bucket's Object Lock configuration", &e);
+                debug!(error = %err, "treating the bucket as one without Object Lock");
+                if err.kind == BackendErrorKind::Transient {
+                    // Not an answer about the bucket: ask again on the next delete.
+                    return DeleteMode::Plain;
+                }
+                DeleteMode::Plain
+            }
+        };
+        debug!(?mode, bucket = %self.loc.bucket, "delete mode");
+        *cached = Some(mode);
+        mode
+    }
+
+    /// Delete every version of `key`. Versions under retention stay, hidden behind a delete
+    /// marker so the repository never sees them again.
+    async fn purge(&self, key: &str, what: &str) -> BackendResult<Removal> {
+        let entries = self.list_versions(key, what).await?;
+        let steps = PurgeSteps::new(&entries);
+        let mut placed = None;
+        if steps.marker_first {
+            placed = self.delete_current(key, what).await?;
+        }
+        let mut retained = Vec::new();
+        for v in &steps.versions {
+            match self.delete_version(key, what, v).await {
+                Ok(()) => {}
+                Err(e) if e.kind == BackendErrorKind::Locked => retained.push(v.as_str()),
+                Err(e) => return Err(e),
+            }
+        }
+        if retained.is_empty() {
+            // Markers of a key without versions only clutter version listings.
+            for m in steps.markers.iter().chain(placed.iter()) {
+                if let Err(e) = self.delete_version(key, what, m).await {
+                    warn!(error = %e, "could not remove a delete marker; it is harmless");
+                }
+            }
+            return Ok(Removal::Deleted);
+        }
+        if steps.marker_after(retained.len()) {
+            self.delete_current(key, what).await?;
+        }
+        let mut until: Option<chrono::DateTime<chrono::Utc>> = None;
+        for v in &retained {
+            if let Some(t) = self.retain_until(key, v).await {
+                until = until.max(Some(t));
+            }
+        }
+        Ok(Removal::Retained {
+            versions: retained.len(),
+            until: until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         })
+    }
+
+    /// When one version's retention ends. `None` when it has none (a legal hold keeps it)
+    /// or the identity may not read it: the date only makes the report more useful.
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let out = self
+            .client
+            .get_object_retention()
+            .bucket(&self.loc.bucket)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await
+            .map_err(|e| debug!(error = %self.err("read", "retention", &e), "no retention date"))
+            .ok()?;
+        let t = out.retention()?.retain_until_date()?;
+        chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
     }
 
     async fn put_single(&self, key: &str, what: &str, data: &[u8]) -> BackendResult<()> {
@@ -717,6 +940,36 @@ impl Backend for S3Backend {
             }
         })
     }
+
+    fn remove_permanently(&self, t: FileType, name: &str) -> BackendResult<Removal> {
+        check_name(t, name, "remove", &self.location())?;
+        if self.delete_mode() == DeleteMode::Plain {
+            return self.remove(t, name).map(|()| Removal::Deleted);
+        }
+        let what = object_path(t, name, false);
+        let key = self.key(t, name);
+        let _span =
+            debug_span!("backend.remove_permanently", backend = "s3", what = %what).entered();
+        match self.rt.block_on(self.purge(&key, &what)) {
+            // An identity without s3:ListBucketVersions / s3:DeleteObjectVersion can still
+            // do what restic does. If it may not delete at all, `remove` says so (Denied),
+            // which prune and forget explain as an append-only repository.
+            Err(e) if e.kind == BackendErrorKind::Denied => {
+                *self.delete_mode.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(DeleteMode::Plain);
+                self.remove(t, name)?;
+                warn!(
+                    error = %e,
+                    "this identity may not delete object versions in an Object Lock bucket: \
+                     deleted files only get a delete marker and all their versions stay \
+                     stored; grant s3:ListBucketVersions and s3:DeleteObjectVersion to \
+                     reclaim the space"
+                );
+                Ok(Removal::Deleted)
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -755,5 +1008,82 @@ mod tests {
         assert_eq!(classify_service(507, "XMinioStorageFull", ""), K::NoSpace);
         assert_eq!(classify_service(503, "SlowDown", ""), K::Transient);
         assert_eq!(classify_service(500, "", ""), K::Transient);
+    }
+
+    fn v(id: &str, latest: bool) -> VersionEntry {
+        VersionEntry {
+            id: id.into(),
+            delete_marker: false,
+            latest,
+        }
+    }
+
+    fn m(id: &str, latest: bool) -> VersionEntry {
+        VersionEntry {
+            id: id.into(),
+            delete_marker: true,
+            latest,
+        }
+    }
+
+    #[test]
+    fn one_version_is_deleted_directly_and_hidden_only_if_it_stays() {
+        let s = PurgeSteps::new(&[v("a", true)]);
+        assert_eq!(
+            s,
+            PurgeSteps {
+                marker_first: false,
+                versions: vec!["a".into()],
+                markers: vec![],
+                hidden: false,
+            }
+        );
+        assert!(!s.marker_after(0));
+        assert!(
+            s.marker_after(1),
+            "a retained current version stays visible"
+        );
+    }
+
+    #[test]
+    fn several_versions_are_hidden_before_any_is_deleted() {
+        // Deleting "b" first would make "a" the file again.
+        let s = PurgeSteps::new(&[v("b", true), v("a", false)]);
+        assert!(s.marker_first);
+        assert_eq!(s.versions, ["b", "a"]);
+        assert!(
+            !s.marker_after(1),
+            "the marker placed first already hides them"
+        );
+        assert!(!s.marker_after(2));
+    }
+
+    #[test]
+    fn an_already_hidden_file_gets_no_second_marker() {
+        // What a plain delete (restic, or fleetsnap before) left behind.
+        let s = PurgeSteps::new(&[v("b", false), v("a", false), m("x", true)]);
+        assert!(s.hidden && !s.marker_first);
+        assert_eq!(s.versions, ["b", "a"]);
+        assert_eq!(s.markers, ["x"]);
+        assert!(!s.marker_after(2));
+    }
+
+    #[test]
+    fn an_older_marker_does_not_hide_a_newer_version() {
+        // Deleted once, then written again: the newest entry is a version, so it is visible.
+        let s = PurgeSteps::new(&[v("c", true), m("x", false)]);
+        assert!(!s.hidden && !s.marker_first);
+        assert!(s.marker_after(1));
+        assert_eq!(s.markers, ["x"]);
+    }
+
+    #[test]
+    fn nothing_stored_means_nothing_to_do() {
+        let s = PurgeSteps::new(&[]);
+        assert!(!s.marker_first && s.versions.is_empty() && s.markers.is_empty());
+        assert!(!s.marker_after(0));
+        let only_markers = PurgeSteps::new(&[m("x", true), m("y", false)]);
+        assert!(only_markers.versions.is_empty() && only_markers.hidden);
+        assert_eq!(only_markers.markers, ["x", "y"]);
     }
 }

@@ -548,25 +548,23 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
         }
     }
     if !a.dry_run {
+        let mut removed = 0;
+        let mut locked = Vec::new();
         for id in &remove {
-            match r
-                .backend()
-                .remove(crate::backend::FileType::Snapshot, &id.to_hex())
-            {
-                Ok(()) => {}
-                Err(e) if e.kind == crate::backend::BackendErrorKind::Denied => {
-                    return Err(usage(format!(
-                        "{} (refused: {})",
-                        crate::prune::execute::APPEND_ONLY_MESSAGE,
-                        e.what
-                    )));
-                }
-                Err(e) => return Err(CliError::Repo(e.into())),
-            }
+            // For good, like prune: on an Object Lock bucket a plain delete would leave every
+            // forgotten snapshot stored forever, unlocked or not.
+            let gone = crate::prune::execute::remove_file(
+                r.backend().as_ref(),
+                crate::backend::FileType::Snapshot,
+                &id.to_hex(),
+                &mut locked,
+            )?;
+            removed += usize::from(gone);
         }
         if !g.json {
-            println!("removed {} snapshots", remove.len());
+            println!("removed {removed} snapshots");
         }
+        warn_locked(&locked);
     }
     if a.prune {
         // Same exclusive lock: nothing may add snapshots between forget and prune.
@@ -636,16 +634,34 @@ fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliR
             );
         }
     }
-    if let Some(x) = &rep.executed
-        && !x.locked.is_empty()
-    {
-        eprintln!(
-            "warning: {} objects are under a retention lock (S3 Object Lock) and were not deleted; a later prune removes them once the lock expires:",
-            x.locked.len()
-        );
-        for o in &x.locked {
-            eprintln!("  {o}");
-        }
+    if let Some(x) = &rep.executed {
+        warn_locked(&x.locked);
     }
     Ok(())
+}
+
+/// Objects a delete left in storage because of a retention lock (S3 Object Lock): worth a
+/// warning, not a failure; the lock is doing what it was set up for.
+fn warn_locked(locked: &[crate::prune::LockedObject]) {
+    if locked.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} objects are under a retention lock (S3 Object Lock):",
+        locked.len()
+    );
+    for o in locked {
+        eprintln!("  {o}");
+    }
+    if locked.iter().any(|o| o.hidden) {
+        eprintln!(
+            "the storage keeps those removed from the repository until their lock expires; \
+             a lifecycle rule that expires noncurrent versions frees them after that"
+        );
+    }
+    if locked.iter().any(|o| !o.hidden) {
+        eprintln!(
+            "those not removed stay in the repository; a prune after their lock expires deletes them"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::Loaded;
 use super::plan::{Action, PlanError, PrunePlan};
-use crate::backend::{BackendError, BackendErrorKind, FileType};
+use crate::backend::{Backend, BackendError, BackendErrorKind, FileType, Removal, object_path};
 use crate::backup::saver::Saver;
 use crate::format::pack::PackedBlob;
 use crate::id::Id;
@@ -33,33 +33,90 @@ pub struct ExecuteReport {
     pub blobs_repacked: usize,
     pub index_files_written: usize,
     pub index_files_removed: usize,
+    /// Packs gone from the repository, including those whose storage is still retained.
     pub packs_removed: usize,
-    /// Objects the storage refused to delete because of a retention lock (S3 Object Lock).
-    /// They stay until their lock expires; the next prune deletes them.
-    pub locked: Vec<String>,
+    /// Objects the storage keeps for now because of a retention lock (S3 Object Lock).
+    pub locked: Vec<LockedObject>,
 }
 
-/// Delete one object; Object Lock refusals are collected, append-only refusals are fatal.
+/// A file prune or forget deleted whose storage is (still) protected by a retention lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockedObject {
+    /// Path in the repository, e.g. `data/3f/3f…`.
+    pub object: String,
+    /// When the last lock on it ends (RFC 3339), if the storage said.
+    pub retained_until: Option<String>,
+    /// True: the file is gone from the repository and only the storage keeps its locked
+    /// versions, until the bucket's lifecycle rules remove them after the lock expires.
+    /// False: the storage refused the delete, so the file is still in the repository and a
+    /// later prune deletes it once the lock expires.
+    pub hidden: bool,
+}
+
+impl std::fmt::Display for LockedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.object)?;
+        match (&self.retained_until, self.hidden) {
+            (Some(t), true) => write!(f, " (removed from the repository; stored until {t})"),
+            (None, true) => f.write_str(" (removed from the repository; still stored)"),
+            (Some(t), false) => write!(f, " (not removed; locked until {t})"),
+            (None, false) => f.write_str(" (not removed; locked)"),
+        }
+    }
+}
+
+/// Delete one repository file for good. Retention locks are collected in `locked`, not
+/// fatal; a refusal to delete at all means an append-only identity. Returns whether the file
+/// is gone from the repository.
+pub fn remove_file(
+    backend: &dyn Backend,
+    t: FileType,
+    name: &str,
+    locked: &mut Vec<LockedObject>,
+) -> Result<bool, PruneError> {
+    match backend.remove_permanently(t, name) {
+        Ok(Removal::Deleted) => Ok(true),
+        Ok(Removal::Retained { until, .. }) => {
+            let o = LockedObject {
+                object: object_path(t, name, false),
+                retained_until: until,
+                hidden: true,
+            };
+            tracing::info!("{o}: under a retention lock, so the storage keeps it for now");
+            locked.push(o);
+            Ok(true)
+        }
+        Err(BackendError {
+            kind: BackendErrorKind::Locked,
+            what,
+            ..
+        }) => {
+            let o = LockedObject {
+                object: what,
+                retained_until: None,
+                hidden: false,
+            };
+            tracing::info!("{o}: the storage refused to delete it until the lock expires");
+            locked.push(o);
+            Ok(false)
+        }
+        Err(e) if e.kind == BackendErrorKind::Denied => Err(PruneError::AppendOnly(e.what)),
+        Err(e) => Err(RepoError::from(e).into()),
+    }
+}
+
 fn remove(
     loaded: &Loaded,
     t: FileType,
     id: &Id,
     rep: &mut ExecuteReport,
 ) -> Result<bool, PruneError> {
-    match loaded.repo.backend().remove(t, &id.to_hex()) {
-        Ok(()) => Ok(true),
-        Err(BackendError {
-            kind: BackendErrorKind::Locked,
-            what,
-            ..
-        }) => {
-            tracing::warn!("{what} is under a retention lock; it stays until the lock expires");
-            rep.locked.push(what);
-            Ok(false)
-        }
-        Err(e) if e.kind == BackendErrorKind::Denied => Err(PruneError::AppendOnly(e.what)),
-        Err(e) => Err(RepoError::from(e).into()),
-    }
+    remove_file(
+        loaded.repo.backend().as_ref(),
+        t,
+        &id.to_hex(),
+        &mut rep.locked,
+    )
 }
 
 pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, PruneError> {
@@ -89,8 +146,8 @@ pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, Prune
     let written = crate::backup::write_index(&loaded.repo, &new_index)?;
     rep.index_files_written = written.len();
 
-    // Old index files go next; one that cannot be deleted still references its packs,
-    // which therefore must survive.
+    // Old index files go next; one still in the repository (its delete was refused) still
+    // references its packs, which therefore must survive.
     let mut protected: HashSet<Id> = HashSet::new();
     for (idx, packs) in &loaded.index_files {
         if written.contains(idx) {

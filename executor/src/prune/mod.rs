@@ -13,7 +13,7 @@ use crate::format::pack::BlobType;
 use crate::format::tree::NodeType;
 use crate::id::Id;
 use crate::repo::{IndexedRepository, MasterIndex, RepoError, Repository};
-pub use execute::{ExecuteReport, PruneError};
+pub use execute::{ExecuteReport, LockedObject, PruneError};
 use plan::{BlobKey, PackInput, PlanOptions, PrunePlan};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

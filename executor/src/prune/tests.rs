@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::{
-    Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, LocalBackend,
+    Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, LocalBackend, Removal,
 };
 use crate::backup::{BackupOptions, Source};
 use crate::pattern::PathMatcher;
@@ -48,6 +48,50 @@ impl Backend for Refusing {
             ));
         }
         self.inner.remove(t, name)
+    }
+}
+
+/// Like an S3 Object Lock bucket: `remove_permanently` hides files of the given types from
+/// the repository but reports their storage as retained.
+struct Retaining {
+    inner: Arc<dyn Backend>,
+    types: Vec<FileType>,
+}
+
+const UNTIL: &str = "2099-01-01T00:00:00Z";
+
+impl Backend for Retaining {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> BackendResult<()> {
+        self.inner.create()
+    }
+    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
+        self.inner.list(t)
+    }
+    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
+        self.inner.read(t, name)
+    }
+    fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
+        self.inner.read_range(t, n, o, l)
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
+        self.inner.write(t, name, data)
+    }
+    fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
+        self.inner.remove(t, name)
+    }
+    fn remove_permanently(&self, t: FileType, name: &str) -> BackendResult<Removal> {
+        self.inner.remove(t, name)?;
+        Ok(if self.types.contains(&t) {
+            Removal::Retained {
+                versions: 1,
+                until: Some(UNTIL.into()),
+            }
+        } else {
+            Removal::Deleted
+        })
     }
 }
 
@@ -144,9 +188,107 @@ fn object_lock_refusals_are_reported_not_fatal() {
     let rep = prune(Repository::open(be, b"pw").unwrap(), &opts()).unwrap();
     let x = rep.executed.unwrap();
     assert!(!x.locked.is_empty());
-    assert!(x.locked.iter().all(|n| n.starts_with("data/")));
+    assert!(x.locked.iter().all(|o| o.object.starts_with("data/")));
+    assert!(x.locked.iter().all(|o| !o.hidden), "{:?}", x.locked);
+    assert_eq!(x.packs_removed, 0, "a refused pack is still there");
     // The locked packs are merely unreferenced now: a warning, not an error.
     check_ok(inner);
+}
+
+#[test]
+fn an_index_file_that_stays_keeps_its_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = repo_with_garbage(dir.path());
+    let packs_before = inner.list(FileType::Pack).unwrap().len();
+    let be: Arc<dyn Backend> = Arc::new(Refusing {
+        inner: inner.clone(),
+        kind: BackendErrorKind::Locked,
+        only: FileType::Index,
+    });
+    let rep = prune(Repository::open(be, b"pw").unwrap(), &opts()).unwrap();
+    let x = rep.executed.unwrap();
+    assert!(x.locked.iter().any(|o| o.object.starts_with("index/")));
+    assert_eq!(x.index_files_removed, 0);
+    // Every old index file is still there and names every old pack: none may go.
+    assert_eq!(x.packs_removed, 0, "{x:?}");
+    assert!(inner.list(FileType::Pack).unwrap().len() >= packs_before);
+    check_ok(inner);
+}
+
+#[test]
+fn retained_files_are_gone_from_the_repository_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = repo_with_garbage(dir.path());
+    let be: Arc<dyn Backend> = Arc::new(Retaining {
+        inner: inner.clone(),
+        types: vec![FileType::Pack, FileType::Index],
+    });
+    let dry = prune(
+        Repository::open(be.clone(), b"pw").unwrap(),
+        &PruneOptions {
+            dry_run: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let planned = dry.plan.stats.packs_delete + dry.plan.stats.packs_repack;
+    assert!(planned > 0, "{:?}", dry.plan.stats);
+
+    let x = prune(Repository::open(be, b"pw").unwrap(), &opts())
+        .unwrap()
+        .executed
+        .unwrap();
+    // A hidden index file no longer protects its packs: they are removed as planned.
+    assert_eq!(x.packs_removed, planned, "{x:?}");
+    assert!(x.index_files_removed >= 1, "{x:?}");
+    assert_eq!(x.locked.len(), x.packs_removed + x.index_files_removed);
+    assert!(x.locked.iter().all(|o| o.hidden));
+    assert!(
+        x.locked
+            .iter()
+            .all(|o| o.retained_until.as_deref() == Some(UNTIL))
+    );
+    assert!(x.locked.iter().any(|o| o.object.starts_with("index/")));
+    let shown = x.locked[0].to_string();
+    assert!(
+        shown.contains("removed from the repository") && shown.contains(UNTIL),
+        "{shown}"
+    );
+    // The repository itself is clean: nothing unreferenced, nothing missing.
+    let c = check_ok(inner);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn remove_file_sorts_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = repo_with_garbage(dir.path());
+    let snap = inner.list(FileType::Snapshot).unwrap()[0].name.clone();
+    let mut locked = Vec::new();
+
+    let denied = Refusing {
+        inner: inner.clone(),
+        kind: BackendErrorKind::Denied,
+        only: FileType::Snapshot,
+    };
+    let e = execute::remove_file(&denied, FileType::Snapshot, &snap, &mut locked).unwrap_err();
+    assert!(matches!(e, PruneError::AppendOnly(_)), "{e}");
+    assert!(locked.is_empty());
+
+    let retaining = Retaining {
+        inner: inner.clone(),
+        types: vec![FileType::Snapshot],
+    };
+    assert!(execute::remove_file(&retaining, FileType::Snapshot, &snap, &mut locked).unwrap());
+    assert_eq!(
+        locked,
+        vec![LockedObject {
+            object: format!("snapshots/{snap}"),
+            retained_until: Some(UNTIL.into()),
+            hidden: true,
+        }]
+    );
+    assert!(inner.list(FileType::Snapshot).unwrap().is_empty());
 }
 
 #[test]
