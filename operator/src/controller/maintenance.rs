@@ -357,12 +357,20 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
             }
         }
     }
+    let mut retained = 0u64;
     for id in &remove {
-        repo.backend()
-            .remove(fleetsnap::backend::FileType::Snapshot, id)
+        // Permanently where the storage allows: on an Object Lock bucket a forgotten
+        // snapshot's versions go once their lock expired, and are counted while it holds.
+        let removal = repo
+            .backend()
+            .remove_permanently(fleetsnap::backend::FileType::Snapshot, id)
             .map_err(|e| fail(format!("removing snapshot {}: {e}", &id[..8.min(id.len())])))?;
+        if matches!(removal, fleetsnap::backend::Removal::Retained { .. }) {
+            retained += 1;
+        }
         report.removed += 1;
     }
+    report.locked_objects = retained;
     if job.prune.enabled {
         use fleetsnap::prune::plan::{MaxUnused, PlanOptions, parse_size};
         let opts = fleetsnap::prune::PruneOptions {
@@ -381,7 +389,7 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
         };
         let rep = fleetsnap::prune::prune(repo, &opts).map_err(|e| fail(e.to_string()))?;
         report.reclaimed_bytes = rep.plan.stats.bytes_reclaimed;
-        report.locked_objects = rep.executed.map(|x| x.locked.len() as u64).unwrap_or(0);
+        report.locked_objects += rep.executed.map(|x| x.locked.len() as u64).unwrap_or(0);
     }
     Ok(report)
 }
