@@ -296,6 +296,33 @@ fn open_or_init(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository
     }
 }
 
+/// Serialises open-or-init between the jobs of one host. Two first runs starting together
+/// on a fresh repository (a host's file and database policies on one schedule) would both
+/// initialise it: each writes its own key, the config written last wins, and the repository
+/// no longer opens with the other key, for fleetsnap or restic. The jobs of a host share its
+/// cache directory, so a `flock` there makes the second one wait and then find the
+/// repository. (Hosts sharing one repository are not covered by this.)
+fn host_init_lock(cache_dir: &str) -> Result<Option<std::fs::File>, RunError> {
+    if cache_dir.is_empty() {
+        return Ok(None);
+    }
+    let path = Path::new(cache_dir).join("init.lock");
+    let err = |e: std::io::Error| RunError::Config {
+        path: path.display().to_string(),
+        msg: format!("cannot lock: {e}"),
+    };
+    std::fs::create_dir_all(cache_dir).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    // Released when the file is closed, also if the process dies.
+    file.lock().map_err(err)?;
+    Ok(Some(file))
+}
+
 fn run_backup(
     cfg: &JobConfig,
     backend: Arc<dyn Backend>,
@@ -313,7 +340,10 @@ fn run_backup(
             cfg.extra_args
         )));
     }
-    let repo = open_or_init(backend, password)?;
+    let repo = {
+        let _host_init = host_init_lock(&cfg.cache_dir)?;
+        open_or_init(backend, password)?
+    };
     let _lock = crate::lock::acquire(&repo, false)?;
     let mut repo = repo.load_index()?;
     let host = if cfg.host.is_empty() {

@@ -211,3 +211,27 @@ fn retention_forgets_and_prunes() {
     let rep = crate::check::check(Repository::open(be, b"pw").unwrap(), None).unwrap();
     assert!(rep.ok() && rep.warnings.is_empty(), "{rep:?}");
 }
+
+#[test]
+fn two_first_runs_on_one_host_initialise_the_repository_once() {
+    // A host's file and database policies on the same schedule start together on a fresh
+    // repository: both must succeed and leave one key that opens it (for restic too).
+    let env = Env::new();
+    let files = env.config("backup", serde_json::json!({}));
+    let db = env.p("backup-db.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&files).unwrap()).unwrap();
+    v["policy"] = "db".into();
+    v["paths"] = serde_json::json!([]);
+    v["stdin"] = serde_json::json!([{"name": "pg", "command": ["sh", "-c", "printf dump"], "filename": "dump.sql"}]);
+    v["run_record_dir"] = env.p("runs/backup-db").to_str().unwrap().into();
+    std::fs::write(&db, serde_json::to_vec(&v).unwrap()).unwrap();
+    let creds = env.p("creds");
+    let codes: Vec<i32> = std::thread::scope(|s| {
+        let a = s.spawn(|| run_file_with(&files, Some(&creds)));
+        let b = s.spawn(|| run_file_with(&db, Some(&creds)));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(codes, [0, 0]);
+    assert_eq!(std::fs::read_dir(env.p("repo/keys")).unwrap().count(), 1);
+    assert_eq!(env.open().snapshots().unwrap().len(), 2);
+}
