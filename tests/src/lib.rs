@@ -175,6 +175,15 @@ impl TestEnv {
         &self.dir
     }
 
+    /// The tier the hosts actually run on (after any `FLEETSNAP_TEST_TIER` override).
+    pub fn tier(&self) -> Tier {
+        if self.vars.get("HOST_TIER").map(String::as_str) == Some("vm") {
+            Tier::Vm
+        } else {
+            Tier::Container
+        }
+    }
+
     /// A variable from the environment file (e.g. `S3_ENDPOINT`, `KUBECONFIG`, `HOST1_PORT`).
     pub fn var(&self, key: &str) -> &str {
         self.vars
@@ -351,6 +360,26 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// A workspace binary built with the release profile, built on demand into the same target
+/// directory. Emulated (TCG) VMs run a debug executor an order of magnitude slower still, so
+/// VM-tier suites push this one.
+pub fn release_bin(package: &str, name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| anyhow!("unexpected test executable location {}", exe.display()))?;
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", package, "--bin", name])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()?;
+    check(&format!("cargo build --release -p {package}"), out)?;
+    Ok(target.join("release").join(name))
 }
 
 /// Read a child's stdout line by line until `pred` matches one, or fail after `timeout`.

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use fleetsnap_tests::{Options, TestEnv, repo_root, wait, workspace_bin};
+use fleetsnap_tests::{Options, TestEnv, Tier, repo_root, wait, workspace_bin};
 use serde_json::Value;
 
 const NS: &str = "e2e";
@@ -66,9 +66,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A stripped copy of the debug executor: a tenth of the bytes to push to every host.
-fn executor(dir: &Path) -> PathBuf {
-    let built = workspace_bin("fleetsnap").unwrap();
+/// The executor the operator pushes: a stripped copy of the debug build (a tenth of the bytes
+/// to push to every host), or of the release build on emulated VMs, where a debug executor
+/// needs minutes for one backup of /etc.
+fn executor(env: &TestEnv, dir: &Path) -> PathBuf {
+    let built = match env.tier() {
+        Tier::Vm => fleetsnap_tests::release_bin("fleetsnap", "fleetsnap").unwrap(),
+        Tier::Container => workspace_bin("fleetsnap").unwrap(),
+    };
     let stripped = dir.join("fleetsnap");
     let ok = Command::new("strip")
         .arg("-o")
@@ -381,7 +386,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     setup(env, dir.path());
     let launch = Launch {
         kubeconfig: operator_kubeconfig(env, dir.path()),
-        executor: executor(dir.path()),
+        executor: executor(env, dir.path()),
     };
     let mut op = start_operator(env, &launch, "e2e-operator");
     step(t0, "resources applied, operator started");
@@ -421,27 +426,49 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         assert!(entry["lastSuccess"].is_string(), "{entry:#}");
     }
 
-    // Stock restic reads and verifies every byte of each host's repository.
-    // restic needs the exclusive lock: pause each host's timer and let a running backup
-    // finish first (on TCG VMs the short test schedule keeps a backup running most of the time).
+    // Stock restic reads and verifies every byte of each host's repository. It needs the
+    // exclusive lock, and on TCG VMs the short test schedule keeps a backup running most of
+    // the time: suspend the policy the way a user would (the operator disables the timers;
+    // stopping them by hand would be undone by its next reconcile), let running backups end.
     let timer = format!("fleetsnap-backup-{POLICY}.timer");
     let service = format!("fleetsnap-backup-{POLICY}.service");
+    let suspend = |on: bool| {
+        env.kubectl(&[
+            "patch",
+            "-n",
+            NS,
+            "backuppolicy",
+            POLICY,
+            "--type=merge",
+            "-p",
+            &format!("{{\"spec\":{{\"suspend\":{on}}}}}"),
+        ])
+        .unwrap();
+    };
+    suspend(true);
     for h in &hosts {
-        env.ssh_ok(h, &format!("systemctl stop {timer}")).unwrap();
         wait::until(
-            "the running backup to finish",
+            &format!("{h}: timer disabled and no backup running"),
             Duration::from_secs(300),
             || {
-                let out = env.ssh(h, &format!("systemctl is-active {service}"), b"")?;
-                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                Ok((state != "activating" && state != "active").then_some(()))
+                let out = env.ssh(
+                    h,
+                    &format!("systemctl is-active {timer}; systemctl is-active {service}"),
+                    b"",
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let states: Vec<&str> = text.lines().collect();
+                let busy = |s: &str| matches!(s, "active" | "activating" | "reloading");
+                Ok((states.len() == 2 && !busy(states[0]) && !busy(states[1])).then_some(()))
             },
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    }
+    for h in &hosts {
         let out = restic_check(env, h).unwrap();
         assert!(out.contains("no errors were found"), "{out}");
-        env.ssh_ok(h, &format!("systemctl start {timer}")).unwrap();
     }
+    suspend(false);
     step(t0, "restic check --read-data passed on 3 repositories");
 
     // The wrong pinned key: reported, and nothing was written to the machine.
