@@ -31,6 +31,9 @@ pub mod reasons {
     pub const HOSTS_STALE: &str = "HostsStale";
     pub const NO_HOSTS_SELECTED: &str = "NoHostsSelected";
     pub const SUSPENDED: &str = "Suspended";
+    /// An older Host has the same hostname or resolves to the same repository path; this
+    /// one is refused and nothing is applied to it.
+    pub const DUPLICATE_HOST: &str = "DuplicateHost";
 }
 
 /// Three-valued status of a condition, as in `metav1.Condition`.

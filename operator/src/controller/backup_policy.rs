@@ -25,6 +25,8 @@ use super::derive::{self, DeriveError, Secrets};
 use super::error::{Error, Failure, Retry, retry_after};
 use super::events;
 use super::host_status;
+use super::identity;
+use super::jobs::CLEANUP_GRACE;
 use super::summary::{self, EventSpec, HostResult, PolicyProblem};
 use super::{Context, FIELD_MANAGER};
 use crate::host::apply::{apply_plan, gather_facts};
@@ -44,9 +46,6 @@ const RECORDS: usize = 50;
 /// nothing changes.
 const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(10);
-/// After a deletion, hosts that stay unreachable this long are given up on, so a dead VM
-/// cannot keep a policy in Terminating forever. A Warning Event names them.
-const CLEANUP_GRACE: Duration = Duration::from_secs(600);
 
 pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -240,6 +239,16 @@ async fn converge_host(
     }
 }
 
+/// The per-host failure of a Host refused as a duplicate identity; only a change to the
+/// Hosts can end it.
+pub fn duplicate_failure(message: &str) -> Failure {
+    Failure {
+        reason: reasons::DUPLICATE_HOST,
+        message: message.to_string(),
+        retry: Retry::OnChange,
+    }
+}
+
 /// The policy-level problems that stop every host before any SSH work.
 fn policy_problem(
     policy: &BackupPolicy,
@@ -329,13 +338,19 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     let repo = repo.expect("checked by policy_problem");
 
-    // Every selected host concurrently; the pool bounds how many actually run at once.
+    // Every selected host concurrently; the pool bounds how many actually run at once. A
+    // Host refused as a duplicate identity gets nothing: no SSH, no units.
+    let refused = identity::refused_in_namespace(ctx, &ns);
     let repo = &repo;
+    let refused_ref = &refused;
     let results: Vec<(Arc<Host>, Result<Converged, Failure>)> =
         join_all(selected.iter().map(|host| {
             let span = info_span!("host", host = %host.name_any());
             async move {
-                let r = converge_host(ctx, policy, repo, host).await;
+                let r = match refused_ref.get(&host.name_any()) {
+                    Some(message) => Err(duplicate_failure(message)),
+                    None => converge_host(ctx, policy, repo, host).await,
+                };
                 (host.clone(), r)
             }
             .instrument(span)
@@ -415,7 +430,13 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|h| !selected_names.contains(&h.name))
     {
-        match remove_from_host(ctx, &ns, &name, &prev.name).await {
+        // A refused duplicate may share its machine with the older Host, which may still
+        // want this job: it stays listed until the refusal ends.
+        let removal = match refused.get(&prev.name) {
+            Some(message) => Err(duplicate_failure(message)),
+            None => remove_from_host(ctx, &ns, &name, &prev.name).await,
+        };
+        match removal {
             Ok(()) => {
                 info!(host = %prev.name, "host left the selector; job removed");
                 ctx.metrics.forget_backup_host(&PolicyHostLabels {

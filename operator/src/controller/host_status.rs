@@ -25,6 +25,7 @@ use tracing::{Instrument, info_span, warn};
 
 use super::derive;
 use super::error::{Error, Failure, Retry, retry_after};
+use super::identity;
 use super::summary::to_time;
 use super::{Context, FIELD_MANAGER};
 use crate::host::apply::gather_facts;
@@ -226,6 +227,7 @@ pub fn reachable_status(
     now: DateTime<Utc>,
 ) -> HostStatus {
     let mut conditions = previous.conditions.clone();
+    release_duplicate(&mut conditions);
     upsert_condition(
         &mut conditions,
         condition(
@@ -271,6 +273,7 @@ pub fn unreachable_status(
     now: DateTime<Utc>,
 ) -> HostStatus {
     let mut conditions = previous.conditions.clone();
+    release_duplicate(&mut conditions);
     let message = failure.message.clone();
     upsert_condition(
         &mut conditions,
@@ -291,6 +294,51 @@ pub fn unreachable_status(
     }
 }
 
+/// Host-level status of a Host refused as a duplicate identity: nothing was contacted, so
+/// the last known facts and reachability stay; `Ready` is False and `Stalled` True, both
+/// with reason `DuplicateHost` and a message naming the older Host.
+pub fn duplicate_status(
+    previous: &HostStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> HostStatus {
+    let mut conditions = previous.conditions.clone();
+    upsert_condition(
+        &mut conditions,
+        condition(
+            condition_types::READY,
+            false,
+            reasons::DUPLICATE_HOST,
+            message.to_string(),
+            now,
+        ),
+    );
+    upsert_condition(
+        &mut conditions,
+        Condition::new(
+            condition_types::STALLED,
+            ConditionStatus::True,
+            reasons::DUPLICATE_HOST,
+            message,
+            None,
+            to_time(now),
+        ),
+    );
+    HostStatus {
+        policies: Vec::new(),
+        conditions,
+        observed_generation: generation,
+        ..previous.clone()
+    }
+}
+
+/// A Host no longer refused loses the `DuplicateHost` stall; other conditions stay.
+fn release_duplicate(conditions: &mut Vec<Condition>) {
+    conditions
+        .retain(|c| !(c.type_ == condition_types::STALLED && c.reason == reasons::DUPLICATE_HOST));
+}
+
 /// The host-level part of a status, for comparing without the policies' entries.
 fn host_level(s: &HostStatus) -> HostStatus {
     HostStatus {
@@ -308,6 +356,17 @@ pub async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Action, Err
         let now = Utc::now();
         let key = format!("{ns}/{name}");
         let attempts_key = format!("{KIND}/{key}");
+        // A refused duplicate is not even contacted: its address may well be the older
+        // Host's machine.
+        if let Some(message) = identity::refused_in_namespace(&ctx, &ns).get(&name) {
+            let status = duplicate_status(&previous, message, host.metadata.generation, now);
+            if host_level(&previous) != status || host.status.is_none() {
+                warn!(%message, "duplicate host identity; refused");
+                write_host_level(&ctx, &ns, &name, &status).await?;
+            }
+            // Released only when the other Host changes or goes; looked at again each resync.
+            return Ok(Action::requeue(RESYNC));
+        }
         let contact = contact(&ctx, &host, &ns).await;
         let labels = HostLabels {
             namespace: ns.clone(),
@@ -352,28 +411,39 @@ pub async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Action, Err
             }
         };
         if host_level(&previous) != status || host.status.is_none() {
-            let api: Api<Host> = Api::namespaced(ctx.client.clone(), &ns);
-            let mut body = serde_json::to_value(&status).unwrap_or_default();
-            // Policies' entries belong to their own field managers.
-            if let Some(obj) = body.as_object_mut() {
-                obj.remove("policies");
-            }
-            let patch = json!({
-                "apiVersion": "fleetsnap.io/v1alpha1",
-                "kind": "Host",
-                "status": body,
-            });
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            write_host_level(&ctx, &ns, &name, &status).await?;
         }
         Ok(action)
     }
     .instrument(span)
     .await
+}
+
+/// Server-side apply of the host-level status fields (manager `fleetsnap-operator`).
+async fn write_host_level(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &HostStatus,
+) -> Result<(), Error> {
+    let api: Api<Host> = Api::namespaced(ctx.client.clone(), ns);
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    // Policies' entries belong to their own field managers.
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("policies");
+    }
+    let patch = json!({
+        "apiVersion": "fleetsnap.io/v1alpha1",
+        "kind": "Host",
+        "status": body,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Logs in and gathers OS facts plus the installed executor.
@@ -553,6 +623,47 @@ mod tests {
         let mut later = e.clone();
         later.consecutive_failures = 1;
         assert!(entry_differs(Some(&e), Some(&later)));
+    }
+
+    #[test]
+    fn a_refused_duplicate_stalls_and_is_released_by_the_next_contact() {
+        let now = Utc::now();
+        let ok = reachable_status(&HostStatus::default(), &facts(), &artifact(), Some(1), now);
+        let msg = "Host b has the same hostname \"a\" as the older Host a";
+        let dup = duplicate_status(&ok, msg, Some(1), now);
+        // Facts stay as last known: nothing was contacted.
+        assert_eq!(
+            (dup.reachable, &dup.os, &dup.executor),
+            (ok.reachable, &ok.os, &ok.executor)
+        );
+        let ready = dup.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status, ready.reason.as_str()),
+            (ConditionStatus::False, "DuplicateHost")
+        );
+        assert_eq!(ready.message, msg);
+        let stalled = dup
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        assert_eq!(
+            (stalled.status, stalled.reason.as_str()),
+            (ConditionStatus::True, "DuplicateHost")
+        );
+        // Unchanged refusal: identical status, so no write.
+        assert_eq!(duplicate_status(&dup, msg, Some(1), now), dup);
+        // Released: the next successful contact drops the stall and is Ready again.
+        let back = reachable_status(&dup, &facts(), &artifact(), Some(1), now);
+        assert!(back.conditions.iter().all(|c| c.type_ != "Stalled"));
+        assert_eq!(back.conditions.len(), 2);
+        let f = Failure {
+            reason: "HostUnreachable",
+            message: "down".into(),
+            retry: Retry::Backoff,
+        };
+        let down = unreachable_status(&dup, &f, Some(1), now);
+        assert!(down.conditions.iter().all(|c| c.type_ != "Stalled"));
     }
 
     #[test]

@@ -545,6 +545,23 @@ pub fn condition(
     );
 }
 
+/// A reconcile may set a condition more than once (a mode's verdict, then a refusal on
+/// top); what counts is the change against the stored status. A condition whose status is
+/// the stored one keeps the stored transition time, so such a round trip writes nothing.
+pub fn keep_transition_times(
+    stored: &[fleetsnap_crds::common::Condition],
+    current: &mut [fleetsnap_crds::common::Condition],
+) {
+    for c in current.iter_mut() {
+        if let Some(s) = stored
+            .iter()
+            .find(|s| s.type_ == c.type_ && s.status == c.status)
+        {
+            c.last_transition_time = s.last_transition_time.clone();
+        }
+    }
+}
+
 /// Best-effort Event on any object.
 pub async fn event(
     ctx: &Context,
@@ -593,6 +610,42 @@ mod tests {
             split_cleanup_failures(&failed, CLEANUP_GRACE + Duration::from_secs(1));
         assert_eq!(pending, vec!["locked-out"]);
         assert_eq!(abandoned, vec!["dead"]);
+    }
+
+    #[test]
+    fn a_condition_back_at_its_stored_status_keeps_its_transition_time() {
+        use fleetsnap_crds::common::ConditionStatus;
+        let t = |s| super::super::summary::unix_time(s);
+        let mut stored = Vec::new();
+        condition(
+            &mut stored,
+            "Ready",
+            Some(false),
+            "DuplicateHost",
+            "m",
+            None,
+        );
+        stored[0].last_transition_time = t(100);
+        // True, then False again within one reconcile.
+        let mut current = stored.clone();
+        condition(&mut current, "Ready", Some(true), "Succeeded", "", None);
+        condition(
+            &mut current,
+            "Ready",
+            Some(false),
+            "DuplicateHost",
+            "m",
+            None,
+        );
+        assert_ne!(current, stored);
+        keep_transition_times(&stored, &mut current);
+        assert_eq!(current, stored);
+        // A real flip keeps its new time.
+        let mut flipped = stored.clone();
+        condition(&mut flipped, "Ready", Some(true), "Succeeded", "", None);
+        keep_transition_times(&stored, &mut flipped);
+        assert_eq!(flipped[0].status, ConditionStatus::True);
+        assert_ne!(flipped[0].last_transition_time, t(100));
     }
 
     #[test]

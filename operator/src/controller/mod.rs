@@ -7,6 +7,7 @@ pub mod derive;
 pub mod error;
 pub mod events;
 pub mod host_status;
+pub mod identity;
 pub mod jobs;
 pub mod maintenance;
 pub mod pool;

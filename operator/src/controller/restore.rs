@@ -22,6 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Context;
 use super::derive;
 use super::error::{Error, Failure};
+use super::identity;
 use super::jobs::{self, condition};
 use super::summary::to_time;
 use crate::host::apply::{apply_plan, gather_facts};
@@ -231,6 +232,21 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
         write(ctx, restore, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
+    // A Host refused as a duplicate identity gets nothing run on it; the Restore waits
+    // for the refusal to end (the other Host deleted), as for a missing Host.
+    if let Some(message) = identity::refused_in_namespace(ctx, ns).get(&host.name_any()) {
+        status.phase = Some(RestorePhase::Pending);
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::DUPLICATE_HOST,
+            message.clone(),
+            restore.metadata.generation,
+        );
+        write(ctx, restore, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     status.phase = Some(RestorePhase::Running);
     status.start_time = Some(to_time(Utc::now()));
     condition(

@@ -26,6 +26,7 @@ use super::Context;
 use super::derive::{self, Secrets};
 use super::error::{Error, Failure};
 use super::host_status;
+use super::identity;
 use super::jobs::{self, condition};
 use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
 use super::summary::{self, to_time};
@@ -183,12 +184,13 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         .installed_hosts
         .as_ref()
         .map(|r| r.iter().cloned().collect());
+    let refused = identity::refused_in_namespace(ctx, &ns);
     let plan = units::plan_units(
         mode,
         &selected,
         recorded.as_ref(),
         &jobs::existing_hosts(ctx, &ns),
-        &BTreeSet::new(),
+        &refused.keys().cloned().collect(),
     );
     let mut written = previous.clone();
     if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
@@ -234,7 +236,12 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
                 host_mode(ctx, policy, &targets.repository, &converge, &mut status).await
             }
             RunOn::Operator => {
-                operator_mode(ctx, policy, &targets.repository, &hosts, &mut status).await
+                let usable: Vec<Arc<Host>> = hosts
+                    .iter()
+                    .filter(|h| !refused.contains_key(&h.name_any()))
+                    .cloned()
+                    .collect();
+                operator_mode(ctx, policy, &targets.repository, &usable, &mut status).await
             }
         };
         if hosts.is_empty() {
@@ -249,11 +256,33 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         }
         requeue
     };
-    // Pending removals are listed beside the run errors (not counted as failing hosts) and
-    // retried; the previous round's notes are replaced, not piled up.
-    status
-        .errors
-        .retain(|e| !e.message.starts_with(REMOVAL_PENDING));
+    // Refused duplicates and pending removals are listed beside the run errors and derived
+    // anew each round: the previous round's notes are replaced, not piled up.
+    status.errors.retain(|e| !is_note(e));
+    let refused_selected: Vec<(&String, &String)> = refused
+        .iter()
+        .filter(|(h, _)| selected.contains(*h))
+        .collect();
+    for (host, message) in &refused_selected {
+        status.errors.push(RunError {
+            host: host.to_string(),
+            message: format!("{}: {message}", reasons::DUPLICATE_HOST),
+            time: None,
+        });
+    }
+    if let Some((host, message)) = refused_selected.first() {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::DUPLICATE_HOST,
+            format!(
+                "{} selected host(s) refused as duplicates; {host}: {message}",
+                refused_selected.len()
+            ),
+            gen_,
+        );
+    }
     for (host, f) in &removal {
         status.errors.push(RunError {
             host: host.clone(),
@@ -263,6 +292,7 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         let after = super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC);
         requeue = Some(requeue.map_or(after, |r: Duration| r.min(after)));
     }
+    jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
     write(ctx, policy, &written, &status).await?;
     Ok(match requeue {
         Some(r) => Action::requeue(r),
@@ -272,6 +302,15 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
 
 /// Prefix of the status note for a host the job could not be removed from yet.
 const REMOVAL_PENDING: &str = "removing the host-side retention job is pending: ";
+
+/// Whether a status error is a note derived anew by every reconcile (a pending removal, a
+/// refused duplicate) rather than the outcome of a run.
+fn is_note(e: &RunError) -> bool {
+    e.message.starts_with(REMOVAL_PENDING)
+        || e.message
+            .strip_prefix(reasons::DUPLICATE_HOST)
+            .is_some_and(|rest| rest.starts_with(": "))
+}
 
 fn stalled(status: &mut RetentionPolicyStatus, reason: &str, message: &str, gen_: Option<i64>) {
     condition(
@@ -417,11 +456,7 @@ async fn host_mode(
         }
     }
     let failing = !errors.is_empty();
-    let before: Vec<&RunError> = status
-        .errors
-        .iter()
-        .filter(|e| !e.message.starts_with(REMOVAL_PENDING))
-        .collect();
+    let before: Vec<&RunError> = status.errors.iter().filter(|e| !is_note(e)).collect();
     if failing && before != errors.iter().collect::<Vec<_>>() {
         let note = errors
             .iter()

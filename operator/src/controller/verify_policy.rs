@@ -20,6 +20,7 @@ use tracing::{Instrument, info_span, warn};
 use super::Context;
 use super::error::Error;
 use super::host_status;
+use super::identity;
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
 use super::units::{self, UnitMode};
@@ -34,6 +35,15 @@ const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(5);
 /// Prefix of the status note for a host the job could not be removed from yet.
 const REMOVAL_PENDING: &str = "left the selection; removing the verify job is pending: ";
+
+/// Whether a status error is a note derived anew by every reconcile (a pending removal, a
+/// refused duplicate) rather than a verification outcome.
+fn is_note(e: &VerifyError) -> bool {
+    e.message.starts_with(REMOVAL_PENDING)
+        || e.message
+            .strip_prefix(reasons::DUPLICATE_HOST)
+            .is_some_and(|rest| rest.starts_with(": "))
+}
 
 /// Executor arguments of the verify job: what data to re-read, then the drill.
 pub fn extra_args(policy: &VerifyPolicy) -> Vec<String> {
@@ -226,12 +236,13 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         .installed_hosts
         .as_ref()
         .map(|r| r.iter().cloned().collect());
+    let refused = identity::refused_in_namespace(ctx, &ns);
     let plan = units::plan_units(
         UnitMode::Install,
         &selected,
         recorded.as_ref(),
         &jobs::existing_hosts(ctx, &ns),
-        &BTreeSet::new(),
+        &refused.keys().cloned().collect(),
     );
     let mut written = previous.clone();
     if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
@@ -358,7 +369,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let before: BTreeSet<&str> = previous
         .errors
         .iter()
-        .filter(|e| !e.message.starts_with(REMOVAL_PENDING))
+        .filter(|e| !is_note(e))
         .map(|e| e.host.as_str())
         .collect();
     let after: BTreeSet<&str> = errors.iter().map(|e| e.host.as_str()).collect();
@@ -457,8 +468,33 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             gen_,
         );
     }
-    // A host the job could not be taken off yet is listed (not counted as failing) and
-    // retried.
+    // Refused duplicates and hosts the job could not be taken off yet are listed (not
+    // counted as failing); removals are retried.
+    let refused_selected: Vec<(&String, &String)> = refused
+        .iter()
+        .filter(|(h, _)| selected.contains(*h))
+        .collect();
+    for (host, message) in &refused_selected {
+        status.errors.push(VerifyError {
+            host: host.to_string(),
+            message: format!("{}: {message}", reasons::DUPLICATE_HOST),
+            packs: vec![],
+            time: None,
+        });
+    }
+    if let Some((host, message)) = refused_selected.first() {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::DUPLICATE_HOST,
+            format!(
+                "{} selected host(s) refused as duplicates; {host}: {message}",
+                refused_selected.len()
+            ),
+            gen_,
+        );
+    }
     for (host, f) in &removal {
         status.errors.push(VerifyError {
             host: host.clone(),
@@ -468,6 +504,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         });
         requeue = requeue.min(super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC));
     }
+    jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
     write(ctx, policy, &written, &status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
 }
