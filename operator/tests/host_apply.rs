@@ -109,6 +109,27 @@ fn policy(name: &str) -> PolicySpec {
     }
 }
 
+async fn connect() -> SshHost {
+    SshHost::connect(&target(), &SshOptions::default())
+        .await
+        .unwrap()
+}
+
+fn credentials() -> Credentials {
+    Credentials {
+        repository_password: SecretBytes::new(PASSWORD),
+        aws: None,
+    }
+}
+
+async fn rm_rf<S: HostShell>(sh: &S, paths: &[&str]) {
+    let mut argv = vec!["rm", "-rf", "--"];
+    argv.extend_from_slice(paths);
+    run_ok(sh, "remove test leftovers", &argv, b"")
+        .await
+        .unwrap();
+}
+
 async fn sh_out<S: HostShell>(sh: &S, script: &str, stdin: &[u8]) -> (Option<i32>, String) {
     let out = sh.run(&["sh", "-c", script], stdin).await.unwrap();
     (out.code, out.stdout_text())
@@ -130,35 +151,24 @@ async fn snapshot<S: HostShell>(sh: &S, slug: &str) -> String {
 #[tokio::test]
 async fn apply_is_idempotent_secret_free_and_removable() {
     let _one = ONE_HOST_USER.lock().await;
-    let target = target();
-    let host = SshHost::connect(&target, &SshOptions::default())
-        .await
-        .unwrap();
+    let host = connect().await;
     let tmp = tempfile::tempdir().unwrap();
     let name = "it-apply";
     let job = JobId::new(PolicyKind::Backup, name).unwrap();
     let slug = job.slug();
     // Start from a clean slate in case an earlier run used this host.
     remove_job(&host, &job).await.unwrap();
-    run_ok(
+    rm_rf(
         &host,
-        "remove test executors",
         &[
-            "rm",
-            "-rf",
             "/usr/local/lib/fleetsnap/0.0.1-it",
             "/usr/local/lib/fleetsnap/0.0.2-it",
         ],
-        b"",
     )
-    .await
-    .unwrap();
+    .await;
 
     let (a1, p) = (artifact(tmp.path(), "0.0.1-it"), policy(name));
-    let creds = Credentials {
-        repository_password: SecretBytes::new(PASSWORD),
-        aws: None,
-    };
+    let creds = credentials();
     let inputs = JobInputs {
         artifact: &a1,
         policy: &p,
@@ -349,42 +359,32 @@ async fn converged_state<S: HostShell>(sh: &S, slug: &str) -> String {
 #[tokio::test]
 async fn interrupted_apply_converges_from_every_point() {
     let _one = ONE_HOST_USER.lock().await;
-    let target = target();
-    let host = SshHost::connect(&target, &SshOptions::default())
-        .await
-        .unwrap();
+    let host = connect().await;
     let tmp = tempfile::tempdir().unwrap();
     let name = "it-kill";
     let version = "0.0.9-kill";
     let job = JobId::new(PolicyKind::Backup, name).unwrap();
     let slug = job.slug();
     let (art, p) = (artifact(tmp.path(), version), policy(name));
-    let creds = Credentials {
-        repository_password: SecretBytes::new(PASSWORD),
-        aws: None,
-    };
+    let creds = credentials();
     let inputs = JobInputs {
         artifact: &art,
         policy: &p,
         credentials: &creds,
     };
-    // A clean slate: no units, no executor of this version and no link (so installing both is
-    // part of every plan).
+    // A clean slate, as on a host never touched: no units, no config or credential
+    // directories, no executor, no link (so every plan creates all of them).
     let clean = || async {
         remove_job(&host, &job).await.unwrap();
-        run_ok(
+        rm_rf(
             &host,
-            "remove executor version",
             &[
-                "rm",
-                "-rf",
-                &format!("/usr/local/lib/fleetsnap/{version}"),
+                "/etc/fleetsnap",
+                "/usr/local/lib/fleetsnap",
                 "/usr/local/bin/fleetsnap",
             ],
-            b"",
         )
-        .await
-        .unwrap();
+        .await;
     };
 
     clean().await;
@@ -397,6 +397,7 @@ async fn interrupted_apply_converges_from_every_point() {
     assert!(reference.ends_with("debris:\n"), "{reference}");
     let steps = full.actions.len();
     assert!(steps >= 5, "{:?}", full.actions);
+    eprintln!("a fresh install is {steps} host actions; killing after each");
 
     for k in 0..steps {
         clean().await;
