@@ -27,8 +27,9 @@ use crate::common::{Condition, SecretKeyRef, SecretRef};
         type_ = "boolean",
         json_path = ".spec.appendOnly"
     ),
+    printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.hosts"),
     printcolumn(
-        name = "Hosts",
+        name = "Initialized",
         type_ = "integer",
         json_path = ".status.initializedHosts"
     ),
@@ -46,6 +47,12 @@ use crate::common::{Condition, SecretKeyRef, SecretRef};
         name = "Endpoint",
         type_ = "string",
         json_path = ".spec.s3.endpoint",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Policies",
+        type_ = "integer",
+        json_path = ".status.policies",
         priority = 1
     ),
     printcolumn(
@@ -223,13 +230,25 @@ pub struct ObjectLock {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositoryStatus {
-    /// Number of host repositories known to be initialised.
+    /// Hosts whose own repository below this one is known to exist: a backup on that host
+    /// succeeded at least once (from the BackupPolicies' status; the operator makes no
+    /// storage call to count them).
     #[serde(default)]
     pub initialized_hosts: i32,
-    /// When operator-side maintenance (forget/prune) last finished.
+    /// Hosts selected by the policies that use this repository.
+    #[serde(default)]
+    pub hosts: i32,
+    /// BackupPolicies, RetentionPolicies and VerifyPolicies using this repository, directly
+    /// or through backupPolicyRef.
+    #[serde(default)]
+    pub policies: i32,
+    /// When an operator-side retention run (forget/prune) over this repository last
+    /// succeeded, from the RetentionPolicies' status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_maintenance: Option<Time>,
-    /// Standard conditions: `Ready` (credentials and backend reachable), `Stalled`.
+    /// Standard conditions: `Ready` (the spec is usable and every Secret it names resolves:
+    /// reason `InvalidSpec` or `SecretNotFound` otherwise; the backend itself is not
+    /// contacted), `Stalled` (True while a human has to fix one of those).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

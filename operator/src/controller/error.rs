@@ -106,6 +106,9 @@ pub enum Error {
     CleanupIncomplete { policy: String, hosts: String },
     #[error("object has no namespace")]
     NoNamespace,
+    /// An API read that was already classified (e.g. a Secret read), message included.
+    #[error("Kubernetes API: {0}")]
+    KubeRead(String),
 }
 
 impl Error {
@@ -120,6 +123,7 @@ impl Error {
             },
             Error::CleanupIncomplete { .. } => "CleanupIncomplete",
             Error::NoNamespace => "InvalidSpec",
+            Error::KubeRead(_) => "KubeApiError",
         }
     }
 }

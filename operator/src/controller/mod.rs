@@ -11,6 +11,7 @@ pub mod identity;
 pub mod jobs;
 pub mod maintenance;
 pub mod pool;
+pub mod repository_status;
 pub mod restore;
 pub mod retention_policy;
 pub mod summary;
@@ -287,8 +288,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     }
 }
 
-/// The RetentionPolicy, VerifyPolicy and Restore controllers, sharing the context (and so
-/// the SSH pool and its concurrency bound) with the BackupPolicy controller.
+/// The RetentionPolicy, VerifyPolicy, Restore and BackupRepository (status only)
+/// controllers, sharing the context (and so the SSH pool and its concurrency bound) with the
+/// BackupPolicy controller.
 async fn run_maintenance_controllers(client: &Client, ns: &Option<String>, ctx: Arc<Context>) {
     use fleetsnap_crds::{Restore, RetentionPolicy, VerifyPolicy};
     let wc = watcher::Config::default();
@@ -308,11 +310,21 @@ async fn run_maintenance_controllers(client: &Client, ns: &Option<String>, ctx: 
             ctx.clone(),
         )
         .for_each(|r| log_result(verify_policy::KIND, r));
-    let restores = Controller::new(api::<Restore>(client, ns), wc)
+    let restores = Controller::new(api::<Restore>(client, ns), wc.clone())
         .shutdown_on_signal()
-        .run(restore::reconcile, restore::error_policy, ctx)
+        .run(restore::reconcile, restore::error_policy, ctx.clone())
         .for_each(|r| log_result(restore::KIND, r));
-    tokio::join!(retention, verify, restores);
+    // Its own status writes wake it once more; that round computes the same status and
+    // writes nothing.
+    let repositories = Controller::new(api::<BackupRepository>(client, ns), wc)
+        .shutdown_on_signal()
+        .run(
+            repository_status::reconcile,
+            repository_status::error_policy,
+            ctx,
+        )
+        .for_each(|r| log_result(repository_status::KIND, r));
+    tokio::join!(retention, verify, restores, repositories);
 }
 
 async fn log_result<T, E: std::fmt::Display>(kind: &'static str, res: Result<T, E>) {
