@@ -357,7 +357,8 @@ pub async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Action, Err
         let key = format!("{ns}/{name}");
         let attempts_key = format!("{KIND}/{key}");
         // A refused duplicate is not even contacted: its address may well be the older
-        // Host's machine.
+        // Host's machine. Judged on full caches only: a half-filled one could miss the twin.
+        ctx.caches_ready().await;
         if let Some(message) = identity::refused_in_namespace(&ctx, &ns).get(&name) {
             let status = duplicate_status(&previous, message, host.metadata.generation, now);
             if host_level(&previous) != status || host.status.is_none() {
