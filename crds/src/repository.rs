@@ -111,8 +111,9 @@ pub struct BackupRepositorySpec {
     /// sent to hosts. Same keys as the backend's credentials Secret. Required when appendOnly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_credentials_secret_ref: Option<SecretRef>,
-    /// Object Lock configured on the bucket, declared so prune can expect (and report rather
-    /// than fail on) deletions refused inside the lock window.
+    /// Object Lock configured on the bucket, recorded for readers of this resource. Prune and
+    /// forget read the bucket's own lock configuration: versions still inside their lock window
+    /// are hidden and reported (`lockedObjectsRetained`), expired ones deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
 }
