@@ -12,7 +12,6 @@ use fleetsnap_crds::common::reasons;
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
 use futures::FutureExt;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -21,12 +20,12 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::derive::{self, DeriveError, Secrets};
+use super::derive::{self, DeriveError};
 use super::error::{Error, Failure, Retry, retry_after};
 use super::events;
 use super::host_status;
 use super::identity;
-use super::jobs::CLEANUP_GRACE;
+use super::jobs::{CLEANUP_GRACE, read_secrets, selected_hosts};
 use super::summary::{self, EventSpec, HostResult, PolicyProblem};
 use super::{Context, FIELD_MANAGER};
 use crate::host::apply::{apply_plan, gather_facts};
@@ -74,55 +73,13 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
 }
 
 pub fn error_policy(policy: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        policy.namespace().unwrap_or_default(),
-        policy.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
     warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 fn attempts_key(ns: &str, policy: &str, host: &str) -> String {
     format!("{KIND}/{ns}/{policy}/{host}")
-}
-
-fn selected_hosts(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<Host>> {
-    let mut hosts: Vec<Arc<Host>> = ctx
-        .hosts
-        .state()
-        .into_iter()
-        .filter(|h| h.namespace().as_deref() == Some(ns))
-        .filter(|h| h.metadata.deletion_timestamp.is_none())
-        .filter(|h| derive::selects(&policy.spec.host_selector, h))
-        .collect();
-    hosts.sort_by_key(|h| h.name_any());
-    hosts
-}
-
-/// Reads the Secrets a pair needs. Absent Secrets are simply missing from the map: the
-/// derive step turns that into `SecretNotFound` naming the Secret.
-async fn read_secrets(ctx: &Context, ns: &str, names: &[String]) -> Result<Secrets, Failure> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut out = Secrets::new();
-    for name in names {
-        match api.get_opt(name).await {
-            Ok(Some(s)) => {
-                out.insert(name.clone(), s);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Failure {
-                    reason: "KubeApiError",
-                    message: format!("reading Secret {name:?} failed: {e}"),
-                    retry: Retry::Backoff,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// While a policy is suspended its units stay but the timer must not run: the normal plan
@@ -280,7 +237,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     let repo = ctx
         .repos
         .get(&ObjectRef::new(&policy.spec.repository_ref.name).within(&ns));
-    let selected = selected_hosts(ctx, policy, &ns);
+    let selected = selected_hosts(ctx, &policy.spec.host_selector, &ns);
     let interval = derive::expected_interval(&policy.spec.schedule.on_calendar);
     let window = policy
         .spec
@@ -572,7 +529,7 @@ async fn remove_from_host(
 async fn cleanup(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
-    let mut hosts: BTreeSet<String> = selected_hosts(ctx, policy, &ns)
+    let mut hosts: BTreeSet<String> = selected_hosts(ctx, &policy.spec.host_selector, &ns)
         .iter()
         .map(|h| h.name_any())
         .collect();

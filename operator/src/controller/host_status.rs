@@ -449,22 +449,12 @@ async fn write_host_level(
 
 /// Logs in and gathers OS facts plus the installed executor.
 async fn contact(ctx: &Context, host: &Host, ns: &str) -> Result<HostFacts, Failure> {
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret_name = &host.spec.ssh_key_secret_ref.name;
-    let mut secrets = derive::Secrets::new();
-    match api.get_opt(secret_name).await {
-        Ok(Some(s)) => {
-            secrets.insert(secret_name.clone(), s);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            return Err(Failure {
-                reason: "KubeApiError",
-                message: format!("reading Secret {secret_name:?} failed: {e}"),
-                retry: Retry::Backoff,
-            });
-        }
-    }
+    let secrets = super::jobs::read_secrets(
+        ctx,
+        ns,
+        std::slice::from_ref(&host.spec.ssh_key_secret_ref.name),
+    )
+    .await?;
     let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
     let query = FactQuery {
         files: vec![layout::executor_path(&ctx.artifact.version)],
@@ -484,15 +474,9 @@ async fn contact(ctx: &Context, host: &Host, ns: &str) -> Result<HostFacts, Fail
 }
 
 pub fn error_policy(host: Arc<Host>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        host.namespace().unwrap_or_default(),
-        host.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (_, action) = ctx.reconcile_failed(KIND, host.as_ref(), err);
     warn!(host = %host.name_any(), error = %err, "Host reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 #[cfg(test)]

@@ -83,6 +83,28 @@ impl Context {
         let mut a = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         a.remove(key);
     }
+
+    /// A failed reconcile of one object (every controller's `error_policy`): counted in the
+    /// metrics and per `<kind>/<namespace>/<name>`; returns how many failed in a row and the
+    /// requeue after the matching backoff.
+    pub fn reconcile_failed<K: ResourceExt>(
+        &self,
+        kind: &str,
+        obj: &K,
+        err: &error::Error,
+    ) -> (u32, kube::runtime::controller::Action) {
+        self.metrics.reconcile_error(kind, err.reason());
+        let key = format!(
+            "{kind}/{}/{}",
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        );
+        let attempt = self.failed_attempt(&key);
+        (
+            attempt,
+            kube::runtime::controller::Action::requeue(error::backoff(attempt)),
+        )
+    }
 }
 
 /// Settings of the controllers from the command line.

@@ -432,15 +432,9 @@ async fn observe(repo: &BackupRepository, ctx: &Context, ns: &str) -> Result<Act
 }
 
 pub fn error_policy(repo: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        repo.namespace().unwrap_or_default(),
-        repo.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (attempt, action) = ctx.reconcile_failed(KIND, repo.as_ref(), err);
     warn!(repository = %repo.name_any(), error = %err, attempt, "reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 #[cfg(test)]

@@ -121,15 +121,9 @@ pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Actio
 }
 
 pub fn error_policy(restore: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        restore.namespace().unwrap_or_default(),
-        restore.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (attempt, action) = ctx.reconcile_failed(KIND, restore.as_ref(), err);
     warn!(restore = %restore.name_any(), error = %err, attempt, "reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 async fn write(ctx: &Context, restore: &Restore, status: &RestoreStatus) -> Result<(), Error> {

@@ -136,15 +136,9 @@ pub async fn reconcile(policy: Arc<RetentionPolicy>, ctx: Arc<Context>) -> Resul
 }
 
 pub fn error_policy(policy: Arc<RetentionPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        policy.namespace().unwrap_or_default(),
-        policy.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
     warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {

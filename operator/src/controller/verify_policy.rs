@@ -171,15 +171,9 @@ pub async fn reconcile(policy: Arc<VerifyPolicy>, ctx: Arc<Context>) -> Result<A
 }
 
 pub fn error_policy(policy: Arc<VerifyPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error(KIND, err.reason());
-    let key = format!(
-        "{KIND}/{}/{}",
-        policy.namespace().unwrap_or_default(),
-        policy.name_any()
-    );
-    let attempt = ctx.failed_attempt(&key);
+    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
     warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    Action::requeue(super::error::backoff(attempt))
+    action
 }
 
 async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
