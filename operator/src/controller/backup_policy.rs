@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
@@ -14,7 +14,6 @@ use futures::FutureExt;
 use futures::future::join_all;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -23,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::derive::{self, DeriveError};
 use super::error::{Error, Failure, Retry, retry_after};
 use super::events;
+use super::finalized::Finalized;
 use super::host_status;
 use super::identity;
 use super::jobs::{CLEANUP_GRACE, read_secrets, selected_hosts};
@@ -37,8 +37,6 @@ use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, p
 use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "BackupPolicy";
-/// Held while units may exist on hosts; removed once every host was cleaned.
-pub const FINALIZER: &str = "fleetsnap.io/host-cleanup";
 /// Run records read per observation; enough to count a long failure streak.
 const RECORDS: usize = 50;
 /// Longest gap between two looks at a healthy policy, so staleness is noticed even when
@@ -46,36 +44,14 @@ const RECORDS: usize = 50;
 const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(10);
 
-pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
-    let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = async {
-        debug!("reconcile started");
-        // Planning against half-filled caches would treat hosts as deselected.
-        ctx.caches_ready().await;
-        debug!("caches ready");
-        finalizer(&api, FINALIZER, policy, |event| async {
-            match event {
-                FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
-                FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+impl Finalized for BackupPolicy {
+    const KIND: &'static str = KIND;
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
     }
-    .instrument(span)
-    .await;
-    ctx.metrics
-        .reconcile_took(KIND, started.elapsed().as_secs_f64());
-    result
-}
-
-pub fn error_policy(policy: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
-    warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    action
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        cleanup(self, ctx).await
+    }
 }
 
 fn attempts_key(ns: &str, policy: &str, host: &str) -> String {

@@ -6,6 +6,8 @@ pub mod backup_policy;
 pub mod derive;
 pub mod error;
 pub mod events;
+pub mod finalized;
+pub mod host_job;
 pub mod host_status;
 pub mod identity;
 pub mod jobs;
@@ -274,8 +276,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     let policy_loop = policies
         .shutdown_on_signal()
         .run(
-            backup_policy::reconcile,
-            backup_policy::error_policy,
+            finalized::reconcile::<BackupPolicy>,
+            finalized::error_policy::<BackupPolicy>,
             ctx.clone(),
         )
         .for_each(|res| async move {
@@ -319,16 +321,16 @@ async fn run_maintenance_controllers(client: &Client, ns: &Option<String>, ctx: 
     let retention = Controller::new(api::<RetentionPolicy>(client, ns), wc.clone())
         .shutdown_on_signal()
         .run(
-            retention_policy::reconcile,
-            retention_policy::error_policy,
+            finalized::reconcile::<RetentionPolicy>,
+            finalized::error_policy::<RetentionPolicy>,
             ctx.clone(),
         )
         .for_each(|r| log_result(retention_policy::KIND, r));
     let verify = Controller::new(api::<VerifyPolicy>(client, ns), wc.clone())
         .shutdown_on_signal()
         .run(
-            verify_policy::reconcile,
-            verify_policy::error_policy,
+            finalized::reconcile::<VerifyPolicy>,
+            finalized::error_policy::<VerifyPolicy>,
             ctx.clone(),
         )
         .for_each(|r| log_result(verify_policy::KIND, r));

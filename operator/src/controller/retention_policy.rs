@@ -12,31 +12,30 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::Host;
-use fleetsnap_crds::common::{condition_types, reasons};
+use fleetsnap_crds::common::{Condition, LocalObjectRef, condition_types, reasons};
 use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::repository::BackupRepository;
 use fleetsnap_crds::retention_policy::{RetentionPolicy, RetentionPolicyStatus, RunError, RunOn};
 use futures::future::join_all;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Context;
 use super::derive::{self, Secrets};
 use super::error::{Error, Failure};
+use super::finalized::Finalized;
+use super::host_job::{self, HostJob, JobStatus, MAX_RESYNC};
 use super::host_status;
-use super::identity;
 use super::jobs::{self, condition};
 use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
 use super::summary::{self, to_time};
-use super::units::{self, UnitMode};
+use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::metrics::PolicyHostLabels;
 
 pub const KIND: &str = "RetentionPolicy";
-const FINALIZER: &str = "fleetsnap.io/host-cleanup";
-const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(5);
 /// A repository locked by a running backup is tried again after this long.
 const LOCKED_RETRY: Duration = Duration::from_secs(60);
@@ -112,59 +111,78 @@ fn time_to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> D
     DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
 }
 
-pub async fn reconcile(policy: Arc<RetentionPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
-    let api: Api<RetentionPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = async {
-        ctx.caches_ready().await;
-        finalizer(&api, FINALIZER, policy, |event| async {
-            match event {
-                FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
-                FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+impl JobStatus for RetentionPolicyStatus {
+    type Error = RunError;
+    fn installed_hosts(&self) -> Option<&Vec<String>> {
+        self.installed_hosts.as_ref()
     }
-    .instrument(span)
-    .await;
-    ctx.metrics
-        .reconcile_took(KIND, started.elapsed().as_secs_f64());
-    result
+    fn set_installed_hosts(&mut self, hosts: Vec<String>) {
+        self.installed_hosts = Some(hosts);
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn errors_mut(&mut self) -> &mut Vec<RunError> {
+        &mut self.errors
+    }
+    fn note(host: String, message: String) -> RunError {
+        RunError {
+            host,
+            message,
+            time: None,
+        }
+    }
+    fn message(e: &RunError) -> &str {
+        &e.message
+    }
 }
 
-pub fn error_policy(policy: Arc<RetentionPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
-    warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    action
+impl Finalized for RetentionPolicy {
+    const KIND: &'static str = KIND;
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+    /// With a record (see `status.installedHosts`) that is exactly the recorded hosts,
+    /// whatever `runOn` says now.
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        host_job::cleanup(self, ctx).await
+    }
+}
+
+impl HostJob for RetentionPolicy {
+    type Status = RetentionPolicyStatus;
+    const JOB: PolicyKind = PolicyKind::Retention;
+    const REMOVAL_PENDING: &'static str = "removing the host-side retention job is pending: ";
+    fn job_status(&self) -> Option<&RetentionPolicyStatus> {
+        self.status.as_ref()
+    }
+    fn target_refs(
+        &self,
+    ) -> (
+        Option<&LocalObjectRef>,
+        Option<&LabelSelector>,
+        Option<&LocalObjectRef>,
+    ) {
+        let s = &self.spec;
+        (
+            s.backup_policy_ref.as_ref(),
+            s.host_selector.as_ref(),
+            s.repository_ref.as_ref(),
+        )
+    }
 }
 
 async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let name = policy.name_any();
     let gen_ = policy.metadata.generation;
     let previous = policy.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = gen_;
     let spec = &policy.spec;
-    let targets = jobs::resolve_targets(
-        ctx,
-        &ns,
-        spec.backup_policy_ref.as_ref(),
-        spec.host_selector.as_ref(),
-        spec.repository_ref.as_ref(),
-    )
-    .await;
     // Without targets the selection is unknown: hosts keep what they have.
-    let targets = match targets {
+    let targets = match host_job::resolve_targets(ctx, policy, &ns, &previous, &mut status).await? {
         Ok(t) => t,
-        Err(e) => {
-            stalled(&mut status, e.reason, &e.message, gen_);
-            write(ctx, policy, &previous, &status).await?;
-            return Ok(Action::requeue(MAX_RESYNC));
-        }
+        Err(action) => return Ok(action),
     };
     let problem = spec_problem(policy, &targets.repository);
     let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
@@ -174,42 +192,13 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         (RunOn::Host, None) => UnitMode::Install,
         (RunOn::Host, Some(_)) => UnitMode::Hold,
     };
-    let recorded: Option<BTreeSet<String>> = previous
-        .installed_hosts
-        .as_ref()
-        .map(|r| r.iter().cloned().collect());
-    let refused = identity::refused_in_namespace(ctx, &ns);
-    let plan = units::plan_units(
-        mode,
-        &selected,
-        recorded.as_ref(),
-        &jobs::existing_hosts(ctx, &ns),
-        &refused.keys().cloned().collect(),
-    );
-    let mut written = previous.clone();
-    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
-        status.installed_hosts = Some(record);
-        write(ctx, policy, &written, &status).await?;
-        written = status.clone();
-    }
-    let removal =
-        jobs::remove_planned(ctx, &ns, PolicyKind::Retention, &name, &plan, &selected).await;
-    let record = units::next_record(&plan, &removal.keys().cloned().collect());
-    jobs::drop_stale_entries(
-        ctx,
-        &ns,
-        CrdKind::RetentionPolicy,
-        &name,
-        &selected,
-        &record,
-    )
-    .await;
-    status.installed_hosts = Some(record);
+    let round =
+        host_job::plan_round(ctx, policy, &ns, mode, &selected, &previous, &mut status).await?;
 
     // When to look again; `None` waits for a change.
     let mut requeue = if let Some((reason, message)) = problem {
         warn!(reason, %message, "retention policy cannot run");
-        stalled(&mut status, reason, &message, gen_);
+        host_job::stalled(&mut status, reason, &message, gen_);
         None
     } else {
         condition(
@@ -222,7 +211,7 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         );
         let converge: Vec<Arc<Host>> = hosts
             .iter()
-            .filter(|h| plan.converge.contains(&h.name_any()))
+            .filter(|h| round.plan.converge.contains(&h.name_any()))
             .cloned()
             .collect();
         let requeue = match spec.run_on {
@@ -232,7 +221,7 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
             RunOn::Operator => {
                 let usable: Vec<Arc<Host>> = hosts
                     .iter()
-                    .filter(|h| !refused.contains_key(&h.name_any()))
+                    .filter(|h| !round.refused.contains_key(&h.name_any()))
                     .cloned()
                     .collect();
                 operator_mode(ctx, policy, &targets.repository, &usable, &mut status).await
@@ -252,94 +241,20 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
     };
     // Refused duplicates and pending removals are listed beside the run errors and derived
     // anew each round: the previous round's notes are replaced, not piled up.
-    status.errors.retain(|e| !is_note(e));
-    let refused_selected: Vec<(&String, &String)> = refused
-        .iter()
-        .filter(|(h, _)| selected.contains(*h))
-        .collect();
-    for (host, message) in &refused_selected {
-        status.errors.push(RunError {
-            host: host.to_string(),
-            message: format!("{}: {message}", reasons::DUPLICATE_HOST),
-            time: None,
-        });
-    }
-    if let Some((host, message)) = refused_selected.first() {
-        condition(
-            &mut status.conditions,
-            condition_types::READY,
-            Some(false),
-            reasons::DUPLICATE_HOST,
-            format!(
-                "{} selected host(s) refused as duplicates; {host}: {message}",
-                refused_selected.len()
-            ),
-            gen_,
-        );
-    }
-    for (host, f) in &removal {
-        status.errors.push(RunError {
-            host: host.clone(),
-            message: format!("{REMOVAL_PENDING}{}: {}", f.reason, f.message),
-            time: None,
-        });
-        let after = super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC);
+    status
+        .errors
+        .retain(|e| !host_job::is_note::<RetentionPolicy>(e));
+    if let Some(after) =
+        host_job::add_notes::<RetentionPolicy>(&mut status, &round, &selected, gen_)
+    {
         requeue = Some(requeue.map_or(after, |r: Duration| r.min(after)));
     }
     jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
-    write(ctx, policy, &written, &status).await?;
+    host_job::write(ctx, policy, &round.written, &status).await?;
     Ok(match requeue {
         Some(r) => Action::requeue(r),
         None => Action::await_change(),
     })
-}
-
-/// Prefix of the status note for a host the job could not be removed from yet.
-const REMOVAL_PENDING: &str = "removing the host-side retention job is pending: ";
-
-/// Whether a status error is a note derived anew by every reconcile (a pending removal, a
-/// refused duplicate) rather than the outcome of a run.
-fn is_note(e: &RunError) -> bool {
-    e.message.starts_with(REMOVAL_PENDING)
-        || e.message
-            .strip_prefix(reasons::DUPLICATE_HOST)
-            .is_some_and(|rest| rest.starts_with(": "))
-}
-
-fn stalled(status: &mut RetentionPolicyStatus, reason: &str, message: &str, gen_: Option<i64>) {
-    condition(
-        &mut status.conditions,
-        condition_types::STALLED,
-        Some(true),
-        reason,
-        message,
-        gen_,
-    );
-    condition(
-        &mut status.conditions,
-        condition_types::READY,
-        Some(false),
-        reason,
-        message,
-        gen_,
-    );
-}
-
-async fn write(
-    ctx: &Context,
-    policy: &RetentionPolicy,
-    previous: &RetentionPolicyStatus,
-    status: &RetentionPolicyStatus,
-) -> Result<(), Error> {
-    let changed = policy.status.is_none() || previous != status;
-    jobs::write_status(
-        ctx,
-        policy,
-        KIND,
-        changed,
-        serde_json::to_value(status).unwrap_or_default(),
-    )
-    .await
 }
 
 /// The retention job's executor arguments: keep rules, then prune limits.
@@ -385,25 +300,7 @@ async fn host_mode(
             policy: name.clone(),
             host: host.clone(),
         };
-        let entry = match &r {
-            Ok(c) => summary::job_entry(CrdKind::RetentionPolicy, &name, &c.observation),
-            Err(f) => summary::unreached_entry(
-                CrdKind::RetentionPolicy,
-                &name,
-                host_status::current_entry(ctx, &ns, &host, CrdKind::RetentionPolicy, &name)
-                    .as_ref(),
-                f,
-            ),
-        };
-        host_status::sync_entry(
-            ctx,
-            &ns,
-            &host,
-            CrdKind::RetentionPolicy,
-            &name,
-            Some(&entry),
-        )
-        .await;
+        host_job::sync_host_entry::<RetentionPolicy>(ctx, &ns, &name, &host, &r).await;
         match r {
             Ok(c) => {
                 if let Some(ok) = c.observation.last_success() {
@@ -426,18 +323,17 @@ async fn host_mode(
                         });
                     }
                 }
-                if let Some(next) = c.observation.timer.as_ref().and_then(|t| t.next_elapse) {
-                    let wait = (next - Utc::now().timestamp()).max(0) as u64 + 15;
-                    requeue = requeue.min(Duration::from_secs(wait));
+                if let Some(wait) = host_job::after_next_elapse(&c.observation, Utc::now()) {
+                    requeue = requeue.min(wait);
                 }
             }
             Err(f) => {
                 all_ok = false;
-                ctx.metrics.reconcile_error(KIND, f.reason);
-                requeue = requeue.min(super::error::retry_after(&f, 1).unwrap_or(MAX_RESYNC));
+                let (after, message) = host_job::unreached::<RetentionPolicy>(ctx, &f);
+                requeue = requeue.min(after);
                 errors.push(RunError {
                     host: host.clone(),
-                    message: format!("{}: {}", f.reason, f.message),
+                    message,
                     time: None,
                 });
             }
@@ -450,7 +346,11 @@ async fn host_mode(
         }
     }
     let failing = !errors.is_empty();
-    let before: Vec<&RunError> = status.errors.iter().filter(|e| !is_note(e)).collect();
+    let before: Vec<&RunError> = status
+        .errors
+        .iter()
+        .filter(|e| !host_job::is_note::<RetentionPolicy>(e))
+        .collect();
     if failing && before != errors.iter().collect::<Vec<_>>() {
         let note = errors
             .iter()
@@ -579,7 +479,7 @@ async fn operator_mode(
         .unwrap_or(now);
     let last = status.last_run.as_ref().map(time_to_chrono);
     let Some(due) = next_run(&cal, last, created) else {
-        stalled(
+        host_job::stalled(
             status,
             reasons::INVALID_SCHEDULE,
             "the schedule never fires",
@@ -770,42 +670,6 @@ async fn operator_mode(
         .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
         .unwrap_or(MAX_RESYNC);
     Some((next + Duration::from_secs(1)).min(MAX_RESYNC))
-}
-
-/// Finalizer: the job leaves every host that may carry it. With a record (see
-/// `status.installedHosts`) that is exactly the recorded hosts, whatever `runOn` says now.
-async fn cleanup(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let previous = policy.status.clone().unwrap_or_default();
-    let spec = &policy.spec;
-    let recorded = jobs::recorded_or_selected(
-        ctx,
-        &ns,
-        previous.installed_hosts.as_ref(),
-        spec.backup_policy_ref.as_ref(),
-        spec.host_selector.as_ref(),
-        spec.repository_ref.as_ref(),
-    )
-    .await;
-    let pending = jobs::remove_everywhere(
-        ctx,
-        &policy.object_ref(&()),
-        &policy.metadata,
-        PolicyKind::Retention,
-        &recorded,
-    )
-    .await;
-    if !pending.is_empty() {
-        // Hosts already cleaned leave the record, so the retry contacts only the rest.
-        let mut status = previous.clone();
-        status.installed_hosts = Some(pending.clone());
-        write(ctx, policy, &previous, &status).await?;
-        return Err(Error::CleanupIncomplete {
-            policy: policy.name_any(),
-            hosts: pending.join(", "),
-        });
-    }
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

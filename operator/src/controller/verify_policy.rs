@@ -3,46 +3,91 @@
 //! metrics from the hosts' run records.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetsnap_crds::common::{condition_types, reasons};
-use fleetsnap_crds::host::PolicyKind as CrdKind;
+use fleetsnap_crds::common::{Condition, LocalObjectRef, condition_types, reasons};
 use fleetsnap_crds::verify_policy::{Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus};
 use futures::future::join_all;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::{Api, Resource, ResourceExt};
-use tracing::{Instrument, info_span, warn};
+use kube::{Resource, ResourceExt};
 
 use super::Context;
 use super::error::Error;
-use super::host_status;
-use super::identity;
+use super::finalized::Finalized;
+use super::host_job::{self, HostJob, JobStatus, MAX_RESYNC};
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
-use super::units::{self, UnitMode};
+use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
 use crate::host::record::RunRecord;
 use crate::metrics::{PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "VerifyPolicy";
-const FINALIZER: &str = "fleetsnap.io/host-cleanup";
-const MAX_RESYNC: Duration = Duration::from_secs(300);
 const MIN_RESYNC: Duration = Duration::from_secs(5);
-/// Prefix of the status note for a host the job could not be removed from yet.
-const REMOVAL_PENDING: &str = "left the selection; removing the verify job is pending: ";
 
-/// Whether a status error is a note derived anew by every reconcile (a pending removal, a
-/// refused duplicate) rather than a verification outcome.
-fn is_note(e: &VerifyError) -> bool {
-    e.message.starts_with(REMOVAL_PENDING)
-        || e.message
-            .strip_prefix(reasons::DUPLICATE_HOST)
-            .is_some_and(|rest| rest.starts_with(": "))
+impl JobStatus for VerifyPolicyStatus {
+    type Error = VerifyError;
+    fn installed_hosts(&self) -> Option<&Vec<String>> {
+        self.installed_hosts.as_ref()
+    }
+    fn set_installed_hosts(&mut self, hosts: Vec<String>) {
+        self.installed_hosts = Some(hosts);
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn errors_mut(&mut self) -> &mut Vec<VerifyError> {
+        &mut self.errors
+    }
+    fn note(host: String, message: String) -> VerifyError {
+        VerifyError {
+            host,
+            message,
+            packs: vec![],
+            time: None,
+        }
+    }
+    fn message(e: &VerifyError) -> &str {
+        &e.message
+    }
+}
+
+impl Finalized for VerifyPolicy {
+    const KIND: &'static str = KIND;
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        apply(self, ctx).await
+    }
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        host_job::cleanup(self, ctx).await
+    }
+}
+
+impl HostJob for VerifyPolicy {
+    type Status = VerifyPolicyStatus;
+    const JOB: PolicyKind = PolicyKind::Verify;
+    const REMOVAL_PENDING: &'static str =
+        "left the selection; removing the verify job is pending: ";
+    fn job_status(&self) -> Option<&VerifyPolicyStatus> {
+        self.status.as_ref()
+    }
+    fn target_refs(
+        &self,
+    ) -> (
+        Option<&LocalObjectRef>,
+        Option<&LabelSelector>,
+        Option<&LocalObjectRef>,
+    ) {
+        let s = &self.spec;
+        (
+            s.backup_policy_ref.as_ref(),
+            s.host_selector.as_ref(),
+            s.repository_ref.as_ref(),
+        )
+    }
 }
 
 /// Executor arguments of the verify job: what data to re-read, then the drill.
@@ -147,35 +192,6 @@ pub fn host_error(host: &str, obs: &JobObservation, log: &[String]) -> Option<Ve
     })
 }
 
-pub async fn reconcile(policy: Arc<VerifyPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let span = info_span!("reconcile", kind = KIND, namespace = %ns, policy = %policy.name_any());
-    let api: Api<VerifyPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = async {
-        ctx.caches_ready().await;
-        finalizer(&api, FINALIZER, policy, |event| async {
-            match event {
-                FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
-                FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
-    }
-    .instrument(span)
-    .await;
-    ctx.metrics
-        .reconcile_took(KIND, started.elapsed().as_secs_f64());
-    result
-}
-
-pub fn error_policy(policy: Arc<VerifyPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    let (attempt, action) = ctx.reconcile_failed(KIND, policy.as_ref(), err);
-    warn!(policy = %policy.name_any(), error = %err, attempt, "reconcile failed");
-    action
-}
-
 async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
@@ -185,36 +201,9 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let mut status = previous.clone();
     status.observed_generation = gen_;
     let spec = &policy.spec;
-    let targets = match jobs::resolve_targets(
-        ctx,
-        &ns,
-        spec.backup_policy_ref.as_ref(),
-        spec.host_selector.as_ref(),
-        spec.repository_ref.as_ref(),
-    )
-    .await
-    {
+    let targets = match host_job::resolve_targets(ctx, policy, &ns, &previous, &mut status).await? {
         Ok(t) => t,
-        Err(e) => {
-            condition(
-                &mut status.conditions,
-                condition_types::STALLED,
-                Some(true),
-                e.reason,
-                &e.message,
-                gen_,
-            );
-            condition(
-                &mut status.conditions,
-                condition_types::READY,
-                Some(false),
-                e.reason,
-                &e.message,
-                gen_,
-            );
-            write(ctx, policy, &previous, &status).await?;
-            return Ok(Action::requeue(MAX_RESYNC));
-        }
+        Err(action) => return Ok(action),
     };
     let interval = super::derive::expected_interval(&spec.schedule.on_calendar);
     ctx.metrics
@@ -226,33 +215,21 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         .set(interval.as_secs_f64());
     let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
     let selected: BTreeSet<String> = hosts.iter().map(|h| h.name_any()).collect();
-    let recorded: Option<BTreeSet<String>> = previous
-        .installed_hosts
-        .as_ref()
-        .map(|r| r.iter().cloned().collect());
-    let refused = identity::refused_in_namespace(ctx, &ns);
-    let plan = units::plan_units(
+    let round = host_job::plan_round(
+        ctx,
+        policy,
+        &ns,
         UnitMode::Install,
         &selected,
-        recorded.as_ref(),
-        &jobs::existing_hosts(ctx, &ns),
-        &refused.keys().cloned().collect(),
-    );
-    let mut written = previous.clone();
-    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
-        status.installed_hosts = Some(record);
-        write(ctx, policy, &written, &status).await?;
-        written = status.clone();
-    }
-    let removal = jobs::remove_planned(ctx, &ns, PolicyKind::Verify, &name, &plan, &selected).await;
-    let record = units::next_record(&plan, &removal.keys().cloned().collect());
-    jobs::drop_stale_entries(ctx, &ns, CrdKind::VerifyPolicy, &name, &selected, &record).await;
-    status.installed_hosts = Some(record);
+        &previous,
+        &mut status,
+    )
+    .await?;
     let repo = &targets.repository;
     let args = extra_args(policy);
     let converge = hosts
         .iter()
-        .filter(|h| plan.converge.contains(&h.name_any()));
+        .filter(|h| round.plan.converge.contains(&h.name_any()));
     let results = join_all(converge.map(|h| {
         let spec = jobs::job_spec(
             PolicyKind::Verify,
@@ -288,16 +265,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             .verify_host_selected
             .get_or_create(&labels)
             .set(1.0);
-        let entry = match &r {
-            Ok(c) => summary::job_entry(CrdKind::VerifyPolicy, &name, &c.observation),
-            Err(f) => summary::unreached_entry(
-                CrdKind::VerifyPolicy,
-                &name,
-                host_status::current_entry(ctx, &ns, &host, CrdKind::VerifyPolicy, &name).as_ref(),
-                f,
-            ),
-        };
-        host_status::sync_entry(ctx, &ns, &host, CrdKind::VerifyPolicy, &name, Some(&entry)).await;
+        host_job::sync_host_entry::<VerifyPolicy>(ctx, &ns, &name, &host, &r).await;
         match r {
             Ok(c) => {
                 let obs = &c.observation;
@@ -327,21 +295,20 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                     let pct = (done * 100 / rot.subsets.clamp(1, 1000)).min(100);
                     coverage = Some(coverage.map_or(pct, |c| c.min(pct)));
                 }
-                if let Some(next) = obs.timer.as_ref().and_then(|t| t.next_elapse) {
-                    let wait = (next - now.timestamp()).max(0) as u64 + 15;
-                    requeue = requeue.min(Duration::from_secs(wait));
+                if let Some(wait) = host_job::after_next_elapse(obs, now) {
+                    requeue = requeue.min(wait);
                 }
             }
             Err(f) => {
                 all_verified = false;
-                ctx.metrics.reconcile_error(KIND, f.reason);
                 if f.retry == super::error::Retry::OnChange {
                     stalled_reason = Some((f.reason, f.message.clone()));
                 }
-                requeue = requeue.min(super::error::retry_after(&f, 1).unwrap_or(MAX_RESYNC));
+                let (after, message) = host_job::unreached::<VerifyPolicy>(ctx, &f);
+                requeue = requeue.min(after);
                 errors.push(VerifyError {
                     host,
-                    message: format!("{}: {}", f.reason, f.message),
+                    message,
                     packs: vec![],
                     time: None,
                 });
@@ -363,7 +330,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let before: BTreeSet<&str> = previous
         .errors
         .iter()
-        .filter(|e| !is_note(e))
+        .filter(|e| !host_job::is_note::<VerifyPolicy>(e))
         .map(|e| e.host.as_str())
         .collect();
     let after: BTreeSet<&str> = errors.iter().map(|e| e.host.as_str()).collect();
@@ -464,96 +431,12 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     }
     // Refused duplicates and hosts the job could not be taken off yet are listed (not
     // counted as failing); removals are retried.
-    let refused_selected: Vec<(&String, &String)> = refused
-        .iter()
-        .filter(|(h, _)| selected.contains(*h))
-        .collect();
-    for (host, message) in &refused_selected {
-        status.errors.push(VerifyError {
-            host: host.to_string(),
-            message: format!("{}: {message}", reasons::DUPLICATE_HOST),
-            packs: vec![],
-            time: None,
-        });
-    }
-    if let Some((host, message)) = refused_selected.first() {
-        condition(
-            &mut status.conditions,
-            condition_types::READY,
-            Some(false),
-            reasons::DUPLICATE_HOST,
-            format!(
-                "{} selected host(s) refused as duplicates; {host}: {message}",
-                refused_selected.len()
-            ),
-            gen_,
-        );
-    }
-    for (host, f) in &removal {
-        status.errors.push(VerifyError {
-            host: host.clone(),
-            message: format!("{REMOVAL_PENDING}{}: {}", f.reason, f.message),
-            packs: vec![],
-            time: None,
-        });
-        requeue = requeue.min(super::error::retry_after(f, 1).unwrap_or(MAX_RESYNC));
+    if let Some(after) = host_job::add_notes::<VerifyPolicy>(&mut status, &round, &selected, gen_) {
+        requeue = requeue.min(after);
     }
     jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
-    write(ctx, policy, &written, &status).await?;
+    host_job::write(ctx, policy, &round.written, &status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
-}
-
-async fn write(
-    ctx: &Context,
-    policy: &VerifyPolicy,
-    previous: &VerifyPolicyStatus,
-    status: &VerifyPolicyStatus,
-) -> Result<(), Error> {
-    let changed = policy.status.is_none() || previous != status;
-    jobs::write_status(
-        ctx,
-        policy,
-        KIND,
-        changed,
-        serde_json::to_value(status).unwrap_or_default(),
-    )
-    .await
-}
-
-/// Finalizer: the job leaves every host that may carry it (`status.installedHosts`, or the
-/// selection for a status written before that record existed).
-async fn cleanup(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let previous = policy.status.clone().unwrap_or_default();
-    let spec = &policy.spec;
-    let recorded = jobs::recorded_or_selected(
-        ctx,
-        &ns,
-        previous.installed_hosts.as_ref(),
-        spec.backup_policy_ref.as_ref(),
-        spec.host_selector.as_ref(),
-        spec.repository_ref.as_ref(),
-    )
-    .await;
-    let pending = jobs::remove_everywhere(
-        ctx,
-        &policy.object_ref(&()),
-        &policy.metadata,
-        PolicyKind::Verify,
-        &recorded,
-    )
-    .await;
-    if !pending.is_empty() {
-        // Hosts already cleaned leave the record, so the retry contacts only the rest.
-        let mut status = previous.clone();
-        status.installed_hosts = Some(pending.clone());
-        write(ctx, policy, &previous, &status).await?;
-        return Err(Error::CleanupIncomplete {
-            policy: policy.name_any(),
-            hosts: pending.join(", "),
-        });
-    }
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]
