@@ -50,15 +50,86 @@ pub trait HostJob: Finalized {
     /// Prefix of the status note for a host the job could not be removed from yet.
     const REMOVAL_PENDING: &'static str;
     fn job_status(&self) -> Option<&Self::Status>;
-    /// `backupPolicyRef`, `hostSelector`, `repositoryRef`.
-    fn target_refs(
-        &self,
-    ) -> (
-        Option<&LocalObjectRef>,
-        Option<&LabelSelector>,
-        Option<&LocalObjectRef>,
-    );
+    fn target_refs(&self) -> TargetRefs<'_>;
 }
+
+/// `backupPolicyRef`, `hostSelector`, `repositoryRef`.
+pub type TargetRefs<'a> = (
+    Option<&'a LocalObjectRef>,
+    Option<&'a LabelSelector>,
+    Option<&'a LocalObjectRef>,
+);
+
+/// Implements [`JobStatus`], [`Finalized`] and [`HostJob`] for a policy kind whose spec has
+/// `backupPolicyRef`, `hostSelector` and `repositoryRef` and whose status has
+/// `installedHosts`, `conditions` and `errors` (entries with `host` and `message`). The
+/// kinds differ only in what is passed here; cleanup is [`cleanup`] for all.
+macro_rules! host_job_kind {
+    (
+        $policy:ty, $status:ty, $error:ty,
+        kind: $kind:expr,
+        job: $job:expr,
+        removal_pending: $pending:expr,
+        apply: $apply:path,
+        note: |$host:ident, $message:ident| $note:expr $(,)?
+    ) => {
+        impl $crate::controller::host_job::JobStatus for $status {
+            type Error = $error;
+            fn installed_hosts(&self) -> Option<&Vec<String>> {
+                self.installed_hosts.as_ref()
+            }
+            fn set_installed_hosts(&mut self, hosts: Vec<String>) {
+                self.installed_hosts = Some(hosts);
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<fleetsnap_crds::common::Condition> {
+                &mut self.conditions
+            }
+            fn errors_mut(&mut self) -> &mut Vec<$error> {
+                &mut self.errors
+            }
+            fn note($host: String, $message: String) -> $error {
+                $note
+            }
+            fn message(e: &$error) -> &str {
+                &e.message
+            }
+        }
+
+        impl $crate::controller::finalized::Finalized for $policy {
+            const KIND: &'static str = $kind;
+            async fn apply(
+                &self,
+                ctx: &$crate::controller::Context,
+            ) -> Result<kube::runtime::controller::Action, $crate::controller::error::Error> {
+                $apply(self, ctx).await
+            }
+            async fn cleanup(
+                &self,
+                ctx: &$crate::controller::Context,
+            ) -> Result<kube::runtime::controller::Action, $crate::controller::error::Error> {
+                $crate::controller::host_job::cleanup(self, ctx).await
+            }
+        }
+
+        impl $crate::controller::host_job::HostJob for $policy {
+            type Status = $status;
+            const JOB: $crate::host::model::PolicyKind = $job;
+            const REMOVAL_PENDING: &'static str = $pending;
+            fn job_status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn target_refs(&self) -> $crate::controller::host_job::TargetRefs<'_> {
+                let s = &self.spec;
+                (
+                    s.backup_policy_ref.as_ref(),
+                    s.host_selector.as_ref(),
+                    s.repository_ref.as_ref(),
+                )
+            }
+        }
+    };
+}
+pub(crate) use host_job_kind;
 
 /// Whether a status error is a note derived anew by every reconcile (a pending removal, a
 /// refused duplicate) rather than the outcome of a run.

@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::Context;
 use super::derive::{self, Secrets};
 use super::error::Error;
+use super::host_job::HostJob;
 use super::summary::to_time;
 
 pub const KIND: &str = "BackupRepository";
@@ -210,34 +211,30 @@ pub fn usage(
             None => direct.is_some_and(|r| r.name == repo),
         }
     };
-    for p in retention {
-        let s = &p.spec;
-        if !targets(s.backup_policy_ref.as_ref(), s.repository_ref.as_ref()) {
+    let maintenance = |p: &RetentionPolicy| {
+        p.status
+            .as_ref()
+            .and_then(|st| st.last_success.clone())
+            .filter(|_| p.spec.run_on == RunOn::Operator)
+    };
+    let jobs = retention
+        .iter()
+        .map(|p| (p.target_refs(), maintenance(p)))
+        .chain(verify.iter().map(|p| (p.target_refs(), None)));
+    for ((bp_ref, selector, repo_ref), last_maintenance) in jobs {
+        if !targets(bp_ref, repo_ref) {
             continue;
         }
         out.policies += 1;
-        if s.backup_policy_ref.is_none()
-            && let Some(sel) = &s.host_selector
+        if bp_ref.is_none()
+            && let Some(sel) = selector
         {
             selectors.push(sel);
         }
-        if s.run_on == RunOn::Operator
-            && let Some(t) = p.status.as_ref().and_then(|st| st.last_success.clone())
+        if let Some(t) = last_maintenance
             && out.last_maintenance.as_ref().is_none_or(|m| m.0 < t.0)
         {
             out.last_maintenance = Some(t);
-        }
-    }
-    for p in verify {
-        let s = &p.spec;
-        if !targets(s.backup_policy_ref.as_ref(), s.repository_ref.as_ref()) {
-            continue;
-        }
-        out.policies += 1;
-        if s.backup_policy_ref.is_none()
-            && let Some(sel) = &s.host_selector
-        {
-            selectors.push(sel);
         }
     }
     out.hosts = hosts

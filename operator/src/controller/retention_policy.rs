@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::Host;
-use fleetsnap_crds::common::{Condition, LocalObjectRef, condition_types, reasons};
+use fleetsnap_crds::common::{condition_types, reasons};
 use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::repository::BackupRepository;
 use fleetsnap_crds::retention_policy::{RetentionPolicy, RetentionPolicyStatus, RunError, RunOn};
 use futures::future::join_all;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, info_span, warn};
@@ -25,8 +24,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Context;
 use super::derive::{self, Secrets};
 use super::error::{Error, Failure};
-use super::finalized::Finalized;
-use super::host_job::{self, HostJob, JobStatus, MAX_RESYNC};
+use super::host_job::{self, MAX_RESYNC};
 use super::host_status;
 use super::jobs::{self, condition};
 use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
@@ -111,66 +109,22 @@ fn time_to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> D
     DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
 }
 
-impl JobStatus for RetentionPolicyStatus {
-    type Error = RunError;
-    fn installed_hosts(&self) -> Option<&Vec<String>> {
-        self.installed_hosts.as_ref()
-    }
-    fn set_installed_hosts(&mut self, hosts: Vec<String>) {
-        self.installed_hosts = Some(hosts);
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn errors_mut(&mut self) -> &mut Vec<RunError> {
-        &mut self.errors
-    }
-    fn note(host: String, message: String) -> RunError {
-        RunError {
-            host,
-            message,
-            time: None,
-        }
-    }
-    fn message(e: &RunError) -> &str {
-        &e.message
-    }
-}
-
-impl Finalized for RetentionPolicy {
-    const KIND: &'static str = KIND;
-    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
-        apply(self, ctx).await
-    }
-    /// With a record (see `status.installedHosts`) that is exactly the recorded hosts,
-    /// whatever `runOn` says now.
-    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
-        host_job::cleanup(self, ctx).await
-    }
-}
-
-impl HostJob for RetentionPolicy {
-    type Status = RetentionPolicyStatus;
-    const JOB: PolicyKind = PolicyKind::Retention;
-    const REMOVAL_PENDING: &'static str = "removing the host-side retention job is pending: ";
-    fn job_status(&self) -> Option<&RetentionPolicyStatus> {
-        self.status.as_ref()
-    }
-    fn target_refs(
-        &self,
-    ) -> (
-        Option<&LocalObjectRef>,
-        Option<&LabelSelector>,
-        Option<&LocalObjectRef>,
-    ) {
-        let s = &self.spec;
-        (
-            s.backup_policy_ref.as_ref(),
-            s.host_selector.as_ref(),
-            s.repository_ref.as_ref(),
-        )
-    }
-}
+// Cleanup removes from exactly the recorded hosts (`status.installedHosts`), whatever
+// `runOn` says now.
+host_job::host_job_kind!(
+    RetentionPolicy,
+    RetentionPolicyStatus,
+    RunError,
+    kind: KIND,
+    job: PolicyKind::Retention,
+    removal_pending: "removing the host-side retention job is pending: ",
+    apply: apply,
+    note: |host, message| RunError {
+        host,
+        message,
+        time: None,
+    },
+);
 
 async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
@@ -315,10 +269,7 @@ async fn host_mode(
                         all_ok = false;
                         errors.push(RunError {
                             host: host.clone(),
-                            message: last
-                                .error
-                                .clone()
-                                .unwrap_or_else(|| format!("exit code {}", last.exit_code)),
+                            message: summary::run_error(last),
                             time: Some(to_time(last.finished)),
                         });
                     }

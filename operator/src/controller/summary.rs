@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::error::Failure;
 use crate::host::observe::JobObservation;
+use crate::host::record::RunRecord;
 
 pub fn to_time(t: DateTime<Utc>) -> Time {
     Time(
@@ -55,30 +56,24 @@ pub fn consecutive_failures(obs: &JobObservation) -> i32 {
         .count() as i32
 }
 
-/// The `Host.status.policies[]` entry of this backup policy.
+/// The `Host.status.policies[]` entry of this backup policy: the host-side job's entry plus
+/// snapshot and size, with the run's finish time as `lastRun` (older code; see Known debt in
+/// `docs/architecture.md`).
 pub fn host_policy_entry(policy: &str, obs: &JobObservation) -> HostPolicyStatus {
     let last = obs.last_run();
-    let success = obs.last_success();
     HostPolicyStatus {
-        kind: CrdKind::BackupPolicy,
-        name: policy.to_string(),
         last_run: last.map(|r| to_time(r.finished)),
-        last_success: success.map(|r| to_time(r.finished)),
-        snapshot_id: success.and_then(|r| r.snapshot_id.clone()),
+        snapshot_id: obs.last_success().and_then(|r| r.snapshot_id.clone()),
         bytes_added: last.map(|r| i64::try_from(r.bytes_added).unwrap_or(i64::MAX)),
-        duration_seconds: last.map(|r| r.duration_seconds),
-        error: last.filter(|r| !r.succeeded()).map(|r| {
-            r.error
-                .clone()
-                .unwrap_or_else(|| format!("exit code {}", r.exit_code))
-        }),
-        next_run: obs
-            .timer
-            .as_ref()
-            .and_then(|t| t.next_elapse)
-            .map(unix_time),
-        consecutive_failures: consecutive_failures(obs),
+        ..job_entry(CrdKind::BackupPolicy, policy, obs)
     }
+}
+
+/// A failed run's error for status: the record's message, else its exit code.
+pub fn run_error(r: &RunRecord) -> String {
+    r.error
+        .clone()
+        .unwrap_or_else(|| format!("exit code {}", r.exit_code))
 }
 
 /// The `Host.status.policies[]` entry of a host-side Retention or Verify job, from its run
@@ -93,11 +88,7 @@ pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolic
         snapshot_id: None,
         bytes_added: None,
         duration_seconds: last.map(|r| r.duration_seconds),
-        error: last.filter(|r| !r.succeeded()).map(|r| {
-            r.error
-                .clone()
-                .unwrap_or_else(|| format!("exit code {}", r.exit_code))
-        }),
+        error: last.filter(|r| !r.succeeded()).map(run_error),
         next_run: obs
             .timer
             .as_ref()

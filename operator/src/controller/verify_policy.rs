@@ -6,18 +6,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetsnap_crds::common::{Condition, LocalObjectRef, condition_types, reasons};
+use fleetsnap_crds::common::{condition_types, reasons};
 use fleetsnap_crds::verify_policy::{Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus};
 use futures::future::join_all;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
 use super::error::Error;
-use super::finalized::Finalized;
-use super::host_job::{self, HostJob, JobStatus, MAX_RESYNC};
+use super::host_job::{self, MAX_RESYNC};
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
 use super::units::UnitMode;
@@ -29,66 +27,21 @@ use crate::metrics::{PolicyHostLabels, PolicyLabels};
 pub const KIND: &str = "VerifyPolicy";
 const MIN_RESYNC: Duration = Duration::from_secs(5);
 
-impl JobStatus for VerifyPolicyStatus {
-    type Error = VerifyError;
-    fn installed_hosts(&self) -> Option<&Vec<String>> {
-        self.installed_hosts.as_ref()
-    }
-    fn set_installed_hosts(&mut self, hosts: Vec<String>) {
-        self.installed_hosts = Some(hosts);
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn errors_mut(&mut self) -> &mut Vec<VerifyError> {
-        &mut self.errors
-    }
-    fn note(host: String, message: String) -> VerifyError {
-        VerifyError {
-            host,
-            message,
-            packs: vec![],
-            time: None,
-        }
-    }
-    fn message(e: &VerifyError) -> &str {
-        &e.message
-    }
-}
-
-impl Finalized for VerifyPolicy {
-    const KIND: &'static str = KIND;
-    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
-        apply(self, ctx).await
-    }
-    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
-        host_job::cleanup(self, ctx).await
-    }
-}
-
-impl HostJob for VerifyPolicy {
-    type Status = VerifyPolicyStatus;
-    const JOB: PolicyKind = PolicyKind::Verify;
-    const REMOVAL_PENDING: &'static str =
-        "left the selection; removing the verify job is pending: ";
-    fn job_status(&self) -> Option<&VerifyPolicyStatus> {
-        self.status.as_ref()
-    }
-    fn target_refs(
-        &self,
-    ) -> (
-        Option<&LocalObjectRef>,
-        Option<&LabelSelector>,
-        Option<&LocalObjectRef>,
-    ) {
-        let s = &self.spec;
-        (
-            s.backup_policy_ref.as_ref(),
-            s.host_selector.as_ref(),
-            s.repository_ref.as_ref(),
-        )
-    }
-}
+host_job::host_job_kind!(
+    VerifyPolicy,
+    VerifyPolicyStatus,
+    VerifyError,
+    kind: KIND,
+    job: PolicyKind::Verify,
+    removal_pending: "left the selection; removing the verify job is pending: ",
+    apply: apply,
+    note: |host, message| VerifyError {
+        host,
+        message,
+        packs: vec![],
+        time: None,
+    },
+);
 
 /// Executor arguments of the verify job: what data to re-read, then the drill.
 pub fn extra_args(policy: &VerifyPolicy) -> Vec<String> {
@@ -165,12 +118,8 @@ pub fn packs_named(lines: &[String]) -> Vec<String> {
 pub fn host_error(host: &str, obs: &JobObservation, log: &[String]) -> Option<VerifyError> {
     let last = obs.last_run().filter(|r| !r.succeeded())?;
     let packs = packs_named(log);
-    let base = last
-        .error
-        .clone()
-        .unwrap_or_else(|| format!("exit code {}", last.exit_code));
     let detail: Vec<&String> = log.iter().take(3).collect();
-    let mut message = base;
+    let mut message = summary::run_error(last);
     if !detail.is_empty() {
         message.push_str(": ");
         message.push_str(
