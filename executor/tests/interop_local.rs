@@ -151,10 +151,19 @@ fn fleetsnap_writes_restic_reads_and_back() {
     run(restic(newest, &rrepo).arg("init"));
     run(restic(newest, &rrepo).arg("backup").arg(&src));
     let target = tmp.path().join("fs-restore");
-    run(fleetsnap(&rrepo)
-        .args(["restore", "latest", "--verify", "--target"])
+    let out = run(fleetsnap(&rrepo)
+        .args(["--json", "restore", "latest", "--verify", "--target"])
         .arg(&target));
     compare(&src, &target.join(src.strip_prefix("/").unwrap()));
+    // The JSON summary names the snapshot `latest` resolved to (the Restore status shows it).
+    let listed = run(restic(newest, &rrepo).args(["snapshots", "--json", "latest"]));
+    let id = serde_json::from_str::<serde_json::Value>(&listed).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(summary["snapshot_id"], id.as_str(), "{out}");
     run(fleetsnap(&rrepo).args(["check", "--read-data"]));
     // A fleetsnap backup into the restic repository is still clean for restic.
     run(fleetsnap(&rrepo).arg("backup").arg(&src));

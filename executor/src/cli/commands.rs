@@ -230,7 +230,10 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             );
             let st = crate::restore::restore(&r, &s.tree, &opts)?;
             if g.json {
-                print_json(&st);
+                // Which snapshot `latest` (or a short ID) resolved to, for the Restore status.
+                let mut v = serde_json::to_value(&st).expect("serializable");
+                v["snapshot_id"] = serde_json::Value::String(id.to_hex());
+                print_json(&v);
             } else {
                 println!(
                     "restored {} files, {} dirs, {} others, {} bytes",
