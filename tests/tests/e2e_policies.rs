@@ -1,9 +1,9 @@
 //! End to end for the maintenance side: the reference runbook's validation list on testenv
 //! hosts, through the operator binary.
 //!
-//! One append-only repository on MinIO, each host with its own MinIO user whose policy only
-//! allows its own prefix (and deleting lock files only); the operator holds the only key
-//! that can delete. Checked, in order: snapshots exist and carry the policy's tags; a
+//! One append-only repository on a MinIO bucket with versioning and Object Lock (GOVERNANCE,
+//! one day), each host with its own MinIO user whose policy only allows its own prefix (and
+//! deleting lock files only); the operator holds the only key that can delete. Checked, in order: snapshots exist and carry the policy's tags; a
 //! Restore of /etc into a scratch directory matches /etc (`diff -r` on the host); PostgreSQL
 //! (started over ssh, a database with a unicode string and a 100 000-row table) is backed up
 //! by a `pg_dumpall` stdin source, a Restore brings `/pg_dumpall.sql` back byte for byte as
@@ -14,8 +14,9 @@
 //! operator-side retention (7 daily, 4 weekly, 6 monthly; backups suspended meanwhile) over
 //! a synthetic history of almost eight months written by stock restic, plus the real /etc
 //! and dump groups, leaves exactly the snapshots an independent oracle computes, which stock
-//! `restic forget --dry-run` confirms beforehand; a corrupted pack makes the VerifyPolicy go
-//! not-ready naming the pack.
+//! `restic forget --dry-run` confirms beforehand, while every forgotten snapshot file stays
+//! stored under its lock and is reported in `lockedObjectsRetained`; a corrupted pack makes
+//! the VerifyPolicy go not-ready naming the pack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -200,8 +201,24 @@ fn setup(env: &TestEnv, dir: &Path) {
         .unwrap();
     }
     env.kubectl(&["create", "namespace", NS]).unwrap();
-    env.mc(&["mb", "--ignore-existing", &format!("testenv/{BUCKET}")])
-        .unwrap();
+    // Versioning + Object Lock (GOVERNANCE, 1 day), the ransomware-proof setup: whatever is
+    // deleted stays stored for the lock window.
+    env.mc(&[
+        "mb",
+        "--with-lock",
+        "--ignore-existing",
+        &format!("testenv/{BUCKET}"),
+    ])
+    .unwrap();
+    env.mc(&[
+        "retention",
+        "set",
+        "--default",
+        "GOVERNANCE",
+        "1d",
+        &format!("testenv/{BUCKET}"),
+    ])
+    .unwrap();
     for h in env.hosts() {
         let (ak, sk) = host_keys(&h);
         env.mc(&["admin", "user", "add", "testenv", &ak, &sk])
@@ -1015,6 +1032,7 @@ spec:
     let mut before = 0;
     let mut expected = BTreeSet::new();
     let mut synthetic_expected = BTreeSet::new();
+    let mut synthetic_ids = BTreeSet::new();
     let keep_args = [
         "--keep-daily",
         "7",
@@ -1074,6 +1092,7 @@ spec:
                 .filter(|s| str_list(&s["tags"]).contains(&"synthetic"))
                 .collect();
             assert_eq!(synthetic_snaps.len(), synthetic);
+            synthetic_ids = synthetic_snaps.iter().map(|s| id_of(s)).collect();
             let group = &groups[&(
                 h1.clone(),
                 str_list(&synthetic_snaps[0]["paths"])
@@ -1201,6 +1220,32 @@ spec:
     .map(id_of)
     .collect();
     assert_eq!(synthetic_after, synthetic_expected);
+    // Object Lock: every forgotten snapshot file is still stored (hidden behind a delete
+    // marker), and retention reported those objects instead of failing on them.
+    let versions = env
+        .mc(&[
+            "ls",
+            "--versions",
+            "--recursive",
+            &format!("testenv/{BUCKET}/hosts/{h1}/snapshots/"),
+        ])
+        .unwrap();
+    let stored: BTreeSet<&str> = versions
+        .lines()
+        .filter(|l| !l.contains(" DEL "))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter_map(|n| n.rsplit('/').next())
+        .collect();
+    let lost: Vec<&String> = synthetic_ids
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "forgotten snapshots gone from the Object Lock bucket: {lost:?}"
+    );
+    let retained = rp["status"]["lockedObjectsRetained"].as_u64().unwrap_or(0);
+    let forgotten_synthetic = (synthetic_ids.len() - synthetic_expected.len()) as u64;
     assert_eq!(
         rp["status"]["snapshotsKept"],
         expected.len() as i64,
@@ -1225,6 +1270,7 @@ spec:
             rp["status"]["snapshotsRemoved"], expected_removed as i64,
             "{rp:#}"
         );
+        assert!(retained >= expected_removed as u64, "{rp:#}");
         let msg = condition(&rp, "Ready").unwrap()["message"]
             .as_str()
             .unwrap_or_default()
@@ -1238,6 +1284,7 @@ spec:
         );
     } else {
         eprintln!("retention failed before it succeeded: {earlier_failures}");
+        assert!(retained > 0, "{rp:#}");
         assert!(
             rp["status"]["snapshotsRemoved"]
                 .as_u64()
@@ -1246,6 +1293,9 @@ spec:
             "{rp:#}"
         );
     }
+    eprintln!(
+        "    {retained} objects retained under Object Lock ({forgotten_synthetic} forgotten synthetic snapshots among them)"
+    );
     set_suspend(env, "backuppolicy/nightly", false);
     set_suspend(env, "backuppolicy/db", false);
     step(
