@@ -86,8 +86,16 @@ pub fn include_args(restore: &Restore) -> Vec<String> {
         .collect()
 }
 
-/// Files and bytes from the executor's `--json` restore output (the last JSON object).
-pub fn parse_counts(stdout: &str) -> (i64, i64) {
+/// What the executor's `--json` restore summary (its last JSON line) reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files: i64,
+    pub bytes: i64,
+    /// The full ID of the snapshot restored (what `latest` resolved to).
+    pub snapshot_id: Option<String>,
+}
+
+pub fn parse_summary(stdout: &str) -> Summary {
     stdout
         .lines()
         .rev()
@@ -96,13 +104,12 @@ pub fn parse_counts(stdout: &str) -> (i64, i64) {
                 .ok()
                 .filter(|v| v.is_object())
         })
-        .map(|v| {
-            (
-                v["files"].as_i64().unwrap_or(0),
-                v["bytes"].as_i64().unwrap_or(0),
-            )
+        .map(|v| Summary {
+            files: v["files"].as_i64().unwrap_or(0),
+            bytes: v["bytes"].as_i64().unwrap_or(0),
+            snapshot_id: v["snapshot_id"].as_str().map(str::to_owned),
         })
-        .unwrap_or((0, 0))
+        .unwrap_or_default()
 }
 
 pub async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -142,7 +149,7 @@ async fn finish(
     ctx: &Context,
     restore: &Restore,
     mut status: RestoreStatus,
-    result: Result<(i64, i64), String>,
+    result: Result<Summary, String>,
     t0: Option<Instant>,
 ) -> Result<Action, Error> {
     let gen_ = restore.metadata.generation;
@@ -152,8 +159,13 @@ async fn finish(
     }
     let obj = restore.object_ref(&());
     match result {
-        Ok((files, bytes)) => {
+        Ok(Summary {
+            files,
+            bytes,
+            snapshot_id,
+        }) => {
             status.phase = Some(RestorePhase::Succeeded);
+            status.snapshot_id = snapshot_id;
             status.files_restored = files;
             status.bytes_restored = bytes;
             status.error = None;
@@ -254,9 +266,9 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
     write(ctx, restore, &status).await?;
     let t0 = Instant::now();
     match restore_on_host(ctx, restore, &host, &repo, ns).await {
-        Ok(counts) => {
-            info!(files = counts.0, bytes = counts.1, "restore succeeded");
-            finish(ctx, restore, status, Ok(counts), Some(t0)).await
+        Ok(summary) => {
+            info!(files = summary.files, bytes = summary.bytes, snapshot = ?summary.snapshot_id, "restore succeeded");
+            finish(ctx, restore, status, Ok(summary), Some(t0)).await
         }
         // Transport trouble is retried; the restore itself is idempotent on its target
         // directory. Anything else is final.
@@ -302,7 +314,7 @@ async fn restore_on_host(
     host: &Host,
     repo: &BackupRepository,
     ns: &str,
-) -> Result<(i64, i64), Failure> {
+) -> Result<Summary, Failure> {
     let source_hostname = restore
         .spec
         .source
@@ -398,7 +410,7 @@ async fn restore_on_host(
     match tokio::time::timeout(ctx.host_timeout, work).await {
         Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
         Ok(Err(e)) => Err(Failure::from_host(&e)),
-        Ok(Ok(out)) => Ok(parse_counts(&out.stdout_text())),
+        Ok(Ok(out)) => Ok(parse_summary(&out.stdout_text())),
     }
 }
 
@@ -461,8 +473,21 @@ mod tests {
             include_args(&restore("/var/tmp/r", false, None)).join(" "),
             "--include /etc --include /srv/app"
         );
-        let out = "progress\n{\"files\":12,\"dirs\":3,\"other\":0,\"bytes\":4096}\n";
-        assert_eq!(parse_counts(out), (12, 4096));
-        assert_eq!(parse_counts("nothing"), (0, 0));
+        let out = "progress\n{\"files\":12,\"dirs\":3,\"other\":0,\"bytes\":4096,\"snapshot_id\":\"ab12\"}\n";
+        assert_eq!(
+            parse_summary(out),
+            Summary {
+                files: 12,
+                bytes: 4096,
+                snapshot_id: Some("ab12".into())
+            }
+        );
+        // An older executor without the ID still reports its counts.
+        let old = "{\"files\":1,\"bytes\":2}";
+        assert_eq!(
+            (parse_summary(old).files, parse_summary(old).snapshot_id),
+            (1, None)
+        );
+        assert_eq!(parse_summary("nothing"), Summary::default());
     }
 }
