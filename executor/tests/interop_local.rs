@@ -208,3 +208,44 @@ fn exit_codes() {
     let out = run(fleetsnap(&repo).args(["dump", "latest", "/sh"]));
     assert_eq!(out, "dump\n");
 }
+
+/// A host keeps files and a database dump in one repository: `restore latest --include X`
+/// takes the newest snapshot that holds X, not the newest overall (which would restore
+/// nothing and still succeed).
+#[test]
+fn latest_with_includes_picks_the_newest_snapshot_holding_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("files");
+    let dumps = tmp.path().join("dumps");
+    fs::create_dir_all(&files).unwrap();
+    fs::create_dir_all(&dumps).unwrap();
+    fs::write(files.join("f.txt"), b"files").unwrap();
+    fs::write(dumps.join("d.sql"), b"dump").unwrap();
+    let repo = tmp.path().join("repo");
+    run(fleetsnap(&repo).arg("init"));
+    run(fleetsnap(&repo).arg("backup").arg(&files));
+    run(fleetsnap(&repo).arg("backup").arg(&dumps));
+    let target = tmp.path().join("restored");
+    let out = run(fleetsnap(&repo)
+        .args(["--json", "restore", "latest", "--include"])
+        .arg(&files)
+        .arg("--target")
+        .arg(&target));
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(summary["files"], 1, "{out}");
+    let restored = target.join(files.strip_prefix("/").unwrap()).join("f.txt");
+    assert_eq!(fs::read(&restored).unwrap(), b"files");
+    // Nothing holds the path: a clear error, not an empty success.
+    let missing = fleetsnap(&repo)
+        .args(["restore", "latest", "--include", "/nowhere", "--target"])
+        .arg(tmp.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("no snapshot holds any of the include paths"),
+        "{err}"
+    );
+}

@@ -31,6 +31,41 @@ fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
+/// The literal directory part of an include pattern (`/etc/*.conf` → `/etc`).
+fn literal_prefix(pattern: &str) -> &str {
+    match pattern.find(['*', '?', '[']) {
+        Some(i) => pattern[..i]
+            .rsplit_once('/')
+            .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d }),
+        None => pattern.trim_end_matches('/'),
+    }
+}
+
+/// Whether a snapshot of `path` can hold something under `include` (or the reverse).
+fn overlaps(path: &str, include: &str) -> bool {
+    let (p, i) = (path.trim_end_matches('/'), literal_prefix(include));
+    let under =
+        |a: &str, b: &str| a == b || b.is_empty() || b == "/" || a.starts_with(&format!("{b}/"));
+    under(p, i) || under(i, p)
+}
+
+/// `latest` for a restore with include paths: the newest snapshot that holds any of them. One
+/// host often has several kinds of snapshot in its repository (files, a database dump); the
+/// newest overall may hold nothing the restore asks for, and restoring it would "succeed"
+/// with zero files.
+fn latest_holding(
+    snaps: impl Iterator<Item = (crate::id::Id, crate::format::snapshot::Snapshot)>,
+    include: &[String],
+) -> Option<(crate::id::Id, crate::format::snapshot::Snapshot)> {
+    snaps
+        .filter(|(_, s)| {
+            s.paths
+                .iter()
+                .any(|p| include.iter().any(|i| overlaps(p, i)))
+        })
+        .last()
+}
+
 fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string(v).expect("serializable"));
 }
@@ -216,7 +251,19 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             let r = open(g)?;
             let _l = lock::acquire(&r, false)?;
             let r = r.load_index()?;
-            let (id, s) = r.find_snapshot(&snapshot, &filter(&f))?;
+            let (id, s) = if snapshot == "latest" && !include.is_empty() {
+                let all = r
+                    .snapshots()?
+                    .into_iter()
+                    .filter(|(_, s)| filter(&f).matches(s));
+                latest_holding(all, &include).ok_or_else(|| {
+                    usage(format!(
+                        "no snapshot holds any of the include paths {include:?}"
+                    ))
+                })?
+            } else {
+                r.find_snapshot(&snapshot, &filter(&f))?
+            };
             let opts = crate::restore::RestoreOptions {
                 target,
                 include: PathMatcher::new(&include).map_err(usage)?,
@@ -666,5 +713,28 @@ fn warn_locked(locked: &[crate::prune::LockedObject]) {
         eprintln!(
             "those not removed stay in the repository; a prune after their lock expires deletes them"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_paths_and_snapshot_paths_overlap_either_way() {
+        assert!(overlaps("/etc", "/etc"));
+        assert!(overlaps("/etc", "/etc/ssh/sshd_config"));
+        assert!(overlaps("/etc/ssh", "/etc"));
+        assert!(overlaps("/home/", "/home/alice"));
+        assert!(overlaps("/pg_dumpall.sql", "/pg_dumpall.sql"));
+        assert!(overlaps("/srv", "/"));
+        assert!(overlaps("/etc", "/etc/*.conf"));
+        assert!(overlaps("/var/lib", "/var/*/postgresql"));
+        assert!(!overlaps("/pg_dumpall.sql", "/etc"));
+        assert!(!overlaps("/etc", "/pg_dumpall.sql"));
+        assert!(!overlaps("/etcetera", "/etc"));
+        assert_eq!(literal_prefix("/etc/*.conf"), "/etc");
+        assert_eq!(literal_prefix("/*"), "/");
+        assert_eq!(literal_prefix("/srv/app/"), "/srv/app");
     }
 }
