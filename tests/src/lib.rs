@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod kube;
+pub mod operator;
 pub mod wait;
 
 /// Which kind of test host to boot.
@@ -380,6 +382,13 @@ pub fn release_bin(package: &str, name: &str) -> Result<PathBuf> {
         .output()?;
     check(&format!("cargo build --release -p {package}"), out)?;
     Ok(target.join("release").join(name))
+}
+
+/// Print how far into the test `what` was reached (`[  12.3s] what`) on stderr, flushed, so
+/// a slow or hung suite shows where its time went.
+pub fn step(t0: Instant, what: &str) {
+    eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    let _ = std::io::stderr().flush();
 }
 
 /// Read a child's stdout line by line until `pred` matches one, or fail after `timeout`.

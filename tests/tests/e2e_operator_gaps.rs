@@ -13,13 +13,15 @@
 //! * switching the RetentionPolicy to `runOn: Operator` takes its timer, service, config and
 //!   credentials off both hosts, while the backup job stays.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use fleetsnap_tests::{Options, TestEnv, repo_root, wait, workspace_bin};
-use serde_json::Value;
+use fleetsnap_tests::kube::{
+    self, apply_yaml, condition, get_json, policy_entry, secret_from_files,
+};
+use fleetsnap_tests::operator::Launch;
+use fleetsnap_tests::{Options, TestEnv, wait};
 
 const NS: &str = "e2e-gaps";
 const BUCKET: &str = "fleetsnap-gaps";
@@ -33,97 +35,7 @@ fn env() -> &'static TestEnv {
     })
 }
 
-/// The operator process; killed when the test ends, however it ends.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Operator {
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-fn start_operator(env: &TestEnv) -> Operator {
-    let log = env.dir().join("operator-gaps.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .to_string();
-    let child = Command::new(workspace_bin("fleetsnap-operator").unwrap())
-        .args(["--kubeconfig", env.var("KUBECONFIG")])
-        .args(["--namespace", NS, "--leader-election-namespace", NS])
-        .args(["--metrics-addr", &metrics])
-        .args(["--identity", "e2e-gaps", "--host-timeout", "120s"])
-        .arg("--executor-path")
-        .arg(workspace_bin("fleetsnap").unwrap())
-        // Operator-side retention reaches MinIO at another address than the hosts do.
-        .env("FLEETSNAP_MAINTENANCE_S3_ENDPOINT", env.var("S3_ENDPOINT"))
-        .env("RUST_LOG", "info,fleetsnap_operator=debug,kube=warn")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Operator { child, log }
-}
-
-fn apply_yaml(env: &TestEnv, dir: &Path, name: &str, yaml: &str) {
-    let f = dir.join(name);
-    std::fs::write(&f, yaml).unwrap();
-    env.kubectl(&["apply", "-n", NS, "-f", f.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn get_json(env: &TestEnv, what: &str) -> Result<Value> {
-    Ok(serde_json::from_str(
-        &env.kubectl(&["get", "-n", NS, what, "-o", "json"])?,
-    )?)
-}
-
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn entry<'a>(host: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
-    host["status"]["policies"]
-        .as_array()?
-        .iter()
-        .find(|e| e["kind"] == kind && e["name"] == name)
-}
-
-/// Secrets from files, so no value ever appears on a command line.
-fn secret(env: &TestEnv, dir: &Path, name: &str, pairs: &[(&str, &str)]) {
-    let mut args = vec![
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        "-n".into(),
-        NS.into(),
-        name.into(),
-    ];
-    for (k, v) in pairs {
-        let f = dir.join(format!("{name}-{k}"));
-        std::fs::write(&f, v).unwrap();
-        args.push(format!("--from-file={k}={}", f.display()));
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    env.kubectl(&a).unwrap();
-}
-
+/// A Host `name` on test machine `machine`, optionally claiming another `hostname`.
 fn host_yaml(
     env: &TestEnv,
     name: &str,
@@ -134,51 +46,25 @@ fn host_yaml(
     let hostname = hostname
         .map(|h| format!("  hostname: {h}\n"))
         .unwrap_or_default();
-    format!(
-        r#"---
-apiVersion: fleetsnap.io/v1alpha1
-kind: Host
-metadata: {{name: {name}, labels: {{group: {group}}}}}
-spec:
-  address: 127.0.0.1
-  port: {port}
-  user: root
-  sshKeySecretRef: {{name: ssh-key, key: id_ed25519}}
-  hostKey: "{key}"
-{hostname}"#,
-        port = env.ssh_port(machine),
-        key = env.var("HOST_KEY"),
-    )
+    kube::host_yaml(
+        name,
+        &format!("group: {group}"),
+        env.ssh_port(machine),
+        env.var("HOST_KEY"),
+    ) + &hostname
 }
 
 fn setup(env: &TestEnv, dir: &Path) {
-    let crds = repo_root().join("crds/generated");
-    env.kubectl(&["apply", "-f", crds.to_str().unwrap()])
-        .unwrap();
-    for crd in [
-        "hosts",
-        "backuprepositories",
-        "backuppolicies",
-        "retentionpolicies",
-        "verifypolicies",
-        "restores",
-    ] {
-        env.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{crd}.fleetsnap.io"),
-        ])
-        .unwrap();
-    }
-    env.kubectl(&["create", "namespace", NS]).unwrap();
+    kube::install_crds(env);
+    kube::create_namespace(env, NS);
     env.mc(&["mb", "--ignore-existing", &format!("testenv/{BUCKET}")])
         .unwrap();
     let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
-    secret(env, dir, "ssh-key", &[("id_ed25519", &key)]);
-    secret(env, dir, "repo-password", &[("password", PASSWORD)]);
-    secret(
+    secret_from_files(env, NS, dir, "ssh-key", &[("id_ed25519", &key)]);
+    secret_from_files(env, NS, dir, "repo-password", &[("password", PASSWORD)]);
+    secret_from_files(
         env,
+        NS,
         dir,
         "s3-keys",
         &[
@@ -191,7 +77,7 @@ fn setup(env: &TestEnv, dir: &Path) {
         .iter()
         .map(|h| host_yaml(env, h, h, "gaps", None))
         .collect();
-    apply_yaml(env, dir, "hosts.yaml", &hosts);
+    apply_yaml(env, NS, dir, "hosts.yaml", &hosts);
     let repo = |name: &str, password_secret: &str| {
         format!(
             r#"---
@@ -211,10 +97,11 @@ spec:
         )
     };
     let repos = repo("minio", "repo-password") + &repo("broken", "no-such-secret");
-    apply_yaml(env, dir, "repos.yaml", &repos);
+    apply_yaml(env, NS, dir, "repos.yaml", &repos);
     // Same name, two kinds: their Host.status entries must live side by side.
     apply_yaml(
         env,
+        NS,
         dir,
         "policies.yaml",
         r#"---
@@ -255,8 +142,8 @@ fn operator_gaps() {
     let env = env();
     let dir = tempfile::tempdir().unwrap();
     setup(env, dir.path());
-    let op = start_operator(env);
-    let fail = |e: anyhow::Error| -> ! { panic!("{e:#}\noperator log:\n{}", op.tail()) };
+    let op = Launch::admin(env, NS).start(env, "e2e-gaps");
+    let fail = |e: anyhow::Error| -> ! { op.fail(e) };
     let hosts = env.hosts();
 
     // Host-side retention: timers on both hosts, both recorded.
@@ -270,7 +157,7 @@ fn operator_gaps() {
         .unwrap_or_else(|e| fail(e));
     }
     wait::until("installedHosts to list both hosts", WAIT, || {
-        let rp = get_json(env, "retentionpolicy/gaps")?;
+        let rp = get_json(env, NS, "retentionpolicy/gaps")?;
         Ok((rp["status"]["installedHosts"] == serde_json::json!(hosts)).then_some(()))
     })
     .unwrap_or_else(|e| fail(e));
@@ -279,10 +166,10 @@ fn operator_gaps() {
     // the same name.
     for h in &hosts {
         let host = wait::until("both entries on the Host", WAIT, || {
-            let host = get_json(env, &format!("host/{h}"))?;
-            let ok = entry(&host, "RetentionPolicy", "gaps")
+            let host = get_json(env, NS, &format!("host/{h}"))?;
+            let ok = policy_entry(&host, "RetentionPolicy", "gaps")
                 .is_some_and(|e| e["lastRun"].is_string())
-                && entry(&host, "BackupPolicy", "gaps")
+                && policy_entry(&host, "BackupPolicy", "gaps")
                     .is_some_and(|e| e["lastSuccess"].is_string());
             Ok(ok.then_some(host))
         })
@@ -295,7 +182,7 @@ fn operator_gaps() {
         "repository minio Ready with two initialised hosts",
         WAIT,
         || {
-            let r = get_json(env, "backuprepository/minio")?;
+            let r = get_json(env, NS, "backuprepository/minio")?;
             let s = &r["status"];
             let ready = condition(&r, "Ready").is_some_and(|c| c["status"] == "True");
             Ok((ready
@@ -311,7 +198,7 @@ fn operator_gaps() {
         "repository broken to report the missing Secret",
         WAIT,
         || {
-            let r = get_json(env, "backuprepository/broken")?;
+            let r = get_json(env, NS, "backuprepository/broken")?;
             Ok(condition(&r, "Ready")
                 .filter(|c| c["status"] == "False" && c["reason"] == "SecretNotFound")
                 .map(|c| c["message"].as_str().unwrap_or_default().to_string()))
@@ -324,6 +211,7 @@ fn operator_gaps() {
     // selects only it: refused, and nothing of that policy reaches the machine.
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "dup.yaml",
         &(host_yaml(env, "host1-dup", &hosts[1], "dup-only", Some(&hosts[0]))
@@ -339,7 +227,7 @@ spec:
 "#),
     );
     let ready = wait::until("host1-dup refused as DuplicateHost", WAIT, || {
-        let h = get_json(env, "host/host1-dup")?;
+        let h = get_json(env, NS, "host/host1-dup")?;
         let stalled = condition(&h, "Stalled")
             .is_some_and(|c| c["status"] == "True" && c["reason"] == "DuplicateHost");
         Ok(condition(&h, "Ready")
@@ -350,7 +238,7 @@ spec:
     let msg = ready["message"].as_str().unwrap_or_default();
     assert!(msg.contains(&format!("older Host {}", hosts[0])), "{msg}");
     wait::until("duponly to report its host as DuplicateHost", WAIT, || {
-        let p = get_json(env, "backuppolicy/duponly")?;
+        let p = get_json(env, NS, "backuppolicy/duponly")?;
         let refused = p["status"]["hosts"].as_array().is_some_and(|hs| {
             hs.iter().any(|h| {
                 h["name"] == "host1-dup"
@@ -368,7 +256,7 @@ spec:
         .unwrap_or_else(|e| fail(e));
     assert!(!units.contains("duponly"), "{}: {units}", hosts[1]);
     // The older Host is untouched by the refusal.
-    let h1 = get_json(env, &format!("host/{}", hosts[0])).unwrap();
+    let h1 = get_json(env, NS, &format!("host/{}", hosts[0])).unwrap();
     assert!(condition(&h1, "Stalled").is_none(), "{h1:#}");
 
     // The switch to operator-side retention takes the job off both hosts.
@@ -398,11 +286,11 @@ spec:
         );
     }
     wait::until("installedHosts to be empty", WAIT, || {
-        let rp = get_json(env, "retentionpolicy/gaps")?;
+        let rp = get_json(env, NS, "retentionpolicy/gaps")?;
         Ok((rp["status"]["installedHosts"] == serde_json::json!([])).then_some(()))
     })
     .unwrap_or_else(|e| fail(e));
-    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    let log = op.log_text();
     assert!(!log.contains("panicked"), "{}", op.tail());
     assert!(
         !log.contains(PASSWORD),
