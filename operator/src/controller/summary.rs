@@ -57,12 +57,10 @@ pub fn consecutive_failures(obs: &JobObservation) -> i32 {
 }
 
 /// The `Host.status.policies[]` entry of this backup policy: the host-side job's entry plus
-/// snapshot and size, with the run's finish time as `lastRun` (older code; see Known debt in
-/// `docs/architecture.md`).
+/// snapshot and size.
 pub fn host_policy_entry(policy: &str, obs: &JobObservation) -> HostPolicyStatus {
     let last = obs.last_run();
     HostPolicyStatus {
-        last_run: last.map(|r| to_time(r.finished)),
         snapshot_id: obs.last_success().and_then(|r| r.snapshot_id.clone()),
         bytes_added: last.map(|r| i64::try_from(r.bytes_added).unwrap_or(i64::MAX)),
         ..job_entry(CrdKind::BackupPolicy, policy, obs)
@@ -521,7 +519,8 @@ mod tests {
         assert_eq!(e.consecutive_failures, 2);
         assert_eq!(e.snapshot_id.as_deref(), Some("snap100"));
         assert_eq!(e.last_success, Some(unix_time(100)));
-        assert_eq!(e.last_run, Some(unix_time(300)));
+        // lastRun is when the newest run started (docs/api.md), lastSuccess when one finished.
+        assert_eq!(e.last_run, Some(unix_time(295)));
         assert_eq!(e.error.as_deref(), Some("repository unreachable"));
         assert_eq!(e.next_run, Some(unix_time(5000)));
         assert_eq!(e.bytes_added, Some(100));
