@@ -8,14 +8,17 @@
 //! while the others stay green, a pinned host key mismatch that touches nothing, and a
 //! deletion that takes the units off the hosts but leaves the data in the bucket.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use fleetsnap_tests::{Options, TestEnv, Tier, repo_root, wait, workspace_bin};
-use serde_json::Value;
+use fleetsnap_tests::kube::{
+    self, apply_yaml, condition, event_names, get_json, host_entry, host_yaml, secret_from_files,
+    set_suspend,
+};
+use fleetsnap_tests::operator::{Launch, Operator};
+use fleetsnap_tests::{Options, TestEnv, Tier, repo_root, step, wait, workspace_bin};
 
 const NS: &str = "e2e";
 const BUCKET: &str = "fleetsnap-e2e";
@@ -27,43 +30,6 @@ fn env() -> &'static TestEnv {
         hosts: 3,
         ..Options::default()
     })
-}
-
-/// The operator as a child process; killed when the test ends, however it ends.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-    metrics: String,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Operator {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn scrape(&self) -> Result<String> {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}/metrics", self.metrics)])
-            .output()?;
-        fleetsnap_tests::check("curl /metrics", out)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The executor the operator pushes: a stripped copy of the debug build (a tenth of the bytes
@@ -135,36 +101,6 @@ fn operator_kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
     kc
 }
 
-/// How every operator replica of the test is started.
-struct Launch {
-    kubeconfig: PathBuf,
-    executor: PathBuf,
-}
-
-fn start_operator(env: &TestEnv, launch: &Launch, identity: &str) -> Operator {
-    let log = env.dir().join(format!("operator-{identity}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(workspace_bin("fleetsnap-operator").unwrap())
-        .arg("--kubeconfig")
-        .arg(&launch.kubeconfig)
-        .args(["--namespace", NS, "--leader-election-namespace", NS])
-        .args(["--metrics-addr", &metrics, "--identity", identity])
-        .args(["--host-timeout", "90s"])
-        .arg("--executor-path")
-        .arg(&launch.executor)
-        .env("RUST_LOG", "info,fleetsnap_operator=debug,kube=warn")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Operator {
-        child,
-        log,
-        metrics,
-    }
-}
-
 fn lease_holder(env: &TestEnv) -> Result<String> {
     env.kubectl(&[
         "get",
@@ -175,32 +111,6 @@ fn lease_holder(env: &TestEnv) -> Result<String> {
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ])
-}
-
-fn apply_yaml(env: &TestEnv, dir: &Path, name: &str, yaml: &str) {
-    let f = dir.join(name);
-    std::fs::write(&f, yaml).unwrap();
-    env.kubectl(&["apply", "-n", NS, "-f", f.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn get_json(env: &TestEnv, what: &str) -> Result<Value> {
-    let out = env.kubectl(&["get", "-n", NS, what, "-o", "json"])?;
-    Ok(serde_json::from_str(&out)?)
-}
-
-fn host_entry<'a>(policy: &'a Value, host: &str) -> Option<&'a Value> {
-    policy["status"]["hosts"]
-        .as_array()?
-        .iter()
-        .find(|h| h["name"] == host)
-}
-
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
 }
 
 /// Path, sha256, mtime (ns) and mode of every file the operator manages for the policy.
@@ -230,51 +140,33 @@ fn reconcile_count(op: &Operator) -> Result<f64> {
 }
 
 fn setup(env: &TestEnv, dir: &Path) {
-    let crds = repo_root().join("crds/generated");
-    env.kubectl(&["apply", "-f", crds.to_str().unwrap()])
-        .unwrap();
-    for crd in ["hosts", "backuprepositories", "backuppolicies"] {
-        env.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{crd}.fleetsnap.io"),
-        ])
-        .unwrap();
-    }
-    env.kubectl(&["create", "namespace", NS]).unwrap();
+    kube::install_crds(env);
+    kube::create_namespace(env, NS);
     env.mc(&["mb", "--ignore-existing", &format!("testenv/{BUCKET}")])
         .unwrap();
 
-    // Secret values go in through files, never on a command line.
-    let pw = dir.join("password");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let (ak, sk) = (dir.join("ak"), dir.join("sk"));
-    std::fs::write(&ak, env.var("MINIO_ROOT_USER")).unwrap();
-    std::fs::write(&sk, env.var("MINIO_ROOT_PASSWORD")).unwrap();
-    for args in [
-        vec![
-            "ssh-key".to_string(),
-            format!("--from-file=id_ed25519={}", env.var("SSH_KEY")),
+    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
+    secret_from_files(env, NS, dir, "ssh-key", &[("id_ed25519", &key)]);
+    secret_from_files(env, NS, dir, "repo-password", &[("password", PASSWORD)]);
+    secret_from_files(
+        env,
+        NS,
+        dir,
+        "minio",
+        &[
+            ("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER")),
+            ("AWS_SECRET_ACCESS_KEY", env.var("MINIO_ROOT_PASSWORD")),
         ],
-        vec![
-            "repo-password".to_string(),
-            format!("--from-file=password={}", pw.display()),
-        ],
-        vec![
-            "minio".to_string(),
-            format!("--from-file=AWS_ACCESS_KEY_ID={}", ak.display()),
-            format!("--from-file=AWS_SECRET_ACCESS_KEY={}", sk.display()),
-        ],
-    ] {
-        let mut a = vec!["create", "secret", "generic", "-n", NS];
-        a.extend(args.iter().map(String::as_str));
-        env.kubectl(&a).unwrap();
-    }
+    );
 
     let mut hosts = String::new();
     for h in env.hosts() {
-        hosts.push_str(&host_yaml(&h, env.ssh_port(&h), env.var("HOST_KEY"), "e2e"));
+        hosts.push_str(&host_yaml(
+            &h,
+            "group: e2e",
+            env.ssh_port(&h),
+            env.var("HOST_KEY"),
+        ));
     }
     // Same machine as host3, but pinned to a key it does not have.
     let other_key = dir.join("other");
@@ -287,14 +179,15 @@ fn setup(env: &TestEnv, dir: &Path) {
     let wrong = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
     hosts.push_str(&host_yaml(
         "badkey",
+        "group: badkey",
         env.ssh_port("host3"),
         wrong.trim(),
-        "badkey",
     ));
-    apply_yaml(env, dir, "hosts.yaml", &hosts);
+    apply_yaml(env, NS, dir, "hosts.yaml", &hosts);
 
     apply_yaml(
         env,
+        NS,
         dir,
         "repo.yaml",
         &format!(
@@ -313,26 +206,8 @@ spec:
             endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
         ),
     );
-    apply_yaml(env, dir, "policies.yaml", &policy_yaml(POLICY, "e2e"));
-    apply_yaml(env, dir, "bad.yaml", &policy_yaml("bad", "badkey"));
-}
-
-fn host_yaml(name: &str, port: u16, key: &str, group: &str) -> String {
-    format!(
-        r#"---
-apiVersion: fleetsnap.io/v1alpha1
-kind: Host
-metadata:
-  name: {name}
-  labels: {{group: {group}}}
-spec:
-  address: 127.0.0.1
-  port: {port}
-  user: root
-  sshKeySecretRef: {{name: ssh-key, key: id_ed25519}}
-  hostKey: "{key}"
-"#
-    )
+    apply_yaml(env, NS, dir, "policies.yaml", &policy_yaml(POLICY, "e2e"));
+    apply_yaml(env, NS, dir, "bad.yaml", &policy_yaml("bad", "badkey"));
 }
 
 fn policy_yaml(name: &str, group: &str) -> String {
@@ -372,11 +247,6 @@ fn restic_check(env: &TestEnv, host: &str) -> Result<String> {
     fleetsnap_tests::check(&format!("restic check {repo}"), out)
 }
 
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-    let _ = std::io::stderr().flush();
-}
-
 #[test]
 fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     let t0 = Instant::now();
@@ -384,24 +254,28 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     step(t0, "testenv up");
     let dir = tempfile::tempdir().unwrap();
     setup(env, dir.path());
+    // The chart's ServiceAccount, a stripped executor, no operator-side maintenance.
     let launch = Launch {
         kubeconfig: operator_kubeconfig(env, dir.path()),
+        namespace: NS.into(),
         executor: executor(env, dir.path()),
+        host_timeout: "90s".into(),
+        maintenance_s3_endpoint: None,
     };
-    let mut op = start_operator(env, &launch, "e2e-operator");
+    let mut op = launch.start(env, "e2e-operator");
     step(t0, "resources applied, operator started");
     let hosts = env.hosts();
 
     // 3/3 with a snapshot time, as `kubectl get` prints it.
     let policy = wait::until("3/3 hosts backed up", Duration::from_secs(420), || {
-        let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+        let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
         let s = &p["status"];
         Ok(
             (s["hostsSucceeded"] == 3 && s["hostsTotal"] == 3 && s["lastSnapshotTime"].is_string())
                 .then_some(p),
         )
     })
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     step(t0, "3/3 succeeded");
     let table = env
         .kubectl(&["get", "backuppolicy", "-n", NS, POLICY])
@@ -416,7 +290,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
             host_entry(&policy, h).unwrap()["snapshotId"].is_string(),
             "{policy:#}"
         );
-        let host = get_json(env, &format!("host/{h}")).unwrap();
+        let host = get_json(env, NS, &format!("host/{h}")).unwrap();
         let entry = host["status"]["policies"]
             .as_array()
             .and_then(|p| p.iter().find(|e| e["name"] == POLICY))
@@ -432,19 +306,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     // stopping them by hand would be undone by its next reconcile), let running backups end.
     let timer = format!("fleetsnap-backup-{POLICY}.timer");
     let service = format!("fleetsnap-backup-{POLICY}.service");
-    let suspend = |on: bool| {
-        env.kubectl(&[
-            "patch",
-            "-n",
-            NS,
-            "backuppolicy",
-            POLICY,
-            "--type=merge",
-            "-p",
-            &format!("{{\"spec\":{{\"suspend\":{on}}}}}"),
-        ])
-        .unwrap();
-    };
+    let suspend = |on: bool| set_suspend(env, NS, &format!("backuppolicy/{POLICY}"), on);
     suspend(true);
     for h in &hosts {
         wait::until(
@@ -462,7 +324,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
                 Ok((states.len() == 2 && !busy(states[0]) && !busy(states[1])).then_some(()))
             },
         )
-        .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+        .unwrap_or_else(|e| op.fail(e));
     }
     for h in &hosts {
         let out = restic_check(env, h).unwrap();
@@ -473,13 +335,13 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
 
     // The wrong pinned key: reported, and nothing was written to the machine.
     let bad = wait::until("HostKeyMismatch reported", Duration::from_secs(120), || {
-        let p = get_json(env, "backuppolicy/bad")?;
-        let h = get_json(env, "host/badkey")?;
+        let p = get_json(env, NS, "backuppolicy/bad")?;
+        let h = get_json(env, NS, "host/badkey")?;
         let stalled = condition(&p, "Stalled").is_some_and(|c| c["reason"] == "HostKeyMismatch");
         let ready = condition(&h, "Ready").is_some_and(|c| c["reason"] == "HostKeyMismatch");
         Ok((stalled && ready).then_some(p))
     })
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     assert_eq!(bad["status"]["hostsFailing"], 1, "{bad:#}");
     let units = env
         .ssh_ok("host3", "ls /etc/systemd/system/ /etc/fleetsnap/")
@@ -535,7 +397,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
 
     // A second replica stands by while the leader renews, and takes over when the leader
     // dies without releasing the lease (SIGKILL, possibly mid-reconcile).
-    let standby = start_operator(env, &launch, "e2e-standby");
+    let standby = launch.start(env, "e2e-standby");
     wait::until("standby waiting", Duration::from_secs(30), || {
         let log = std::fs::read_to_string(&standby.log)?;
         Ok(log.contains("waiting for leadership").then_some(()))
@@ -547,17 +409,16 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         !standby_log.contains("controllers running"),
         "the standby started working while the leader held the lease:\n{standby_log}"
     );
-    op.child.kill().unwrap();
-    let _ = op.child.wait();
+    op.kill();
     op = standby;
     wait::until("standby took the lease", Duration::from_secs(60), || {
         Ok((lease_holder(env)? == "e2e-standby").then_some(()))
     })
-    .unwrap_or_else(|e| panic!("{e:#}\nstandby log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     wait::until("new leader reconciled", Duration::from_secs(60), || {
         Ok(reconcile_count(&op).ok().filter(|c| *c >= 1.0))
     })
-    .unwrap_or_else(|e| panic!("{e:#}\nstandby log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     let after_takeover: Vec<String> = hosts.iter().map(|h| managed_files(env, h)).collect();
     assert_eq!(
         before, after_takeover,
@@ -575,7 +436,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         "host2 failing, host1/3 green",
         Duration::from_secs(240),
         || {
-            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
             let state = |h: &str| {
                 host_entry(&p, h)
                     .map(|e| e["state"].as_str().unwrap_or_default().to_string())
@@ -591,27 +452,16 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
                 .then_some(p))
         },
     )
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     assert_eq!(p["status"]["hostsFailing"], 1);
     assert_eq!(p["status"]["hostsSucceeded"], 2);
     assert_eq!(condition(&p, "Ready").unwrap()["reason"], "HostsFailing");
     wait::until("host2 Reachable=False", Duration::from_secs(180), || {
-        let h = get_json(env, "host/host2")?;
+        let h = get_json(env, NS, "host/host2")?;
         Ok((h["status"]["reachable"] == false).then_some(()))
     })
     .unwrap();
-    let events = env
-        .kubectl(&[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "reason=BackupFailing",
-            "-o",
-            "name",
-        ])
-        .unwrap();
+    let events = event_names(env, NS, "reason=BackupFailing");
     assert!(!events.trim().is_empty(), "no BackupFailing event");
     step(t0, "host2 reported failing/unreachable, host1/3 green");
 
@@ -621,23 +471,12 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         "3/3 again after host2 restart",
         Duration::from_secs(300),
         || {
-            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
             Ok((p["status"]["hostsSucceeded"] == 3).then_some(()))
         },
     )
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
-    let events = env
-        .kubectl(&[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "reason=BackupRecovered",
-            "-o",
-            "name",
-        ])
-        .unwrap();
+    .unwrap_or_else(|e| op.fail(e));
+    let events = event_names(env, NS, "reason=BackupRecovered");
     assert!(!events.trim().is_empty(), "no BackupRecovered event");
     step(t0, "host2 recovered");
 
@@ -656,11 +495,11 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         "host3 deselected and cleaned",
         Duration::from_secs(120),
         || {
-            let p = get_json(env, &format!("backuppolicy/{POLICY}"))?;
+            let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
             Ok((p["status"]["hostsTotal"] == 2 && host_entry(&p, "host3").is_none()).then_some(()))
         },
     )
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+    .unwrap_or_else(|e| op.fail(e));
     let left = env
         .ssh_ok(
             "host3",
@@ -668,7 +507,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         )
         .unwrap();
     assert!(!left.contains(&format!("backup-{POLICY}")), "host3: {left}");
-    let host3 = get_json(env, "host/host3").unwrap();
+    let host3 = get_json(env, NS, "host/host3").unwrap();
     let entries = host3["status"]["policies"]
         .as_array()
         .cloned()
@@ -684,7 +523,7 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
 
     // Deleting the policy takes the job off every host; the data stays.
     env.kubectl(&["delete", "-n", NS, "backuppolicy", POLICY, "--timeout=180s"])
-        .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", op.log_tail()));
+        .unwrap_or_else(|e| op.fail(e));
     for h in &hosts {
         let units = env
             .ssh_ok(
