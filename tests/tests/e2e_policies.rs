@@ -19,12 +19,16 @@
 //! the VerifyPolicy go not-ready naming the pack.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use fleetsnap_tests::{Options, TestEnv, repo_root, wait, workspace_bin};
+use fleetsnap_tests::kube::{
+    self, apply_yaml, condition, event_names, get_json, host_yaml, secret_from_files, set_suspend,
+};
+use fleetsnap_tests::operator::Launch;
+use fleetsnap_tests::{Options, TestEnv, repo_root, step, wait};
 use serde_json::Value;
 
 const NS: &str = "e2e-policies";
@@ -37,60 +41,6 @@ fn env() -> &'static TestEnv {
         hosts: HOSTS,
         ..Options::default()
     })
-}
-
-struct Operator {
-    child: Child,
-    log: PathBuf,
-    metrics: String,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Operator {
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_operator(env: &TestEnv) -> Operator {
-    let log = env.dir().join("operator-policies.log");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(workspace_bin("fleetsnap-operator").unwrap())
-        .args(["--kubeconfig", env.var("KUBECONFIG")])
-        .args(["--namespace", NS, "--leader-election-namespace", NS])
-        .args(["--metrics-addr", &metrics])
-        .args(["--identity", "e2e-policies", "--host-timeout", "120s"])
-        .arg("--executor-path")
-        .arg(workspace_bin("fleetsnap").unwrap())
-        // The operator reaches MinIO at another address than the hosts do.
-        .env("FLEETSNAP_MAINTENANCE_S3_ENDPOINT", env.var("S3_ENDPOINT"))
-        .env("RUST_LOG", "info,fleetsnap_operator=debug,kube=warn")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Operator {
-        child,
-        log,
-        metrics,
-    }
 }
 
 /// `fleetsnap_*` names used by the chart's alert rules (histogram series by family).
@@ -119,26 +69,6 @@ fn alert_metric_names() -> std::collections::BTreeSet<String> {
     names
 }
 
-fn apply_yaml(env: &TestEnv, dir: &Path, name: &str, yaml: &str) {
-    let f = dir.join(name);
-    std::fs::write(&f, yaml).unwrap();
-    env.kubectl(&["apply", "-n", NS, "-f", f.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn get_json(env: &TestEnv, what: &str) -> Result<Value> {
-    Ok(serde_json::from_str(
-        &env.kubectl(&["get", "-n", NS, what, "-o", "json"])?,
-    )?)
-}
-
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
 fn host_keys(h: &str) -> (String, String) {
     (format!("fs-{h}"), format!("secret-{h}-5d0e8a11"))
 }
@@ -162,45 +92,9 @@ fn host_policy(h: &str) -> String {
     .to_string()
 }
 
-fn secret_from_files(env: &TestEnv, dir: &Path, name: &str, pairs: &[(&str, &str)]) {
-    let mut args = vec![
-        "create".to_string(),
-        "secret".into(),
-        "generic".into(),
-        "-n".into(),
-        NS.into(),
-        name.into(),
-    ];
-    for (k, v) in pairs {
-        let f = dir.join(format!("{name}-{k}"));
-        std::fs::write(&f, v).unwrap();
-        args.push(format!("--from-file={k}={}", f.display()));
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    env.kubectl(&a).unwrap();
-}
-
 fn setup(env: &TestEnv, dir: &Path) {
-    let crds = repo_root().join("crds/generated");
-    env.kubectl(&["apply", "-f", crds.to_str().unwrap()])
-        .unwrap();
-    for crd in [
-        "hosts",
-        "backuprepositories",
-        "backuppolicies",
-        "retentionpolicies",
-        "verifypolicies",
-        "restores",
-    ] {
-        env.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{crd}.fleetsnap.io"),
-        ])
-        .unwrap();
-    }
-    env.kubectl(&["create", "namespace", NS]).unwrap();
+    kube::install_crds(env);
+    kube::create_namespace(env, NS);
     // Versioning + Object Lock (GOVERNANCE, 1 day), the ransomware-proof setup: whatever is
     // deleted stays stored for the lock window.
     env.mc(&[
@@ -241,16 +135,18 @@ fn setup(env: &TestEnv, dir: &Path) {
         .unwrap();
         secret_from_files(
             env,
+            NS,
             dir,
             &format!("s3-{h}"),
             &[("AWS_ACCESS_KEY_ID", &ak), ("AWS_SECRET_ACCESS_KEY", &sk)],
         );
     }
     let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
-    secret_from_files(env, dir, "ssh-key", &[("id_ed25519", &key)]);
-    secret_from_files(env, dir, "repo-password", &[("password", PASSWORD)]);
+    secret_from_files(env, NS, dir, "ssh-key", &[("id_ed25519", &key)]);
+    secret_from_files(env, NS, dir, "repo-password", &[("password", PASSWORD)]);
     secret_from_files(
         env,
+        NS,
         dir,
         "maintenance",
         &[
@@ -262,25 +158,17 @@ fn setup(env: &TestEnv, dir: &Path) {
     for (i, h) in env.hosts().iter().enumerate() {
         // The second host is also the database server (the `db` BackupPolicy selects it).
         let role = if i == 1 { ", role: db" } else { "" };
-        hosts.push_str(&format!(
-            r#"---
-apiVersion: fleetsnap.io/v1alpha1
-kind: Host
-metadata: {{name: {h}, labels: {{group: pol{role}}}}}
-spec:
-  address: 127.0.0.1
-  port: {port}
-  user: root
-  sshKeySecretRef: {{name: ssh-key, key: id_ed25519}}
-  hostKey: "{key}"
-"#,
-            port = env.ssh_port(h),
-            key = env.var("HOST_KEY"),
+        hosts.push_str(&host_yaml(
+            h,
+            &format!("group: pol{role}"),
+            env.ssh_port(h),
+            env.var("HOST_KEY"),
         ));
     }
-    apply_yaml(env, dir, "hosts.yaml", &hosts);
+    apply_yaml(env, NS, dir, "hosts.yaml", &hosts);
     apply_yaml(
         env,
+        NS,
         dir,
         "repo.yaml",
         &format!(
@@ -305,6 +193,7 @@ spec:
     // repository lock.
     apply_yaml(
         env,
+        NS,
         dir,
         "backup.yaml",
         r#"apiVersion: fleetsnap.io/v1alpha1
@@ -381,6 +270,54 @@ fn fleetsnap_as_host(env: &TestEnv, host: &str, repo_host: &str, args: &str) -> 
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Wait until Restore `name` has finished (Succeeded or Failed) and return it.
+fn restore_finished(env: &TestEnv, name: &str) -> Result<Value> {
+    wait::until(
+        &format!("Restore {name} finished"),
+        Duration::from_secs(300),
+        || {
+            let r = get_json(env, NS, &format!("restore/{name}"))?;
+            let phase = r["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok((phase == "Succeeded" || phase == "Failed").then_some(r))
+        },
+    )
+}
+
+/// The runbook's keep rules as stock restic takes them.
+const KEEP_ARGS: [&str; 6] = [
+    "--keep-daily",
+    "7",
+    "--keep-weekly",
+    "4",
+    "--keep-monthly",
+    "6",
+];
+
+/// Stock `restic forget --dry-run --json` with [`KEEP_ARGS`] on one host's repository,
+/// `extra` (e.g. a `--tag` filter) before the keep rules: one entry per group.
+fn forget_dry_run(env: &TestEnv, host: &str, extra: &[&str]) -> Result<Vec<Value>> {
+    let args = [
+        &["forget", "--dry-run", "--json", "--retry-lock", "5m"],
+        extra,
+        &KEEP_ARGS[..],
+    ]
+    .concat();
+    Ok(serde_json::from_str(&restic(env, host, &args)?)?)
+}
+
+/// Ids of the snapshots a `forget --json` group keeps.
+fn kept_ids(group: &Value) -> BTreeSet<String> {
+    group["keep"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(id_of)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -625,20 +562,6 @@ fn backups_idle(env: &TestEnv, host: &str, policies: &[&str]) -> Result<bool> {
         }))
 }
 
-fn set_suspend(env: &TestEnv, what: &str, suspend: bool) {
-    env.kubectl(&[
-        "patch",
-        "-n",
-        NS,
-        what,
-        "--type",
-        "merge",
-        "-p",
-        &format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#),
-    ])
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 // ---------------------------------------------------------------------------------------
 // PostgreSQL on a test host.
 
@@ -696,19 +619,15 @@ fn pg_ready(env: &TestEnv, host: &str, port: u16) -> Result<()> {
     )
 }
 
-fn step(t0: Instant, what: &str) {
-    eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
 #[test]
 fn runbook_validation_list() {
     let t0 = Instant::now();
     let env = env();
     let dir = tempfile::tempdir().unwrap();
     setup(env, dir.path());
-    let op = start_operator(env);
+    let op = Launch::admin(env, NS).start(env, "e2e-policies");
     let hosts = env.hosts();
-    let fail = |e: anyhow::Error| -> ! { panic!("{e:#}\noperator log:\n{}", op.tail()) };
+    let fail = |e: anyhow::Error| -> ! { op.fail(e) };
     step(t0, "resources applied, operator started");
     let h1 = hosts[0].clone();
     let h2 = hosts[1].clone();
@@ -735,6 +654,7 @@ fn runbook_validation_list() {
     );
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "backup-db.yaml",
         r#"apiVersion: fleetsnap.io/v1alpha1
@@ -781,6 +701,7 @@ spec:
     // (c) Restore /etc of host1 into a scratch directory; it matches /etc.
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "restore.yaml",
         &format!(
@@ -795,15 +716,7 @@ spec:
 "#
         ),
     );
-    let r = wait::until("Restore finished", Duration::from_secs(300), || {
-        let r = get_json(env, "restore/etc-drill")?;
-        let phase = r["status"]["phase"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        Ok((phase == "Succeeded" || phase == "Failed").then_some(r))
-    })
-    .unwrap_or_else(|e| fail(e));
+    let r = restore_finished(env, "etc-drill").unwrap_or_else(|e| fail(e));
     assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
     assert!(
         r["status"]["filesRestored"].as_i64().unwrap_or(0) > 10,
@@ -842,6 +755,7 @@ spec:
     let db_id = id_of(&db_snap);
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "restore-db.yaml",
         &format!(
@@ -857,15 +771,7 @@ spec:
 "#
         ),
     );
-    let r = wait::until("db Restore finished", Duration::from_secs(300), || {
-        let r = get_json(env, "restore/db-drill")?;
-        let phase = r["status"]["phase"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        Ok((phase == "Succeeded" || phase == "Failed").then_some(r))
-    })
-    .unwrap_or_else(|e| fail(e));
+    let r = restore_finished(env, "db-drill").unwrap_or_else(|e| fail(e));
     assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
     assert_eq!(r["status"]["filesRestored"], 1, "{r:#}");
     // Interop: stock restic reads the same bytes from the snapshot as the Restore wrote.
@@ -940,6 +846,7 @@ spec:
     // (b) Verification reading all data passes.
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "verify.yaml",
         r#"apiVersion: fleetsnap.io/v1alpha1
@@ -953,7 +860,7 @@ spec:
 "#,
     );
     let v = wait::until("VerifyPolicy Ready", Duration::from_secs(300), || {
-        let v = get_json(env, "verifypolicy/weekly")?;
+        let v = get_json(env, NS, "verifypolicy/weekly")?;
         Ok(condition(&v, "Ready")
             .is_some_and(|c| c["status"] == "True")
             .then_some(v))
@@ -985,6 +892,7 @@ spec:
     // Host-side retention on an append-only repository is refused with a clear condition.
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "retention-host.yaml",
         r#"apiVersion: fleetsnap.io/v1alpha1
@@ -998,7 +906,7 @@ spec:
 "#,
     );
     let rp = wait::until("host retention Stalled", Duration::from_secs(120), || {
-        let p = get_json(env, "retentionpolicy/on-hosts")?;
+        let p = get_json(env, NS, "retentionpolicy/on-hosts")?;
         Ok(condition(&p, "Stalled")
             .is_some_and(|c| c["status"] == "True" && c["reason"] == "InvalidSpec")
             .then_some(p))
@@ -1014,8 +922,8 @@ spec:
     // over every group (host + paths) of both repositories: host1's synthetic history and
     // /etc, host2's /etc and dump. Backups are suspended meanwhile, so the snapshots the
     // operator sees are the ones the oracle and stock restic saw.
-    set_suspend(env, "backuppolicy/nightly", true);
-    set_suspend(env, "backuppolicy/db", true);
+    set_suspend(env, NS, "backuppolicy/nightly", true);
+    set_suspend(env, NS, "backuppolicy/db", true);
     for h in &hosts {
         let policies: &[&str] = if *h == h2 {
             &["nightly", "db"]
@@ -1033,30 +941,12 @@ spec:
     let mut expected = BTreeSet::new();
     let mut synthetic_expected = BTreeSet::new();
     let mut synthetic_ids = BTreeSet::new();
-    let keep_args = [
-        "--keep-daily",
-        "7",
-        "--keep-weekly",
-        "4",
-        "--keep-monthly",
-        "6",
-    ];
     for h in &hosts {
         let snaps = restic_snapshots(env, h).unwrap_or_else(|e| fail(e));
         before += snaps.len();
         let groups = groups(&snaps).unwrap_or_else(|e| fail(e));
         // The oracle against stock restic, group by group, before anything is forgotten.
-        let dry = restic(
-            env,
-            h,
-            &[
-                &["forget", "--dry-run", "--json", "--retry-lock", "5m"],
-                &keep_args[..],
-            ]
-            .concat(),
-        )
-        .unwrap_or_else(|e| fail(e));
-        let dry: Vec<Value> = serde_json::from_str(&dry).unwrap();
+        let dry = forget_dry_run(env, h, &[]).unwrap_or_else(|e| fail(e));
         assert_eq!(dry.len(), groups.len(), "{dry:#?}");
         for g in &dry {
             let mut paths: Vec<String> = str_list(&g["paths"])
@@ -1067,12 +957,7 @@ spec:
             let key = (g["host"].as_str().unwrap_or_default().to_string(), paths);
             let members = &groups[&key];
             let want = expected_keep(members, KEEP);
-            let by_restic: BTreeSet<String> = g["keep"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(id_of)
-                .collect();
+            let by_restic = kept_ids(g);
             assert_eq!(
                 by_restic, want,
                 "group {key:?}: stock restic and the oracle disagree"
@@ -1103,32 +988,10 @@ spec:
             assert_eq!(group.len(), synthetic, "the synthetic history is one group");
             synthetic_expected = expected_keep(group, KEEP);
             // And as the runbook's operator would ask restic, by tag.
-            let tagged = restic(
-                env,
-                h,
-                &[
-                    &[
-                        "forget",
-                        "--dry-run",
-                        "--json",
-                        "--retry-lock",
-                        "5m",
-                        "--tag",
-                        "synthetic",
-                    ],
-                    &keep_args[..],
-                ]
-                .concat(),
-            )
-            .unwrap_or_else(|e| fail(e));
-            let tagged: Vec<Value> = serde_json::from_str(&tagged).unwrap();
+            let tagged =
+                forget_dry_run(env, h, &["--tag", "synthetic"]).unwrap_or_else(|e| fail(e));
             assert_eq!(tagged.len(), 1, "{tagged:#?}");
-            let by_restic: BTreeSet<String> = tagged[0]["keep"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(id_of)
-                .collect();
+            let by_restic = kept_ids(&tagged[0]);
             assert_eq!(by_restic, synthetic_expected);
             // One per day: of the last day's three snapshots only the 23:59:59 one stays.
             let time_of = |id: &String| {
@@ -1172,6 +1035,7 @@ spec:
     );
     apply_yaml(
         env,
+        NS,
         dir.path(),
         "retention-op.yaml",
         r#"apiVersion: fleetsnap.io/v1alpha1
@@ -1189,7 +1053,7 @@ spec:
         "operator retention succeeded",
         Duration::from_secs(240),
         || {
-            let p = get_json(env, "retentionpolicy/central")?;
+            let p = get_json(env, NS, "retentionpolicy/central")?;
             Ok(
                 (condition(&p, "Ready").is_some_and(|c| c["status"] == "True")
                     && p["status"]["lastSuccess"].is_string())
@@ -1253,18 +1117,11 @@ spec:
     );
     // An earlier attempt that failed on one repository (locked) already removed snapshots
     // from the other, which the succeeding run then does not count again.
-    let earlier_failures = env
-        .kubectl(&[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "involvedObject.name=central,reason=RetentionFailed",
-            "-o",
-            "name",
-        ])
-        .unwrap();
+    let earlier_failures = event_names(
+        env,
+        NS,
+        "involvedObject.name=central,reason=RetentionFailed",
+    );
     if earlier_failures.trim().is_empty() {
         assert_eq!(
             rp["status"]["snapshotsRemoved"], expected_removed as i64,
@@ -1296,8 +1153,8 @@ spec:
     eprintln!(
         "    {retained} objects retained under Object Lock ({forgotten_synthetic} forgotten synthetic snapshots among them)"
     );
-    set_suspend(env, "backuppolicy/nightly", false);
-    set_suspend(env, "backuppolicy/db", false);
+    set_suspend(env, NS, "backuppolicy/nightly", false);
+    set_suspend(env, NS, "backuppolicy/db", false);
     step(
         t0,
         &format!(
@@ -1335,7 +1192,7 @@ spec:
         "VerifyPolicy not ready naming the pack",
         Duration::from_secs(300),
         || {
-            let v = get_json(env, "verifypolicy/weekly")?;
+            let v = get_json(env, NS, "verifypolicy/weekly")?;
             let named = condition(&v, "Ready").is_some_and(|c| {
                 c["status"] == "False"
                     && c["message"]
@@ -1354,28 +1211,13 @@ spec:
                 .any(|x| x.as_str().is_some_and(|x| pack.starts_with(x)))),
         "{v:#}"
     );
-    let events = env
-        .kubectl(&[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "reason=VerifyFailed",
-            "-o",
-            "name",
-        ])
-        .unwrap();
+    let events = event_names(env, NS, "reason=VerifyFailed");
     assert!(!events.trim().is_empty(), "no VerifyFailed event");
     step(t0, "(b') corrupted pack reported");
 
     // Every metric an alert rule uses is served by the real operator now that backup,
     // verify and retention policies have run.
-    let out = Command::new("curl")
-        .args(["-sf", &format!("http://{}/metrics", op.metrics)])
-        .output()
-        .unwrap();
-    let scrape = fleetsnap_tests::check("curl /metrics", out).unwrap();
+    let scrape = op.scrape().unwrap();
     let served: std::collections::BTreeSet<&str> = scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
