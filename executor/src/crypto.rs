@@ -116,6 +116,21 @@ impl Key {
         out
     }
 
+    /// Seal in place: `buf` holds `IV_LEN` bytes of room followed by the plaintext; the
+    /// room gets a fresh IV, the plaintext is encrypted and the MAC appended. Same output as
+    /// [`Key::seal`], without a second buffer.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>) {
+        assert!(buf.len() >= IV_LEN, "no room for the IV");
+        let mut iv = [0u8; 16];
+        while iv == [0; 16] {
+            rand::rngs::OsRng.fill_bytes(&mut iv);
+        }
+        buf[..IV_LEN].copy_from_slice(&iv);
+        Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(&mut buf[IV_LEN..]);
+        let tag = self.mac(&iv, &buf[IV_LEN..]);
+        buf.extend_from_slice(&tag);
+    }
+
     /// Verify the tag (constant time) before decrypting anything.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < OVERHEAD {
@@ -133,6 +148,26 @@ impl Key {
         let mut pt = ct.to_vec();
         Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(&mut pt);
         Ok(pt)
+    }
+
+    /// [`Key::open`] without a copy: verify the tag, decrypt the ciphertext where it is and
+    /// return it. On error `sealed` is unchanged.
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8]) -> Result<&'a mut [u8], CryptoError> {
+        if sealed.len() < OVERHEAD {
+            return Err(CryptoError::TooShort(sealed.len()));
+        }
+        let iv: [u8; 16] = sealed[..IV_LEN].try_into().expect("length checked");
+        if iv == [0; 16] {
+            return Err(CryptoError::ZeroNonce);
+        }
+        let n = sealed.len();
+        let (body, tag) = sealed.split_at_mut(n - MAC_LEN);
+        let ct = &mut body[IV_LEN..];
+        if !bool::from(self.mac(&iv, ct).ct_eq(tag)) {
+            return Err(CryptoError::Mac);
+        }
+        Aes256Ctr::new(&self.encrypt.into(), &iv.into()).apply_keystream(ct);
+        Ok(ct)
     }
 }
 

@@ -122,6 +122,83 @@ impl LocalBackend {
     }
 
     fn write_inner(&self, t: FileType, name: &str, data: &[u8]) -> io::Result<()> {
+        self.write_with(t, name, &mut |f| f.write_all(data))
+    }
+
+    /// Store a temporary file: link it in place when it is an unlinked `O_TMPFILE` on this
+    /// file system (no copy), else copy it (`copy_file_range`, in the kernel).
+    fn write_file_inner(&self, t: FileType, name: &str, file: &File, len: u64) -> io::Result<()> {
+        if file.metadata()?.len() == len && self.link_tmpfile(t, name, file)? {
+            return Ok(());
+        }
+        self.write_with(t, name, &mut |f| {
+            let mut r = file;
+            r.seek(SeekFrom::Start(0))?;
+            let n = io::copy(&mut r.take(len), f)?;
+            if n != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("temporary file holds {n} bytes, expected {len}"),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Give an `O_TMPFILE` a name in the repository: fsync, `linkat` to a temporary name,
+    /// rename, fsync the directory. `Ok(false)`: the file cannot be linked (not an
+    /// `O_TMPFILE`, another file system, no `/proc`); the caller copies it instead.
+    fn link_tmpfile(&self, t: FileType, name: &str, file: &File) -> io::Result<bool> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::io::AsRawFd;
+        let dir = self.dir_of(t, name);
+        let final_path = self.path_of(t, name);
+        let suffix: u64 = rand::thread_rng().r#gen();
+        let tmp_path = dir.join(format!("{name}-tmp-{suffix:016x}"));
+        if !dir.is_dir() {
+            self.mkdir_all(&dir)?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        // The content must be on disk before any name points at it.
+        file.sync_all()?;
+        let src =
+            std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+        let Ok(dst) = std::ffi::CString::new(tmp_path.as_os_str().as_bytes()) else {
+            return Ok(false);
+        };
+        // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r != 0 {
+            return Ok(false);
+        }
+        if let Err(e) = fs::rename(&tmp_path, &final_path) {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+        File::open(&dir)?.sync_all()?;
+        fs::set_permissions(
+            &final_path,
+            fs::Permissions::from_mode(self.modes.stored_file()),
+        )?;
+        Ok(true)
+    }
+
+    fn write_with(
+        &self,
+        t: FileType,
+        name: &str,
+        fill: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let dir = self.dir_of(t, name);
         let final_path = self.path_of(t, name);
         let suffix: u64 = rand::thread_rng().r#gen();
@@ -153,7 +230,7 @@ impl LocalBackend {
         };
 
         let result = (|| {
-            f.write_all(data)?;
+            fill(&mut f)?;
             f.sync_all()?;
             drop(f);
             fs::rename(&tmp_path, &final_path)
@@ -312,6 +389,20 @@ impl Backend for LocalBackend {
                 .entered();
         self.write_inner(t, name, data)
             .map_err(|e| self.err("write", what, &e))
+    }
+
+    fn write_file(&self, t: FileType, name: &str, file: &File, len: u64) -> BackendResult<()> {
+        check_name(t, name, "write", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span =
+            debug_span!("backend.write", backend = "local", what = %what, size = len).entered();
+        self.write_file_inner(t, name, file, len)
+            .map_err(|e| self.err("write", what, &e))
+    }
+
+    fn temp_dir(&self) -> Option<PathBuf> {
+        let data = self.root.join("data");
+        data.is_dir().then_some(data)
     }
 
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {

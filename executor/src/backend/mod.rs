@@ -8,6 +8,9 @@
 //! with the same code.
 
 use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub mod local;
@@ -223,6 +226,42 @@ pub trait Backend: Send + Sync {
     ) -> BackendResult<Vec<u8>>;
     /// Store a whole file atomically and durably.
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()>;
+    /// Store the first `len` bytes of `file` (read from offset 0) atomically and durably,
+    /// like [`Backend::write`]. The backup writes packs to temporary files and hands them
+    /// over here, so a pack does not have to sit in memory while it waits for its upload.
+    /// The default reads the file into memory and calls `write`; backends override it to
+    /// stream or, for a file in [`Backend::temp_dir`], to link it in place.
+    fn write_file(&self, t: FileType, name: &str, file: &File, len: u64) -> BackendResult<()> {
+        let mut data = Vec::with_capacity(len as usize);
+        let read = (|| {
+            let mut r = file;
+            r.seek(SeekFrom::Start(0))?;
+            r.take(len).read_to_end(&mut data)
+        })();
+        match read {
+            Ok(n) if n as u64 == len => self.write(t, name, &data),
+            Ok(n) => Err(BackendError::new(
+                BackendErrorKind::Other,
+                "write",
+                object_path(t, name, false),
+                self.location(),
+                format!("temporary file holds {n} bytes, expected {len}"),
+            )),
+            Err(e) => Err(BackendError::new(
+                BackendErrorKind::Other,
+                "write",
+                object_path(t, name, false),
+                self.location(),
+                format!("reading temporary file: {e}"),
+            )),
+        }
+    }
+    /// A directory on the repository's own file system where temporary files for
+    /// [`Backend::write_file`] are best created (it can then link instead of copy);
+    /// `None`: anywhere (the system's temporary directory).
+    fn temp_dir(&self) -> Option<PathBuf> {
+        None
+    }
     /// Delete a file. Deleting a file that does not exist is not an error.
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()>;
     /// Delete a file for good, as prune and forget do with repository data. `remove` may

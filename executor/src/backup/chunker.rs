@@ -3,19 +3,24 @@
 //!
 //! StreamCDC zero-fills a fresh `MAX_CHUNK` buffer per stream and, after every chunk, shifts
 //! the whole buffer down and zeroes the tail again: 8 MiB of memory traffic per 1 MiB chunk
-//! and 16 MiB for a 30 KiB file. Here one buffer of two windows is kept per thread and only
-//! shifted when less than a window is left, so each byte is moved at most about once.
+//! and 16 MiB for a 30 KiB file. Here one buffer is kept per thread and only the unchunked
+//! tail is shifted when it runs dry.
 //!
-//! Equivalence rests on how `cut` behaves: it never looks past `MAX_CHUNK` bytes, and
-//! StreamCDC always hands it a full window unless the stream has ended. Keeping at least
-//! one window (or everything up to EOF) in front of the cursor gives `cut` the same input.
+//! Equivalence rests on how `cut` behaves: it never looks past `MAX_CHUNK` bytes and scans
+//! forward, so a cut point it finds strictly before the end of a shorter slice is the one it
+//! finds in a full window (the masks depend on the position only; for a slice shorter than
+//! the average size the first loop stops at its end and the second does not run). When no
+//! cut point shows up in what is buffered, more is read — the buffer grows from
+//! [`INITIAL`] up to one window only for the rare chunk that needs it — so `cut` decides on
+//! a full window or on the rest of the stream exactly as StreamCDC does.
 
 use std::io::{ErrorKind, Read};
 
 use super::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
 const WINDOW: usize = MAX_CHUNK as usize;
-const CAPACITY: usize = 2 * WINDOW;
+/// Starting buffer size: several average chunks, half a maximal one.
+const INITIAL: usize = 4 << 20;
 
 struct Masks {
     s: u64,
@@ -65,38 +70,48 @@ impl Chunker {
         mut emit: impl FnMut(Vec<u8>) -> Result<(), E>,
     ) -> std::io::Result<Result<u64, E>> {
         let m = masks();
-        if self.buf.len() < CAPACITY.max(prefix.len()) {
+        if self.buf.len() < INITIAL.max(prefix.len()) {
             // Zeroed once per thread, not per file.
-            self.buf = vec![0; CAPACITY.max(prefix.len())];
+            self.buf = vec![0; INITIAL.max(prefix.len())];
         }
-        let buf = &mut self.buf[..];
-        buf[..prefix.len()].copy_from_slice(prefix);
+        self.buf[..prefix.len()].copy_from_slice(prefix);
         let (mut start, mut end) = (0usize, prefix.len());
         let mut eof = false;
         let mut total = 0u64;
         loop {
-            if !eof && end - start < WINDOW {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                while !eof && end < buf.len() {
-                    match r.read(&mut buf[end..]) {
-                        Ok(0) => eof = true,
-                        Ok(n) => end += n,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+            let avail = end - start;
+            if avail > 0 {
+                let n = cut(&m, &self.buf[start..end]);
+                // A full window or the end of the stream: `cut` decides. Less: only a cut
+                // point strictly inside what is buffered is certain.
+                if eof || avail >= WINDOW || n < avail {
+                    if let Err(e) = emit(self.buf[start..start + n].to_vec()) {
+                        return Ok(Err(e));
                     }
+                    start += n;
+                    total += n as u64;
+                    continue;
                 }
-            }
-            if start == end {
+            } else if eof {
                 return Ok(Ok(total));
             }
-            let n = cut(&m, &buf[start..end]);
-            if let Err(e) = emit(buf[start..start + n].to_vec()) {
-                return Ok(Err(e));
+            // Need more input: move the tail to the front, grow if it fills the buffer.
+            self.buf.copy_within(start..end, 0);
+            end = avail;
+            start = 0;
+            if end == self.buf.len() {
+                let grown = (self.buf.len() * 2).min(WINDOW.max(self.buf.len()));
+                self.buf.resize(grown, 0);
             }
-            start += n;
-            total += n as u64;
+            let filled_to = self.buf.len();
+            while !eof && end < filled_to {
+                match r.read(&mut self.buf[end..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => end += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::backend::{Backend, BackendError, BackendErrorKind, FileType, Removal,
 use crate::backup::saver::Saver;
 use crate::format::pack::PackedBlob;
 use crate::id::Id;
-use crate::repo::{RepoError, decode_blob};
+use crate::repo::{IndexedRepository, RepoError, decode_blob};
 
 pub const APPEND_ONLY_MESSAGE: &str = "this identity may not delete: the repository is append-only for it; \
      run retention with maintenance credentials";
@@ -191,31 +191,63 @@ fn repack(
     let mut sources: Vec<_> = plan.repack_blobs.iter().collect();
     sources.sort_by_key(|(id, _)| **id);
     for (pack, blobs) in sources {
-        let data = repo
-            .backend()
-            .read(FileType::Pack, &pack.to_hex())
-            .map_err(RepoError::from)?;
-        for b in blobs {
-            let what = format!(
-                "{} blob {} in pack {}",
-                b.blob_type,
-                b.id.short(),
-                pack.short()
-            );
-            let end = b.offset as usize + b.length as usize;
-            let sealed = data
-                .get(b.offset as usize..end)
-                .ok_or_else(|| RepoError::Corrupt {
-                    what: what.clone(),
-                    msg: "pack is shorter than the index says".into(),
-                })?;
-            let plain = decode_blob(repo.key(), sealed, b.uncompressed_length, &b.id, &what)?;
-            if saver.save(b.blob_type, b.id, plain, false)? {
-                rep.blobs_repacked += 1;
+        // Read the used blobs in runs (gaps <= 256 KiB, <= 2 MiB per read) instead of the
+        // whole pack, so memory stays at one run, not one 16 MiB pack.
+        let mut blobs: Vec<_> = blobs.iter().collect();
+        blobs.sort_by_key(|b| b.offset);
+        let mut i = 0;
+        while i < blobs.len() {
+            let start = blobs[i].offset as u64;
+            let mut end = start + blobs[i].length as u64;
+            let mut j = i + 1;
+            while let Some(b) = blobs.get(j) {
+                let b_end = b.offset as u64 + b.length as u64;
+                if b.offset as u64 > end + (256 << 10) || b_end - start > (2 << 20) {
+                    break;
+                }
+                end = end.max(b_end);
+                j += 1;
             }
+            let data = repo
+                .backend()
+                .read_range(FileType::Pack, &pack.to_hex(), start, end - start)
+                .map_err(RepoError::from)?;
+            for b in &blobs[i..j] {
+                repack_blob(repo, &saver, pack, b, &data, start, rep)?;
+            }
+            i = j;
         }
     }
     let (stored, _) = saver.finish()?;
     rep.packs_written = stored.len();
     Ok(stored)
+}
+
+fn repack_blob(
+    repo: &IndexedRepository,
+    saver: &Saver,
+    pack: &Id,
+    b: &PackedBlob,
+    data: &[u8],
+    start: u64,
+    rep: &mut ExecuteReport,
+) -> Result<(), PruneError> {
+    let what = format!(
+        "{} blob {} in pack {}",
+        b.blob_type,
+        b.id.short(),
+        pack.short()
+    );
+    let lo = (b.offset as u64 - start) as usize;
+    let sealed = data
+        .get(lo..lo + b.length as usize)
+        .ok_or_else(|| RepoError::Corrupt {
+            what: what.clone(),
+            msg: "pack is shorter than the index says".into(),
+        })?;
+    let plain = decode_blob(repo.key(), sealed, b.uncompressed_length, &b.id, &what)?;
+    if saver.save(b.blob_type, b.id, plain, false)? {
+        rep.blobs_repacked += 1;
+    }
+    Ok(())
 }
