@@ -10,7 +10,9 @@ use crate::backend::FileType;
 use crate::format::pack::{self, BlobType, PackedBlob};
 use crate::format::tree::NodeType;
 use crate::id::Id;
-use crate::repo::{IndexedRepository, MasterIndex, Repository, Result, decode_blob};
+use crate::repo::{
+    IndexedRepository, MasterIndex, Repository, Result, decode_blob, decode_blob_mut,
+};
 
 /// Which packs `--read-data*` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -276,7 +278,7 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
 /// Verify one pack completely against its name, its header and the index.
 fn read_pack(repo: &IndexedRepository, id: &Id, indexed: &[PackedBlob]) -> Vec<String> {
     let name = format!("pack {}", id.short());
-    let data = match repo.backend().read(FileType::Pack, &id.to_hex()) {
+    let mut data = match repo.backend().read(FileType::Pack, &id.to_hex()) {
         Ok(d) => d,
         Err(e) => return vec![format!("{name}: {e}")],
     };
@@ -299,6 +301,7 @@ fn read_pack(repo: &IndexedRepository, id: &Id, indexed: &[PackedBlob]) -> Vec<S
     }
     match pack::read_header(repo.key(), &data, repo.version()) {
         Ok(header) => {
+            let mut decoded_to = 0usize;
             if pack::expected_size(&header) != data.len() as u64 {
                 errs.push(format!("{name}: header does not describe the whole pack"));
             }
@@ -314,13 +317,24 @@ fn read_pack(repo: &IndexedRepository, id: &Id, indexed: &[PackedBlob]) -> Vec<S
                     ));
                 }
                 let end = h.offset as usize + h.length as usize;
-                let Some(sealed) = data.get(h.offset as usize..end) else {
-                    errs.push(format!("{name}: blob {} beyond end of pack", h.id.short()));
-                    continue;
-                };
                 let what = format!("{name}: {} blob {}", h.blob_type, h.id.short());
-                if let Err(e) = decode_blob(repo.key(), sealed, h.uncompressed_length, &h.id, &what)
-                {
+                // Decrypt in place (no copy) unless a corrupt header makes blobs overlap
+                // what was already decrypted.
+                let result = if h.offset as usize >= decoded_to {
+                    let Some(sealed) = data.get_mut(h.offset as usize..end) else {
+                        errs.push(format!("{name}: blob {} beyond end of pack", h.id.short()));
+                        continue;
+                    };
+                    decoded_to = end;
+                    decode_blob_mut(repo.key(), sealed, h.uncompressed_length, &h.id, &what)
+                } else {
+                    let Some(sealed) = data.get(h.offset as usize..end) else {
+                        errs.push(format!("{name}: blob {} beyond end of pack", h.id.short()));
+                        continue;
+                    };
+                    decode_blob(repo.key(), sealed, h.uncompressed_length, &h.id, &what)
+                };
+                if let Err(e) = result {
                     errs.push(e.to_string());
                 }
             }

@@ -22,7 +22,7 @@ use crate::format::pack::BlobType;
 use crate::format::tree::{Node, NodeType};
 use crate::id::Id;
 use crate::pattern::PathMatcher;
-use crate::repo::{IndexedRepository, RepoError, Result, decode_blob};
+use crate::repo::{IndexedRepository, RepoError, Result, decode_blob_mut};
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -86,13 +86,24 @@ pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Re
         targets: HashMap::new(),
         meta_queue: Vec::new(),
     };
-    r.tree(tree, &opts.target, b"")?;
+    let t0 = std::time::Instant::now();
+    // The target may hold old files: only directories made by this restore are known empty.
+    r.tree(tree, &opts.target, b"", false)?;
+    let t1 = std::time::Instant::now();
     r.write_content();
+    let t2 = std::time::Instant::now();
     // After the content: writes would change file mtimes, and a read-only directory would
     // refuse them.
     for (node, path) in std::mem::take(&mut r.meta_queue) {
         r.metadata(&node, &path);
     }
+    tracing::debug!(
+        walk_ms = (t1 - t0).as_millis() as u64,
+        content_ms = (t2 - t1).as_millis() as u64,
+        metadata_ms = t2.elapsed().as_millis() as u64,
+        files = r.files.len(),
+        "restore phases"
+    );
     if opts.verify {
         for (path, content) in std::mem::take(&mut r.verify_list) {
             match verify_file(repo, &path, &content) {
@@ -116,7 +127,8 @@ impl Restorer<'_> {
         self.opts.include.is_empty() || is_dir || self.opts.include.matches(rel)
     }
 
-    fn tree(&mut self, id: &Id, dir: &Path, rel: &[u8]) -> Result<bool> {
+    /// `fresh`: `dir` was just created, so nothing can be in the way of its entries.
+    fn tree(&mut self, id: &Id, dir: &Path, rel: &[u8], fresh: bool) -> Result<bool> {
         let tree = self.repo.load_tree(id)?;
         let mut any = false;
         let mut dirs_meta = Vec::new();
@@ -141,15 +153,17 @@ impl Restorer<'_> {
                     continue;
                 };
                 let fully = !self.opts.include.is_empty() && self.opts.include.matches(&nrel);
-                if let Err(e) = fs::create_dir(&path)
-                    && e.kind() != std::io::ErrorKind::AlreadyExists
-                {
-                    self.stats
-                        .errors
-                        .push(format!("mkdir {}: {e}", path.display()));
-                    continue;
-                }
-                let below = self.tree(&sub, &path, &nrel)?;
+                let created = match fs::create_dir(&path) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                    Err(e) => {
+                        self.stats
+                            .errors
+                            .push(format!("mkdir {}: {e}", path.display()));
+                        continue;
+                    }
+                };
+                let below = self.tree(&sub, &path, &nrel, created)?;
                 if below || self.opts.include.is_empty() || fully {
                     self.stats.dirs += 1;
                     dirs_meta.push((path, node));
@@ -159,7 +173,7 @@ impl Restorer<'_> {
                 }
                 continue;
             }
-            if let Err(e) = self.entry(node, &path) {
+            if let Err(e) = self.entry(node, &path, fresh) {
                 self.stats.errors.push(format!("{}: {e}", path.display()));
             }
             any = true;
@@ -170,9 +184,10 @@ impl Restorer<'_> {
         Ok(any)
     }
 
-    fn entry(&mut self, node: &Node, path: &Path) -> std::result::Result<(), String> {
+    fn entry(&mut self, node: &Node, path: &Path, fresh: bool) -> std::result::Result<(), String> {
         // Replace whatever is in the way, but never follow it.
-        if let Ok(m) = fs::symlink_metadata(path)
+        if !fresh
+            && let Ok(m) = fs::symlink_metadata(path)
             && !m.is_dir()
         {
             fs::remove_file(path).map_err(|e| e.to_string())?;
@@ -376,6 +391,7 @@ fn restore_pack(
     blobs: &[Wanted],
 ) -> Vec<String> {
     let mut errs = Vec::new();
+    let mut open: Option<(usize, File)> = None;
     let name = pack.to_hex();
     let mut i = 0;
     while i < blobs.len() {
@@ -390,16 +406,17 @@ fn restore_pack(
             end = end.max(b_end);
             j += 1;
         }
-        let range = repo
+        let mut range = repo
             .backend()
             .read_range(FileType::Pack, &name, start, end - start);
         for b in &blobs[i..j] {
             let what = format!("data blob {} in pack {}", b.id.short(), pack.short());
-            let from_range = match &range {
+            let from_range = match &mut range {
                 Ok(data) => {
                     let lo = (b.offset as u64 - start) as usize;
-                    match data.get(lo..lo + b.length as usize) {
-                        Some(sealed) => decode_blob(repo.key(), sealed, b.ulen, &b.id, &what),
+                    // Blobs never overlap, so decrypting one in place leaves the others.
+                    match data.get_mut(lo..lo + b.length as usize) {
+                        Some(sealed) => decode_blob_mut(repo.key(), sealed, b.ulen, &b.id, &what),
                         None => Err(crate::repo::corrupt(&what, "pack is truncated")),
                     }
                 }
@@ -425,12 +442,21 @@ fn restore_pack(
             }
             for (f, off) in &b.targets {
                 let path = &files[*f];
-                let r = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|fh| fh.write_all_at(&plain, *off));
+                // Consecutive blobs of a pack mostly go to the same file: keep it open.
+                if open.as_ref().is_none_or(|(i, _)| i != f) {
+                    open = None;
+                    match OpenOptions::new().write(true).open(path) {
+                        Ok(fh) => open = Some((*f, fh)),
+                        Err(e) => {
+                            errs.push(format!("{}: {e}", path.display()));
+                            continue;
+                        }
+                    }
+                }
+                let fh = &open.as_ref().expect("just opened").1;
+                let r = fh.write_all_at(&plain, *off);
                 if let Err(e) = r {
-                    errs.push(format!("{}: {}: {e}", path.display(), path.display()));
+                    errs.push(format!("{}: {e}", path.display()));
                 }
             }
         }

@@ -329,20 +329,35 @@ pub fn decode_blob(
         source: e,
     })?;
     let plain = if uncompressed_length != 0 {
-        let out = zstd::stream::decode_all(&plain[..]).map_err(|e| corrupt(what, e))?;
-        if out.len() != uncompressed_length as usize {
-            return Err(corrupt(
-                what,
-                format!(
-                    "decompressed to {} bytes, index says {uncompressed_length}",
-                    out.len()
-                ),
-            ));
-        }
-        out
+        decompress(&plain, uncompressed_length, what)?
     } else {
         plain
     };
+    verify_id(plain, id, what)
+}
+
+/// [`decode_blob`] for a buffer the caller owns: decrypts in place (no copy of the
+/// ciphertext). `sealed` is garbage afterwards unless the MAC check failed.
+pub fn decode_blob_mut(
+    key: &Key,
+    sealed: &mut [u8],
+    uncompressed_length: u32,
+    id: &Id,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let plain = key.open_in_place(sealed).map_err(|e| RepoError::Crypto {
+        what: what.to_string(),
+        source: e,
+    })?;
+    let plain = if uncompressed_length != 0 {
+        decompress(plain, uncompressed_length, what)?
+    } else {
+        plain.to_vec()
+    };
+    verify_id(plain, id, what)
+}
+
+fn verify_id(plain: Vec<u8>, id: &Id, what: &str) -> Result<Vec<u8>> {
     if Id::hash(&plain) != *id {
         return Err(corrupt(
             what,
@@ -350,6 +365,41 @@ pub fn decode_blob(
         ));
     }
     Ok(plain)
+}
+
+/// Decompress a blob into a buffer of exactly its indexed size, with one zstd context per
+/// thread (a streaming decoder grows its output step by step and copies it each time).
+fn decompress(payload: &[u8], uncompressed_length: u32, what: &str) -> Result<Vec<u8>> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut out = Vec::with_capacity(uncompressed_length as usize);
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| corrupt(what, e))?);
+        }
+        d.as_mut()
+            .expect("just set")
+            .decompress_to_buffer(payload, &mut out)
+            .map_err(|e| {
+                corrupt(
+                    what,
+                    format!("{e} (decompressing, index says {uncompressed_length} bytes)"),
+                )
+            })
+    })?;
+    if out.len() != uncompressed_length as usize {
+        return Err(corrupt(
+            what,
+            format!(
+                "decompressed to {} bytes, index says {uncompressed_length}",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 impl IndexedRepository {
