@@ -803,6 +803,41 @@ spec:
         String::from_utf8_lossy(&dumped.stdout).contains("CREATE DATABASE shop"),
         "not a pg_dumpall of the shop database"
     );
+    assert_eq!(r["status"]["snapshotId"], db_id.as_str(), "{r:#}");
+    // `latest` with include paths on a host that backs up both /etc and the dump: each
+    // Restore takes the newest snapshot holding its paths, whichever kind is newest overall.
+    for (name, include, paths) in [
+        ("db-latest", "/pg_dumpall.sql", "/pg_dumpall.sql"),
+        ("etc-latest", "/etc/hostname", "/etc"),
+    ] {
+        apply_yaml(
+            env,
+            NS,
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                r#"apiVersion: fleetsnap.io/v1alpha1
+kind: Restore
+metadata: {{name: {name}}}
+spec:
+  hostRef: {{name: {h2}}}
+  repositoryRef: {{name: minio}}
+  include: [{include}]
+  targetDirectory: /var/tmp/{name}
+"#
+            ),
+        );
+        let r = restore_finished(env, name).unwrap_or_else(|e| fail(e));
+        assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
+        assert_eq!(r["status"]["filesRestored"], 1, "{r:#}");
+        let used = r["status"]["snapshotId"].as_str().unwrap_or_default();
+        let snaps = restic_snapshots(env, &h2).unwrap_or_else(|e| fail(e));
+        let snap = snaps
+            .iter()
+            .find(|s| id_of(s) == used)
+            .unwrap_or_else(|| fail(anyhow!("{name}: snapshot {used:?} not in {snaps:#?}")));
+        assert_eq!(str_list(&snap["paths"]), [paths], "{name}: {snap:#}");
+    }
     // Load it into a fresh cluster. pg_dumpall begins with `CREATE ROLE postgres;`, which
     // stops a load with ON_ERROR_STOP into any cluster whose bootstrap superuser is
     // `postgres` (every stock one, so also runbook item 4 as written): this cluster's
