@@ -181,6 +181,21 @@ pub(crate) fn check_name(
     Ok(())
 }
 
+/// The first `len` bytes of `file`, which must hold at least that many.
+pub(crate) fn read_temp_file(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len as usize);
+    let mut r = file;
+    r.seek(SeekFrom::Start(0))?;
+    let n = r.take(len).read_to_end(&mut data)?;
+    if n as u64 != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("temporary file holds {n} bytes, expected {len}"),
+        ));
+    }
+    Ok(data)
+}
+
 /// What [`Backend::remove_permanently`] achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
@@ -232,29 +247,16 @@ pub trait Backend: Send + Sync {
     /// The default reads the file into memory and calls `write`; backends override it to
     /// stream or, for a file in [`Backend::temp_dir`], to link it in place.
     fn write_file(&self, t: FileType, name: &str, file: &File, len: u64) -> BackendResult<()> {
-        let mut data = Vec::with_capacity(len as usize);
-        let read = (|| {
-            let mut r = file;
-            r.seek(SeekFrom::Start(0))?;
-            r.take(len).read_to_end(&mut data)
-        })();
-        match read {
-            Ok(n) if n as u64 == len => self.write(t, name, &data),
-            Ok(n) => Err(BackendError::new(
-                BackendErrorKind::Other,
-                "write",
-                object_path(t, name, false),
-                self.location(),
-                format!("temporary file holds {n} bytes, expected {len}"),
-            )),
-            Err(e) => Err(BackendError::new(
+        let data = read_temp_file(file, len).map_err(|e| {
+            BackendError::new(
                 BackendErrorKind::Other,
                 "write",
                 object_path(t, name, false),
                 self.location(),
                 format!("reading temporary file: {e}"),
-            )),
-        }
+            )
+        })?;
+        self.write(t, name, &data)
     }
     /// A directory on the repository's own file system where temporary files for
     /// [`Backend::write_file`] are best created (it can then link instead of copy);

@@ -913,6 +913,66 @@ impl Backend for S3Backend {
         })
     }
 
+    /// Packs come from temporary files: a single PUT streams the body from the file
+    /// (re-opened through `/proc/self/fd` for each attempt, so retries work) instead of
+    /// holding the pack, and a copy of it, in memory. Multipart uploads and systems
+    /// without `/proc` read the file into memory and go through `write`.
+    fn write_file(
+        &self,
+        t: FileType,
+        name: &str,
+        file: &std::fs::File,
+        len: u64,
+    ) -> BackendResult<()> {
+        let proc_path = format!(
+            "/proc/self/fd/{}",
+            std::os::unix::io::AsRawFd::as_raw_fd(file)
+        );
+        if len as usize > self.multipart_threshold || !std::path::Path::new(&proc_path).exists() {
+            let data = super::read_temp_file(file, len).map_err(|e| {
+                BackendError::new(
+                    BackendErrorKind::Other,
+                    "write",
+                    object_path(t, name, false),
+                    self.location(),
+                    format!("reading temporary file: {e}"),
+                )
+            })?;
+            return self.write(t, name, &data);
+        }
+        check_name(t, name, "write", &self.location())?;
+        let what = object_path(t, name, false);
+        let key = self.key(t, name);
+        let _span =
+            debug_span!("backend.write", backend = "s3", what = %what, size = len).entered();
+        self.rt.block_on(async {
+            let body = ByteStream::read_from()
+                .path(&proc_path)
+                .length(aws_sdk_s3::primitives::Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| {
+                    BackendError::new(
+                        BackendErrorKind::Other,
+                        "write",
+                        what.clone(),
+                        self.location(),
+                        format!("reading temporary file: {e}"),
+                    )
+                })?;
+            self.client
+                .put_object()
+                .bucket(&self.loc.bucket)
+                .key(&key)
+                .content_length(len as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.err("write", what.clone(), &e))?;
+            Ok(())
+        })
+    }
+
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
         check_name(t, name, "remove", &self.location())?;
         let what = object_path(t, name, false);
