@@ -10,6 +10,30 @@ use crate::backend::{
 use crate::backup::{BackupOptions, Source};
 use crate::pattern::PathMatcher;
 
+/// What the test doubles below pass straight to the backend they wrap.
+macro_rules! forward_to_inner {
+    () => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> BackendResult<()> {
+            self.inner.create()
+        }
+        fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
+            self.inner.list(t)
+        }
+        fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
+            self.inner.read(t, name)
+        }
+        fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
+            self.inner.read_range(t, n, o, l)
+        }
+        fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
+            self.inner.write(t, name, data)
+        }
+    };
+}
+
 /// Refuses `remove` of one file type with a given error kind, like S3 Object Lock or an
 /// append-only REST server.
 struct Refusing {
@@ -19,24 +43,7 @@ struct Refusing {
 }
 
 impl Backend for Refusing {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create(&self) -> BackendResult<()> {
-        self.inner.create()
-    }
-    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
-        self.inner.list(t)
-    }
-    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
-        self.inner.read(t, name)
-    }
-    fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
-        self.inner.read_range(t, n, o, l)
-    }
-    fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
-        self.inner.write(t, name, data)
-    }
+    forward_to_inner!();
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
         if t == self.only {
             return Err(BackendError::new(
@@ -61,24 +68,7 @@ struct Retaining {
 const UNTIL: &str = "2099-01-01T00:00:00Z";
 
 impl Backend for Retaining {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create(&self) -> BackendResult<()> {
-        self.inner.create()
-    }
-    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
-        self.inner.list(t)
-    }
-    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
-        self.inner.read(t, name)
-    }
-    fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
-        self.inner.read_range(t, n, o, l)
-    }
-    fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
-        self.inner.write(t, name, data)
-    }
+    forward_to_inner!();
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
         self.inner.remove(t, name)
     }
