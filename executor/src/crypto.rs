@@ -328,7 +328,7 @@ mod tests {
         let p = format!(
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/restic-format/fixtures/vectors/{}"
+                "/testdata/restic-fixtures/vectors/{}"
             ),
             rel
         );

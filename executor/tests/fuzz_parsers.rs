@@ -18,7 +18,7 @@ use proptest::prelude::*;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/restic-format/fixtures/repos/repo-v2"
+    "/testdata/restic-fixtures/repos/repo-v2"
 );
 
 /// Raw and decrypted bytes of one file of each kind from the fixture repository.

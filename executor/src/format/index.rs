@@ -99,7 +99,7 @@ mod tests {
     fn parses_fixture_index_and_legacy() {
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/restic-format/fixtures/vectors/repo-v2/plaintext/index"
+            "/testdata/restic-fixtures/vectors/repo-v2/plaintext/index"
         );
         for e in std::fs::read_dir(dir).unwrap() {
             let data = std::fs::read(e.unwrap().path()).unwrap();

@@ -174,7 +174,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(
             &std::fs::read(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/restic-format/fixtures/vectors/repo-v2/kat-tree-pack.json"
+                "/testdata/restic-fixtures/vectors/repo-v2/kat-tree-pack.json"
             ))
             .unwrap(),
         )

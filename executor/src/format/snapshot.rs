@@ -83,7 +83,7 @@ mod tests {
             let dir = format!(
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/../../shared/restic-format/fixtures/vectors/{}/plaintext/snapshots"
+                    "/testdata/restic-fixtures/vectors/{}/plaintext/snapshots"
                 ),
                 repo
             );

@@ -190,7 +190,7 @@ mod tests {
             let dir = format!(
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/../../shared/restic-format/fixtures/vectors/{}/plaintext/trees"
+                    "/testdata/restic-fixtures/vectors/{}/plaintext/trees"
                 ),
                 repo
             );

@@ -466,10 +466,7 @@ impl IndexedRepository {
 pub(crate) mod testutil {
     use super::*;
 
-    pub const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/restic-format/fixtures"
-    );
+    pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/restic-fixtures");
 
     /// A fixture repository copied into memory, plus the crafted cheap key for repo-v2 so
     /// tests do not pay for calibrated scrypt.
