@@ -273,6 +273,24 @@ fn fleetsnap_as_host(env: &TestEnv, host: &str, repo_host: &str, args: &str) -> 
 }
 
 /// Wait until Restore `name` has finished (Succeeded or Failed) and return it.
+/// A Restore of `include` from `host`'s backups (`snapshot`: an ID, or `None` for `latest`).
+fn restore_yaml(
+    name: &str,
+    host: &str,
+    snapshot: Option<&str>,
+    include: &str,
+    target: &str,
+) -> String {
+    let source = snapshot
+        .map(|id| format!("  source: {{snapshot: {id}}}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: fleetsnap.io/v1alpha1\nkind: Restore\nmetadata: {{name: {name}}}\nspec:\n  \
+         hostRef: {{name: {host}}}\n  repositoryRef: {{name: minio}}\n{source}  include: [{include}]\n  \
+         targetDirectory: {target}\n"
+    )
+}
+
 fn restore_finished(env: &TestEnv, name: &str) -> Result<Value> {
     wait::until(
         &format!("Restore {name} finished"),
@@ -704,17 +722,7 @@ spec:
         NS,
         dir.path(),
         "restore.yaml",
-        &format!(
-            r#"apiVersion: fleetsnap.io/v1alpha1
-kind: Restore
-metadata: {{name: etc-drill}}
-spec:
-  hostRef: {{name: {h1}}}
-  repositoryRef: {{name: minio}}
-  include: [/etc]
-  targetDirectory: /var/tmp/restore-etc
-"#
-        ),
+        &restore_yaml("etc-drill", &h1, None, "/etc", "/var/tmp/restore-etc"),
     );
     let r = restore_finished(env, "etc-drill").unwrap_or_else(|e| fail(e));
     assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
@@ -758,17 +766,12 @@ spec:
         NS,
         dir.path(),
         "restore-db.yaml",
-        &format!(
-            r#"apiVersion: fleetsnap.io/v1alpha1
-kind: Restore
-metadata: {{name: db-drill}}
-spec:
-  hostRef: {{name: {h2}}}
-  repositoryRef: {{name: minio}}
-  source: {{snapshot: {db_id}}}
-  include: [/pg_dumpall.sql]
-  targetDirectory: /var/tmp/restore-db
-"#
+        &restore_yaml(
+            "db-drill",
+            &h2,
+            Some(&db_id),
+            "/pg_dumpall.sql",
+            "/var/tmp/restore-db",
         ),
     );
     let r = restore_finished(env, "db-drill").unwrap_or_else(|e| fail(e));
@@ -815,17 +818,7 @@ spec:
             NS,
             dir.path(),
             &format!("{name}.yaml"),
-            &format!(
-                r#"apiVersion: fleetsnap.io/v1alpha1
-kind: Restore
-metadata: {{name: {name}}}
-spec:
-  hostRef: {{name: {h2}}}
-  repositoryRef: {{name: minio}}
-  include: [{include}]
-  targetDirectory: /var/tmp/{name}
-"#
-            ),
+            &restore_yaml(name, &h2, None, include, &format!("/var/tmp/{name}")),
         );
         let r = restore_finished(env, name).unwrap_or_else(|e| fail(e));
         assert_eq!(r["status"]["phase"], "Succeeded", "{r:#}");
