@@ -112,10 +112,7 @@ impl LocalBackend {
                 Err(e) => return Err(e),
             };
             if meta.is_file() {
-                out.push(FileInfo {
-                    name,
-                    size: meta.len(),
-                });
+                out.push(FileInfo::new(name, meta.len()).modified(meta.modified().ok()));
             }
         }
         Ok(())
@@ -312,10 +309,9 @@ impl Backend for LocalBackend {
         let fail = |e: io::Error| self.err("list", t.dirname(), &e);
         match t {
             FileType::Config => match fs::metadata(self.root.join("config")) {
-                Ok(m) if m.is_file() => out.push(FileInfo {
-                    name: "config".into(),
-                    size: m.len(),
-                }),
+                Ok(m) if m.is_file() => {
+                    out.push(FileInfo::new("config", m.len()).modified(m.modified().ok()))
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(fail(e)),
@@ -474,12 +470,17 @@ mod tests {
         assert_eq!(b.read_range(FileType::Pack, A, 0, 0).unwrap(), b"");
         assert_eq!(b.read(FileType::Config, "").unwrap(), b"cfg");
 
+        let packs = b.list(FileType::Pack).unwrap();
         assert_eq!(
-            b.list(FileType::Pack).unwrap(),
-            vec![FileInfo {
-                name: A.into(),
-                size: 10
-            }]
+            packs
+                .iter()
+                .map(|f| (f.name.as_str(), f.size))
+                .collect::<Vec<_>>(),
+            vec![(A, 10)]
+        );
+        assert!(
+            packs[0].modified.is_some(),
+            "local listings carry the mtime"
         );
         assert_eq!(b.list(FileType::Config).unwrap()[0].name, "config");
         assert_eq!(b.list(FileType::Snapshot).unwrap().len(), 1);

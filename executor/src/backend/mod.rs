@@ -216,6 +216,26 @@ pub enum Removal {
 pub struct FileInfo {
     pub name: String,
     pub size: u64,
+    /// When the storage itself last wrote the file (S3 `LastModified`, the local file's
+    /// mtime), where the listing says. For files a host writes, this is a time the host does
+    /// not choose on S3 (the server's clock), unlike the times inside the files: retention and
+    /// prune's grace period rely on it. `None` where the protocol does not tell (REST).
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileInfo {
+    pub fn new(name: impl Into<String>, size: u64) -> FileInfo {
+        FileInfo {
+            name: name.into(),
+            size,
+            modified: None,
+        }
+    }
+
+    pub fn modified(mut self, t: Option<std::time::SystemTime>) -> FileInfo {
+        self.modified = t;
+        self
+    }
 }
 
 /// A place that stores repository files. Implementations must make `write` atomic

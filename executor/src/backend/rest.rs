@@ -201,10 +201,7 @@ impl Backend for RestBackend {
         let _span = debug_span!("backend.list", backend = "rest", what = %t).entered();
         if t == FileType::Config {
             return match self.head_size(t, "config") {
-                Ok(size) => Ok(vec![FileInfo {
-                    name: "config".into(),
-                    size,
-                }]),
+                Ok(size) => Ok(vec![FileInfo::new("config", size)]),
                 Err(e) if e.kind == BackendErrorKind::NotFound => Ok(vec![]),
                 Err(e) => Err(e),
             };
@@ -255,17 +252,14 @@ impl Backend for RestBackend {
                 entries
                     .into_iter()
                     .filter(|e| is_id(&e.name))
-                    .map(|e| FileInfo {
-                        name: e.name,
-                        size: e.size,
-                    }),
+                    .map(|e| FileInfo::new(e.name, e.size)),
             );
         } else {
             // Protocol v1 servers list names only; sizes cost one HEAD each.
             let names: Vec<String> = serde_json::from_slice(&body).map_err(bad_json)?;
             for name in names.into_iter().filter(|n| is_id(n)) {
                 let size = self.head_size(t, &name)?;
-                out.push(FileInfo { name, size });
+                out.push(FileInfo::new(name, size));
             }
         }
         Ok(out)

@@ -622,15 +622,20 @@ impl S3Backend {
                 let Some(key) = obj.key() else { continue };
                 let name = key.rsplit('/').next().unwrap_or(key);
                 if is_id(name) {
-                    out.push(FileInfo {
-                        name: name.to_string(),
-                        size: obj.size().unwrap_or(0).max(0) as u64,
-                    });
+                    out.push(
+                        FileInfo::new(name, obj.size().unwrap_or(0).max(0) as u64)
+                            .modified(obj.last_modified().and_then(system_time)),
+                    );
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// The server's timestamp as a `SystemTime` (S3 times are whole seconds or milliseconds).
+fn system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<std::time::SystemTime> {
+    std::time::SystemTime::try_from(*t).ok()
 }
 
 /// Run futures concurrently and collect their results in order. A handful of parts does not
@@ -797,10 +802,10 @@ impl Backend for S3Backend {
                     .send()
                     .await
                 {
-                    Ok(h) => Ok(vec![FileInfo {
-                        name: "config".into(),
-                        size: h.content_length().unwrap_or(0).max(0) as u64,
-                    }]),
+                    Ok(h) => Ok(vec![
+                        FileInfo::new("config", h.content_length().unwrap_or(0).max(0) as u64)
+                            .modified(h.last_modified().and_then(system_time)),
+                    ]),
                     Err(e) => {
                         let err = self.err("list", "config", &e);
                         if err.kind == BackendErrorKind::NotFound {

@@ -50,10 +50,7 @@ impl Backend for MemBackend {
             .expect("poisoned")
             .iter()
             .filter(|((ft, _), _)| *ft == t)
-            .map(|((_, n), d)| FileInfo {
-                name: n.clone(),
-                size: d.len() as u64,
-            })
+            .map(|((_, n), d)| FileInfo::new(n.clone(), d.len() as u64))
             .collect())
     }
 
