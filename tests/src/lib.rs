@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 pub mod kube;
+pub mod minio;
 pub mod operator;
 pub mod wait;
 
