@@ -87,6 +87,64 @@ pub struct RetentionPolicySpec {
     /// Stop scheduling new runs.
     #[serde(default)]
     pub suspend: bool,
+    /// How operator-side retention treats the times hosts write into their snapshots.
+    #[serde(default)]
+    pub snapshot_times: SnapshotTimes,
+}
+
+/// Hosts write their snapshots' times themselves, so a compromised host can date snapshots
+/// to make keep rules drop the real ones (the attack restic documents for append-only
+/// repositories). With `trust: Verified` the operator compares each snapshot's time with
+/// the storage's own write time of its file (S3 `LastModified`) and with its own clock; a
+/// snapshot outside `[written - maxBackupDuration, min(written, now) + clockSkew]` is
+/// suspicious: it is neither counted towards a keep rule nor removed, and it is reported
+/// (`status.suspiciousSnapshots`, reason `SuspiciousSnapshots`, an Event, a metric).
+/// `keepWithin` counts back from the operator's clock. Host-side retention (`runOn: Host`)
+/// always uses restic's semantics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotTimes {
+    /// `Verified` (default) or `Claimed` (restic's semantics: keep rules take each
+    /// snapshot's time as written, e.g. for a history imported with `restic copy`).
+    #[serde(default)]
+    pub trust: TimeTrust,
+    /// Clock difference tolerated between hosts, the storage and the operator.
+    #[serde(default = "default_clock_skew")]
+    #[x_kube(validation = kube::core::Rule::new(GO_DURATION_RULE).message("clockSkew must be a duration like '15m' or '1h'"))]
+    pub clock_skew: String,
+    /// Longest a backup runs: how long before its file was written a snapshot may say it
+    /// started. A forged snapshot can only compete with real ones this recent.
+    #[serde(default = "default_max_backup_duration")]
+    #[x_kube(validation = kube::core::Rule::new(GO_DURATION_RULE).message("maxBackupDuration must be a duration like '24h'"))]
+    pub max_backup_duration: String,
+}
+
+const GO_DURATION_RULE: &str = "self.matches('^([0-9]+(h|m|s))+$')";
+
+fn default_clock_skew() -> String {
+    "15m".to_string()
+}
+
+fn default_max_backup_duration() -> String {
+    "24h".to_string()
+}
+
+impl Default for SnapshotTimes {
+    fn default() -> Self {
+        SnapshotTimes {
+            trust: TimeTrust::default(),
+            clock_skew: default_clock_skew(),
+            max_backup_duration: default_max_backup_duration(),
+        }
+    }
+}
+
+/// Whether snapshot times are checked against the storage's write times.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TimeTrust {
+    #[default]
+    Verified,
+    Claimed,
 }
 
 /// Where forget/prune runs.
@@ -198,6 +256,11 @@ pub struct RetentionPolicyStatus {
     /// older than this field: every selected host is then treated as a candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_hosts: Option<Vec<String>>,
+    /// Snapshots the last run kept without counting them because their claimed time
+    /// contradicts the storage's write time or lies in the future (see `snapshotTimes`),
+    /// summed over repositories. Anything above 0 needs a look: forged or badly dated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspicious_snapshots: Option<i64>,
     /// Errors of the last run, at most one per host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<RunError>,

@@ -1,6 +1,7 @@
 //! `forget` decisions: a pure function from snapshots + policy to keep/remove with reasons.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
 
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
 
@@ -18,11 +19,19 @@ pub struct Policy {
     /// Keep everything newer than (latest snapshot time − within).
     pub within: Option<chrono::Duration>,
     pub tags: Vec<String>,
+    /// Count `within` back from this time when it is earlier than the newest snapshot:
+    /// trusted retention passes its own clock, so that one future-dated snapshot cannot
+    /// move the window past every real one. `None`: from the newest snapshot, as restic.
+    pub within_anchor: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Policy {
+    /// No keep rule at all (the anchor is not a rule).
     pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
+        Policy {
+            within_anchor: None,
+            ..self.clone()
+        } == Policy::default()
     }
 }
 
@@ -61,8 +70,33 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
 
 type BucketFn = fn(&DateTime<FixedOffset>) -> i64;
 
-/// Decide for one group. Input order does not matter; output is newest first.
+/// Decide for one group, as restic does: each calendar rule keeps the newest snapshot of
+/// each of its newest buckets. Input order does not matter; output is newest first.
 pub fn apply(snaps: &[(Id, Snapshot)], p: &Policy) -> Vec<Decision> {
+    decide(snaps, p, None)
+}
+
+/// Like [`apply`], but a snapshot the storage wrote *out of order* (after a snapshot that
+/// claims a later time) never takes a calendar bucket from one written in order. `written`:
+/// the storage's write time per snapshot; without one a snapshot counts as in order. One
+/// writer backing up one set of paths writes in order, so on an honest history this is
+/// exactly [`apply`]; a snapshot added later but dated into the past, forged or not, cannot
+/// make a rule drop the history it was slipped into. For trusted retention over snapshots
+/// whose times were vetted (`snapshot_times`); `keep-last` still counts the newest
+/// snapshots, whoever wrote them.
+pub fn apply_in_write_order(
+    snaps: &[(Id, Snapshot)],
+    written: &HashMap<Id, SystemTime>,
+    p: &Policy,
+) -> Vec<Decision> {
+    decide(snaps, p, Some(written))
+}
+
+fn decide(
+    snaps: &[(Id, Snapshot)],
+    p: &Policy,
+    written: Option<&HashMap<Id, SystemTime>>,
+) -> Vec<Decision> {
     let mut sorted: Vec<&(Id, Snapshot)> = snaps.iter().collect();
     sorted.sort_by(|a, b| {
         b.1.time
@@ -87,12 +121,61 @@ pub fn apply(snaps: &[(Id, Snapshot)], p: &Policy) -> Vec<Decision> {
         }),
         ("yearly snapshot", p.yearly, |t| t.year() as i64),
     ];
+    // In order: written no later than every snapshot that claims a later time (walking
+    // newest-first, the earliest write seen so far bounds the ones still to come).
+    let in_order: Vec<bool> = {
+        let mut earliest_later: Option<SystemTime> = None;
+        sorted
+            .iter()
+            .map(|(id, _)| {
+                let at = written.and_then(|w| w.get(id)).copied();
+                let ok = match (at, earliest_later) {
+                    (Some(a), Some(l)) => a <= l,
+                    _ => true,
+                };
+                if let Some(a) = at {
+                    earliest_later = Some(earliest_later.map_or(a, |l| l.min(a)));
+                }
+                ok
+            })
+            .collect()
+    };
+    // Which member keeps each bucket of each rule: the newest, as restic, except that a
+    // member written in order beats one written out of order. keep-last has no buckets.
+    let keeper: Vec<HashMap<i64, usize>> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, bucket))| {
+            let mut m: HashMap<i64, usize> = HashMap::new();
+            if i == 0 {
+                return m;
+            }
+            for (idx, (_, s)) in sorted.iter().enumerate() {
+                let b = bucket(&s.time.0);
+                match m.get(&b) {
+                    None => {
+                        m.insert(b, idx);
+                    }
+                    Some(&cur) if !in_order[cur] && in_order[idx] => {
+                        m.insert(b, idx);
+                    }
+                    Some(_) => {}
+                }
+            }
+            m
+        })
+        .collect();
     let mut remaining: Vec<u32> = rules.iter().map(|r| r.1).collect();
     let mut last_bucket: Vec<Option<i64>> = vec![None; rules.len()];
-    let newest = sorted.first().map(|s| s.1.time.unix_nanos());
-    let mut out = Vec::new();
-    for (idx, (id, s)) in sorted.iter().enumerate() {
-        let mut reasons = Vec::new();
+    let anchor = p
+        .within_anchor
+        .map(|a| a.timestamp() as i128 * 1_000_000_000 + a.timestamp_subsec_nanos() as i128);
+    let newest = sorted
+        .first()
+        .map(|s| s.1.time.unix_nanos())
+        .map(|n| anchor.map_or(n, |a| n.min(a)));
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
+    for (idx, (_, s)) in sorted.iter().enumerate() {
         let t = s.time.0;
         let oldest = idx + 1 == sorted.len();
         for (i, (name, _, bucket)) in rules.iter().enumerate() {
@@ -104,30 +187,34 @@ pub fn apply(snaps: &[(Id, Snapshot)], p: &Policy) -> Vec<Decision> {
             if last_bucket[i] != Some(b) {
                 last_bucket[i] = Some(b);
                 remaining[i] -= 1;
-                reasons.push(name.to_string());
+                let k = if i == 0 { idx } else { keeper[i][&b] };
+                reasons[k].push(name.to_string());
             } else if oldest {
                 // As restic: a rule with budget left also keeps the group's oldest snapshot,
                 // so a history shorter than the rules still keeps its full length.
                 remaining[i] -= 1;
-                reasons.push(format!("oldest {name}"));
+                reasons[idx].push(format!("oldest {name}"));
             }
         }
         if let (Some(w), Some(n)) = (p.within, newest)
             && s.time.unix_nanos() >= n - w.num_nanoseconds().unwrap_or(i64::MAX) as i128
         {
-            reasons.push("within".into());
+            reasons[idx].push("within".into());
         }
         if !p.tags.is_empty() && s.has_tags(&p.tags) {
-            reasons.push("has tag".into());
+            reasons[idx].push("has tag".into());
         }
-        out.push(Decision {
+    }
+    sorted
+        .iter()
+        .zip(reasons)
+        .map(|((id, s), reasons)| Decision {
             id: id.to_hex(),
             time: s.time.to_string(),
             keep: !reasons.is_empty(),
             reasons,
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// Group key restic uses by default: host and paths.
@@ -184,6 +271,65 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn snapshots_written_out_of_order_cannot_evict_bucket_keepers() {
+        // Two snapshots a day, each written an hour after it claims; then, written a year
+        // later, one forgery a second newer than every real one but the newest (which no
+        // later claim follows: trusted retention's vetting window guards that one).
+        let real = history(30, 2);
+        let mut written = HashMap::new();
+        for (id, s) in &real {
+            written.insert(
+                *id,
+                SystemTime::from(s.time.0) + std::time::Duration::from_secs(3600),
+            );
+        }
+        let late = SystemTime::from(real.last().unwrap().1.time.0)
+            + std::time::Duration::from_secs(365 * 86_400);
+        let mut all = real.clone();
+        for (id, s) in &real[..real.len() - 1] {
+            let mut f = s.clone();
+            f.time = GoTime(s.time.0 + chrono::Duration::seconds(1));
+            let fid = Id::hash(format!("forged {id:?}").as_bytes());
+            written.insert(fid, late);
+            all.push((fid, f));
+        }
+        let p = Policy {
+            daily: 7,
+            weekly: 2,
+            ..Default::default()
+        };
+        let honest = kept(&apply_in_write_order(&real, &written, &p));
+        assert_eq!(
+            honest,
+            kept(&apply(&real, &p)),
+            "an honest history keeps restic's choice"
+        );
+        let attacked = kept(&apply_in_write_order(&all, &written, &p));
+        let real_ids: std::collections::BTreeSet<String> =
+            real.iter().map(|(id, _)| id.to_hex()).collect();
+        let real_attacked: Vec<_> = attacked
+            .iter()
+            .filter(|i| real_ids.contains(*i))
+            .cloned()
+            .collect();
+        assert_eq!(
+            real_attacked, honest,
+            "a later write evicted a bucket keeper"
+        );
+        // restic's rule, on the same input, keeps only forgeries (and the newest real one).
+        let restic_real = kept(&apply(&all, &p))
+            .into_iter()
+            .filter(|i| real_ids.contains(i))
+            .count();
+        assert_eq!(restic_real, 1);
+        // Without write times the two agree.
+        assert_eq!(
+            kept(&apply_in_write_order(&all, &HashMap::new(), &p)),
+            kept(&apply(&all, &p))
+        );
     }
 
     fn kept(d: &[Decision]) -> Vec<String> {

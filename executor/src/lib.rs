@@ -18,4 +18,5 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod run;
+pub mod snapshot_times;
 pub mod stats;

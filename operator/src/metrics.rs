@@ -70,6 +70,7 @@ pub struct Metrics {
     pub verify_consecutive_failures: Family<PolicyHostLabels, FGauge>,
     pub verify_expected_interval: Family<PolicyLabels, FGauge>,
     pub retention_last_success: Family<PolicyHostLabels, FGauge>,
+    pub retention_suspicious_snapshots: Family<PolicyHostLabels, FGauge>,
     pub host_reachable: Family<HostLabels, FGauge>,
     pub host_last_contact: Family<HostLabels, FGauge>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -130,6 +131,10 @@ impl Metrics {
             "fleetsnap_retention_last_success_timestamp_seconds",
             "Newest successful forget+prune",
         );
+        let retention_suspicious_snapshots = g(
+            "fleetsnap_retention_suspicious_snapshots",
+            "Snapshots the last operator-side retention kept uncounted: their claimed time contradicts the storage's write time or lies in the future",
+        );
         let mut p = |name: &str, help: &str| -> Family<PolicyLabels, FGauge> {
             let f = Family::default();
             registry.register(name, help, f.clone());
@@ -188,6 +193,7 @@ impl Metrics {
             verify_consecutive_failures,
             verify_expected_interval,
             retention_last_success,
+            retention_suspicious_snapshots,
             host_reachable,
             host_last_contact,
             reconcile_errors,
@@ -244,6 +250,7 @@ impl Metrics {
             PolicyKind::Backup => self.forget_backup_host(l),
             PolicyKind::Retention => {
                 self.retention_last_success.remove(l);
+                self.retention_suspicious_snapshots.remove(l);
             }
             PolicyKind::Verify => {
                 self.verify_host_selected.remove(l);
@@ -393,6 +400,7 @@ mod tests {
             &m.verify_last_success,
             &m.verify_consecutive_failures,
             &m.retention_last_success,
+            &m.retention_suspicious_snapshots,
         ] {
             f.get_or_create(&ph).set(1.0);
         }
@@ -420,7 +428,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `fleetsnap_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        assert_eq!(names.len(), 17, "{names:?}");
+        assert_eq!(names.len(), 18, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
             let present = text.lines().any(|l| {

@@ -541,17 +541,22 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
             .transpose()
             .map_err(usage)?,
         tags: a.keep_tag.clone(),
+        within_anchor: None,
     };
     let flt = SnapshotFilter {
         hosts: a.hosts.clone(),
         tags: a.tags.clone(),
         paths: vec![],
     };
-    let snaps: Vec<_> = r
-        .snapshots()?
+    let listed: Vec<_> = r
+        .snapshots_with_write_times()?
         .into_iter()
-        .filter(|(_, s)| flt.matches(s))
+        .filter(|(_, s, _)| flt.matches(s))
         .collect();
+    if a.ids.is_empty() {
+        warn_suspicious(&listed);
+    }
+    let snaps: Vec<_> = listed.into_iter().map(|(id, s, _)| (id, s)).collect();
     let mut remove = Vec::new();
     let mut report = Vec::new();
     if !a.ids.is_empty() {
@@ -692,6 +697,35 @@ fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliR
 
 /// Objects a delete left in storage because of a retention lock (S3 Object Lock): worth a
 /// warning, not a failure; the lock is doing what it was set up for.
+/// `forget` keeps restic's semantics (claimed times decide), but says when those times
+/// cannot be believed: a compromised host can date snapshots so that keep rules drop the
+/// real ones. The operator's retention does not count or delete such snapshots.
+fn warn_suspicious(
+    snaps: &[(
+        crate::id::Id,
+        crate::format::snapshot::Snapshot,
+        Option<std::time::SystemTime>,
+    )],
+) {
+    use crate::snapshot_times::{Tolerance, vet};
+    let suspects = vet(snaps.to_vec(), chrono::Utc::now(), &Tolerance::default()).suspects;
+    if suspects.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} snapshots carry times the storage contradicts; keep rules below count them \
+         as claimed (a host can forge them, see docs/security.md):",
+        suspects.len()
+    );
+    const SHOWN: usize = 10;
+    for s in suspects.iter().take(SHOWN) {
+        eprintln!("  {s}");
+    }
+    if suspects.len() > SHOWN {
+        eprintln!("  ... and {} more", suspects.len() - SHOWN);
+    }
+}
+
 fn warn_locked(locked: &[crate::prune::LockedObject]) {
     if locked.is_empty() {
         return;

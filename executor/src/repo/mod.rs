@@ -263,6 +263,24 @@ impl Repository {
         Ok(out)
     }
 
+    /// Every snapshot with the storage's own write time of its file (`None` where the
+    /// backend does not say), oldest claimed time first. One listing feeds both, so a
+    /// snapshot added meanwhile is simply not in the result.
+    pub fn snapshots_with_write_times(
+        &self,
+    ) -> Result<Vec<(Id, Snapshot, Option<std::time::SystemTime>)>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileType::Snapshot)? {
+            let Ok(id) = f.name.parse::<Id>() else {
+                continue;
+            };
+            let s = self.load_unpacked::<Snapshot>(FileType::Snapshot, &id)?;
+            out.push((id, s, f.modified));
+        }
+        out.sort_by_key(|(id, s, _)| (s.time.unix_nanos(), *id));
+        Ok(out)
+    }
+
     /// Resolve `latest`, a full ID or a unique prefix.
     pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Snapshot)> {
         let snaps: Vec<_> = self

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, Timelike, Utc};
 use fleetsnap::backend::{self, Backend, Location, S3Backend, S3Options};
 use fleetsnap::repo::{RepoError, Repository};
+use fleetsnap::snapshot_times::{Tolerance, vet};
 use fleetsnap_crds::common::KeepRules;
 use fleetsnap_crds::retention_policy::PruneOptions;
 
@@ -266,7 +267,15 @@ pub struct MaintenanceReport {
     pub reclaimed_bytes: u64,
     /// Objects the bucket refused to delete because Object Lock still protects them.
     pub locked_objects: u64,
+    /// Snapshots whose claimed time the storage contradicts: neither counted towards a keep
+    /// rule nor removed. The count is exact; `suspects` holds the first few, described.
+    pub suspicious: u64,
+    pub suspects: Vec<String>,
 }
+
+/// How many suspicious snapshots a report describes one by one (status and Events quote
+/// them; the count says how many there are).
+pub const SUSPECTS_DESCRIBED: usize = 5;
 
 /// Why maintenance failed; `locked` tells the caller to try again soon rather than alarm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,6 +292,9 @@ pub struct MaintenanceJob {
     pub aws: Option<(SecretBytes, SecretBytes)>,
     pub keep: KeepRules,
     pub prune: PruneOptions,
+    /// Believe snapshot times only inside this tolerance of the storage's write times;
+    /// `None` takes them as claimed (restic's semantics).
+    pub trust: Option<Tolerance>,
 }
 
 /// The executor's keep policy from the CRD's keep rules.
@@ -301,6 +313,7 @@ pub fn keep_policy(k: &KeepRules) -> Result<fleetsnap::forget::Policy, String> {
             .map(fleetsnap::forget::parse_duration)
             .transpose()?,
         tags: k.tags.clone(),
+        within_anchor: None,
     })
 }
 
@@ -344,12 +357,41 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
         locked: matches!(e, RepoError::Locked(_)),
         message: e.to_string(),
     })?;
-    let snaps = repo.snapshots().map_err(|e| fail(e.to_string()))?;
-    let by = vec!["host".to_string(), "paths".to_string()];
+    let listed = repo
+        .snapshots_with_write_times()
+        .map_err(|e| fail(e.to_string()))?;
     let mut report = MaintenanceReport::default();
+    let (snaps, written, policy) = match &job.trust {
+        Some(tol) => {
+            let now = chrono::Utc::now();
+            let vetted = vet(listed, now, tol);
+            report.suspicious = vetted.suspects.len() as u64;
+            report.suspects = vetted
+                .suspects
+                .iter()
+                .take(SUSPECTS_DESCRIBED)
+                .map(ToString::to_string)
+                .collect();
+            let policy = fleetsnap::forget::Policy {
+                within_anchor: Some(now),
+                ..policy
+            };
+            (vetted.trusted, Some(vetted.written), policy)
+        }
+        None => (
+            listed.into_iter().map(|(id, s, _)| (id, s)).collect(),
+            None,
+            policy,
+        ),
+    };
+    let by = vec!["host".to_string(), "paths".to_string()];
     let mut remove = Vec::new();
     for (_, members) in fleetsnap::forget::group(&snaps, &by) {
-        for d in fleetsnap::forget::apply(&members, &policy) {
+        let decisions = match &written {
+            Some(w) => fleetsnap::forget::apply_in_write_order(&members, w, &policy),
+            None => fleetsnap::forget::apply(&members, &policy),
+        };
+        for d in decisions {
             if d.keep {
                 report.kept += 1;
             } else {

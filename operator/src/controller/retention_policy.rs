@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use fleetsnap::snapshot_times::Tolerance;
 use fleetsnap_crds::Host;
 use fleetsnap_crds::common::{condition_types, reasons};
 use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::repository::BackupRepository;
-use fleetsnap_crds::retention_policy::{RetentionPolicy, RetentionPolicyStatus, RunError, RunOn};
+use fleetsnap_crds::retention_policy::{
+    RetentionPolicy, RetentionPolicyStatus, RunError, RunOn, SnapshotTimes, TimeTrust,
+};
 use futures::future::join_all;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -89,7 +92,7 @@ pub fn spec_problem(
                     "operator-side retention needs maintenanceCredentialsSecretRef (or shared credentials) on the repository".into(),
                 ));
             }
-            None
+            trust(&spec.snapshot_times).err().map(|m| (INVALID_SPEC, m))
         }
         RunOn::Host => None,
     }
@@ -333,6 +336,34 @@ async fn host_mode(
     Some(requeue.max(MIN_RESYNC))
 }
 
+/// One host's suspicious snapshots for a condition or an Event: the count and the first
+/// few, described.
+fn suspicious_note(host: &str, rep: &MaintenanceReport) -> String {
+    let more = rep.suspicious.saturating_sub(rep.suspects.len() as u64);
+    let mut note = format!("{host}: {}", rep.suspects.join("; "));
+    if more > 0 {
+        note.push_str(&format!("; and {more} more"));
+    }
+    note
+}
+
+/// Joins per-host notes, cut at a size a condition message can carry even when every host
+/// of a large fleet has something to say.
+fn bounded_join(notes: &[String]) -> String {
+    const MAX: usize = 2048;
+    let mut out = String::new();
+    for (i, n) in notes.iter().enumerate() {
+        let sep = if out.is_empty() { "" } else { " | " };
+        if out.len() + sep.len() + n.len() > MAX {
+            out.push_str(&format!(" | and {} more hosts", notes.len() - i));
+            break;
+        }
+        out.push_str(sep);
+        out.push_str(n);
+    }
+    out
+}
+
 /// Credentials the operator uses for one host's repository: the maintenance keys when the
 /// repository has them, else its shared keys; never a host's own (append-only) keys.
 fn maintenance_job(
@@ -380,7 +411,30 @@ fn maintenance_job(
         aws,
         keep: policy.spec.keep.clone(),
         prune: policy.spec.prune.clone(),
+        trust: trust(&policy.spec.snapshot_times).map_err(|message| Failure {
+            reason: INVALID_SPEC,
+            message,
+            retry: super::error::Retry::OnChange,
+        })?,
     })
+}
+
+/// The tolerance inside which operator-side retention believes snapshot times, or `None`
+/// for restic's semantics (`trust: Claimed`).
+pub fn trust(t: &SnapshotTimes) -> Result<Option<Tolerance>, String> {
+    if t.trust == TimeTrust::Claimed {
+        return Ok(None);
+    }
+    let d = |field: &str, v: &str| {
+        fleetsnap_crds::common::parse_duration(v)
+            .ok()
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .ok_or_else(|| format!("snapshotTimes.{field}: {v:?} is not a duration like '15m'"))
+    };
+    Ok(Some(Tolerance {
+        clock_skew: d("clockSkew", &t.clock_skew)?,
+        max_backup: d("maxBackupDuration", &t.max_backup_duration)?,
+    }))
 }
 
 fn maintenance_secret_names(repo: &BackupRepository) -> Vec<String> {
@@ -498,6 +552,7 @@ async fn operator_mode(
 
     let mut total = MaintenanceReport::default();
     let mut errors = Vec::new();
+    let mut suspicious = Vec::new();
     let mut locked = false;
     for (host, r) in results {
         let labels = PolicyHostLabels {
@@ -541,11 +596,20 @@ async fn operator_mode(
         }
         match r.map(|(rep, _, _)| rep) {
             Ok(rep) => {
-                info!(host = %host, kept = rep.kept, removed = rep.removed, reclaimed = rep.reclaimed_bytes, "retention done");
+                info!(host = %host, kept = rep.kept, removed = rep.removed, reclaimed = rep.reclaimed_bytes, suspicious = rep.suspicious, "retention done");
                 ctx.metrics
                     .retention_last_success
                     .get_or_create(&labels)
                     .set(Utc::now().timestamp() as f64);
+                ctx.metrics
+                    .retention_suspicious_snapshots
+                    .get_or_create(&labels)
+                    .set(rep.suspicious as f64);
+                if rep.suspicious > 0 {
+                    warn!(host = %host, suspicious = rep.suspicious, first = ?rep.suspects, "snapshots with times the storage contradicts: kept, not counted");
+                    suspicious.push(suspicious_note(&host, &rep));
+                }
+                total.suspicious += rep.suspicious;
                 total.kept += rep.kept;
                 total.removed += rep.removed;
                 total.reclaimed_bytes += rep.reclaimed_bytes;
@@ -580,8 +644,34 @@ async fn operator_mode(
     status.space_reclaimed_bytes = total.reclaimed_bytes as i64;
     status.locked_objects_retained =
         (total.locked_objects > 0).then_some(total.locked_objects as i64);
+    status.suspicious_snapshots = (total.suspicious > 0).then_some(total.suspicious as i64);
     let obj = policy.object_ref(&());
-    if errors.is_empty() {
+    if !suspicious.is_empty() {
+        jobs::event(
+            ctx,
+            &obj,
+            true,
+            reasons::SUSPICIOUS_SNAPSHOTS,
+            bounded_join(&suspicious),
+        )
+        .await;
+    }
+    if errors.is_empty() && !suspicious.is_empty() {
+        // Retention did its job on every snapshot it can believe; the rest needs a human.
+        status.last_success = Some(to_time(now));
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::SUSPICIOUS_SNAPSHOTS,
+            format!(
+                "{} snapshots kept uncounted, their times contradict the storage (forged, or a badly wrong host clock): {}",
+                total.suspicious,
+                bounded_join(&suspicious)
+            ),
+            gen_,
+        );
+    } else if errors.is_empty() {
         status.last_success = Some(to_time(now));
         condition(
             &mut status.conditions,
@@ -664,6 +754,7 @@ mod tests {
                 },
                 run_on,
                 suspend: false,
+                snapshot_times: Default::default(),
             },
         )
     }
