@@ -308,8 +308,9 @@ mod tests {
             "an honest history keeps restic's choice"
         );
         let attacked = kept(&apply_in_write_order(&all, &written, &p));
+        // `kept` lists claimed times; forgeries claim a second more than any real one.
         let real_ids: std::collections::BTreeSet<String> =
-            real.iter().map(|(id, _)| id.to_hex()).collect();
+            real.iter().map(|(_, s)| s.time.to_string()).collect();
         let real_attacked: Vec<_> = attacked
             .iter()
             .filter(|i| real_ids.contains(*i))
