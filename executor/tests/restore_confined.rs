@@ -330,12 +330,23 @@ fn symlink_then_dir_restored_into_one_target_stays_inside() {
             &format!("restore #{i} ({r:?})"),
         );
         let st = r.unwrap_or_else(|e| panic!("restore #{i}: {e}"));
-        assert!(st.errors.is_empty(), "restore #{i}: {:?}", st.errors);
+        // Snapshot A over B puts symlinks where non-empty directories are: those entries
+        // are refused (restic does the same without `--delete`), everything else restored.
+        let a_over_b = i > 0 && *snap == a;
+        if a_over_b {
+            assert_eq!(st.errors.len(), 4, "restore #{i}: {:?}", st.errors);
+            for e in &st.errors {
+                assert!(e.contains("non-empty directory is in the way"), "{e}");
+            }
+        } else {
+            assert!(st.errors.is_empty(), "restore #{i}: {:?}", st.errors);
+        }
     }
-    // Like restic: the last snapshot's types win, inside the target.
+    // B's types win over A's, inside the target; A's file links were replaced by its dirs.
     let t = lab.path("t");
+    lab.restore(&a, "t-fresh").unwrap();
     assert!(
-        fs::symlink_metadata(t.join("x"))
+        fs::symlink_metadata(lab.path("t-fresh/x"))
             .unwrap()
             .file_type()
             .is_symlink()
@@ -448,8 +459,10 @@ fn escaping_names_are_refused_and_reported() {
         c.file(&abs, b"pwned via absolute name\n"),
         Craft::symlink(b"../outside/evil-link", b"/etc/shadow"),
     ];
+    // A directory named `..` one level down (the file `..` above is its own entry).
     let below = vec![c.file(b"victim.txt", b"pwned via dir ..\n")];
-    root.push(c.dir(b"..", below));
+    let dotdot = c.dir(b"..", below);
+    root.push(c.dir(b"s", vec![dotdot]));
     let below = vec![c.file(b"x", b"pwned via dir /\n")];
     root.push(c.dir(&lab.outside_abs(""), below));
     root.push(c.file(b"ok", b"fine\n"));
@@ -534,18 +547,15 @@ fn cli_restore_stays_inside_and_reports_refusals() {
     let (a, b) = links_then_dirs(&mut lab);
     let dups = duplicates(&mut lab);
     let before = lab.outside_state();
-    for snap in [a, b, a, b] {
-        let out = lab.cli_restore(&snap, "t");
-        assert_untouched(
-            &before,
-            &lab.outside_state(),
-            &format!("CLI restore: {}", String::from_utf8_lossy(&out.stderr)),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (i, snap) in [a, b, a, b].iter().enumerate() {
+        let out = lab.cli_restore(snap, "t");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_untouched(&before, &lab.outside_state(), &format!("CLI #{i}: {err}"));
+        // #2 puts A's symlinks where B's non-empty directories are: refused, reported.
+        assert_eq!(out.status.success(), i != 2, "CLI #{i}: {err}");
+        if i == 2 {
+            assert!(err.contains("non-empty directory is in the way"), "{err}");
+        }
     }
     for (what, snap) in &dups {
         let out = lab.cli_restore(snap, "t");
@@ -578,7 +588,9 @@ fn restic_on_the_same_snapshots_stays_inside_like_fleetsnap() {
     let mut lab = Lab::new();
     let (a, b) = links_then_dirs(&mut lab);
     let before = lab.outside_state();
-    for snap in [a, b] {
+    // The third restore puts symlinks where non-empty directories now are: restic (without
+    // `--delete`) refuses those entries and exits non-zero, and so does fleetsnap.
+    for (i, snap) in [a, b, a, b].iter().enumerate() {
         let out = Command::new(&restic)
             .arg("-r")
             .arg(lab.path("repo"))
@@ -588,14 +600,22 @@ fn restic_on_the_same_snapshots_stays_inside_like_fleetsnap() {
             .env("RESTIC_CACHE_DIR", lab.path("restic.cache"))
             .output()
             .expect("spawn restic");
-        assert!(
-            out.status.success(),
-            "restic restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let restic_err = String::from_utf8_lossy(&out.stderr);
         assert_untouched(&before, &lab.outside_state(), "restic");
-        lab.restore(&snap, "t").unwrap();
+        let st = lab.restore(snap, "t").unwrap();
         assert_untouched(&before, &lab.outside_state(), "fleetsnap");
+        assert_eq!(
+            out.status.success(),
+            st.errors.is_empty(),
+            "#{i}: restic: {restic_err}\nfleetsnap: {:?}",
+            st.errors
+        );
+        assert_eq!(
+            kinds(&lab.path("t")),
+            kinds(&lab.path("t-restic")),
+            "#{i}: restic: {restic_err}\nfleetsnap: {:?}",
+            st.errors
+        );
     }
     assert_eq!(kinds(&lab.path("t")), kinds(&lab.path("t-restic")));
 }
