@@ -28,8 +28,22 @@ pub enum TreeError {
 }
 
 impl Tree {
+    /// Parse a tree blob. Two entries of one name are refused: a restore would create the
+    /// second where the first already is (a symlink, say, where a directory's children
+    /// were just written), and restic never writes such trees.
     pub fn parse(data: &[u8]) -> Result<Tree, TreeError> {
-        Ok(serde_json::from_slice(data)?)
+        let tree: Tree = serde_json::from_slice(data)?;
+        // restic sorts nodes by name, so a duplicate is a neighbour; only an unsorted tree
+        // pays for sorting a copy of the names.
+        let sorted = tree.nodes.windows(2).all(|w| w[0].name < w[1].name);
+        if !sorted {
+            let mut names: Vec<&[u8]> = tree.nodes.iter().map(|n| &n.name[..]).collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(TreeError::Duplicate(quote(w[0])));
+            }
+        }
+        Ok(tree)
     }
 
     /// Serialize in restic's shape (`{"nodes":[...]}\n`), nodes sorted by raw name bytes.

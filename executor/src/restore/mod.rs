@@ -1,20 +1,30 @@
 //! Restore a snapshot tree into a target directory.
 //!
-//! Names come from the repository and are untrusted: anything that could leave the target
-//! (`/`, `..`, `.`, NUL, empty) is refused. Directories get their metadata after their
-//! children, so read-only directories and mtimes survive.
+//! The snapshot is untrusted (a compromised host wrote it), and the restore must never
+//! write outside its target, also when it runs as root into a target that earlier restores
+//! filled. Hence:
+//! - names that could escape or alias (`/`, `..`, `.`, NUL, empty) are refused, and trees
+//!   with duplicate names do not parse ([`crate::format::tree::Tree::parse`]);
+//! - everything is created, replaced and changed by name relative to an open directory
+//!   descriptor and never through a symlink ([`nofollow`]): what is in the way of an entry
+//!   is removed, not entered or written through; a directory is entered only if it is one;
+//! - content and verification reopen files from the target without following any symlink
+//!   on the way (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+//!
+//! Directories get their metadata after their children, so read-only directories and
+//! mtimes survive.
+
+mod nofollow;
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use filetime::FileTime;
 
 use crate::backend::FileType;
 use crate::format::mode::unix_perm_from_go;
@@ -23,6 +33,7 @@ use crate::format::tree::{Node, NodeType};
 use crate::id::Id;
 use crate::pattern::PathMatcher;
 use crate::repo::{IndexedRepository, RepoError, Result, decode_blob_mut};
+use nofollow::{Dir, cname, open_beneath, open_dir_beneath};
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -53,50 +64,62 @@ pub fn check_name(name: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("names were checked for NUL")
+/// The first restored copy of a hardlink group: where it is and which inode it got.
+struct FirstLink {
+    dir: usize,
+    name: Vec<u8>,
+    ino: u64,
 }
 
 struct Restorer<'a> {
     repo: &'a IndexedRepository,
     opts: &'a RestoreOptions,
+    root: Dir,
     stats: RestoreStats,
-    hardlinks: HashMap<(u64, u64), PathBuf>,
+    hardlinks: HashMap<(u64, u64), FirstLink>,
     is_root: bool,
+    /// Path below the target of every directory entered, `/`-separated; index 0 is the
+    /// target itself (empty).
+    dirs: Vec<Vec<u8>>,
     verify_list: Vec<(PathBuf, Vec<Id>)>,
-    /// Files created empty at their final size; their content is written pack by pack.
+    /// Files created empty at their final size, by path below the target; their content is
+    /// written pack by pack.
     files: Vec<PathBuf>,
     /// Where each needed data blob goes: (file index, offset in the file).
     targets: HashMap<Id, Vec<(usize, u64)>>,
-    /// Metadata to apply once all content is written, in the order it was decided.
-    meta_queue: Vec<(Node, PathBuf)>,
+    /// Metadata to apply once all content is written, with the index of the directory the
+    /// entry is in, in the order it was decided.
+    meta_queue: Vec<(Node, usize)>,
 }
 
 pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Result<RestoreStats> {
-    fs::create_dir_all(&opts.target)
-        .map_err(|e| RepoError::Usage(format!("target {}: {e}", opts.target.display())))?;
+    let usage =
+        |e: std::io::Error| RepoError::Usage(format!("target {}: {e}", opts.target.display()));
+    std::fs::create_dir_all(&opts.target).map_err(usage)?;
     let mut r = Restorer {
         repo,
         opts,
+        root: Dir::open_target(&opts.target).map_err(usage)?,
         stats: RestoreStats::default(),
         hardlinks: HashMap::new(),
         is_root: unsafe { libc::geteuid() } == 0,
+        dirs: vec![Vec::new()],
         verify_list: Vec::new(),
         files: Vec::new(),
         targets: HashMap::new(),
         meta_queue: Vec::new(),
     };
     let t0 = std::time::Instant::now();
-    // The target may hold old files: only directories made by this restore are known empty.
-    r.tree(tree, &opts.target, b"", false)?;
+    let root_tree = repo.load_tree(tree)?;
+    let root = r.root.open_dir(c".").map_err(usage)?;
+    r.tree(&root_tree, &root, 0, b"");
+    drop(root);
     let t1 = std::time::Instant::now();
     r.write_content();
     let t2 = std::time::Instant::now();
     // After the content: writes would change file mtimes, and a read-only directory would
     // refuse them.
-    for (node, path) in std::mem::take(&mut r.meta_queue) {
-        r.metadata(&node, &path);
-    }
+    r.apply_metadata();
     tracing::debug!(
         walk_ms = (t1 - t0).as_millis() as u64,
         content_ms = (t2 - t1).as_millis() as u64,
@@ -105,17 +128,30 @@ pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Re
         "restore phases"
     );
     if opts.verify {
-        for (path, content) in std::mem::take(&mut r.verify_list) {
-            match verify_file(repo, &path, &content) {
+        for (rel, content) in std::mem::take(&mut r.verify_list) {
+            match verify_file(repo, &r.root, &rel, &content) {
                 Ok(()) => r.stats.verified_files += 1,
                 Err(e) => r
                     .stats
                     .errors
-                    .push(format!("verify {}: {e}", path.display())),
+                    .push(format!("verify {}: {e}", opts.target.join(&rel).display())),
             }
         }
     }
     Ok(r.stats)
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if name.is_empty() {
+        return dir.to_vec();
+    }
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        p.extend_from_slice(dir);
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
 }
 
 impl Restorer<'_> {
@@ -127,14 +163,31 @@ impl Restorer<'_> {
         self.opts.include.is_empty() || is_dir || self.opts.include.matches(rel)
     }
 
-    /// `fresh`: `dir` was just created, so nothing can be in the way of its entries.
-    fn tree(&mut self, id: &Id, dir: &Path, rel: &[u8], fresh: bool) -> Result<bool> {
-        let tree = self.repo.load_tree(id)?;
+    /// `name` in directory `dir` (an index into `dirs`) as a full path, for messages.
+    fn shown(&self, dir: usize, name: &[u8]) -> String {
+        let rel = join(&self.dirs[dir], name);
+        self.opts
+            .target
+            .join(OsStr::from_bytes(&rel))
+            .display()
+            .to_string()
+    }
+
+    /// Restore the entries of `tree` into `dir` (index `dir_idx`, include path `rel`).
+    /// Returns whether anything was restored.
+    fn tree(
+        &mut self,
+        tree: &crate::format::tree::Tree,
+        dir: &Dir,
+        dir_idx: usize,
+        rel: &[u8],
+    ) -> bool {
         let mut any = false;
         let mut dirs_meta = Vec::new();
         for node in &tree.nodes {
             if let Err(e) = check_name(&node.name) {
-                self.stats.errors.push(e);
+                let shown = self.shown(dir_idx, b"");
+                self.stats.errors.push(format!("in {shown}: {e}"));
                 continue;
             }
             let mut nrel = rel.to_vec();
@@ -144,78 +197,116 @@ impl Restorer<'_> {
             if !self.selected(&nrel, is_dir) {
                 continue;
             }
-            let path = dir.join(OsStr::from_bytes(&node.name));
-            if is_dir {
-                let Some(sub) = node.subtree else {
+            let name = match cname(&node.name) {
+                Ok(n) => n,
+                Err(e) => {
                     self.stats
                         .errors
-                        .push(format!("{}: dir without subtree", path.display()));
+                        .push(format!("{}: {e}", self.shown(dir_idx, &node.name)));
                     continue;
-                };
-                let fully = !self.opts.include.is_empty() && self.opts.include.matches(&nrel);
-                let created = match fs::create_dir(&path) {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                    Err(e) => {
-                        self.stats
-                            .errors
-                            .push(format!("mkdir {}: {e}", path.display()));
-                        continue;
-                    }
-                };
-                let below = self.tree(&sub, &path, &nrel, created)?;
-                if below || self.opts.include.is_empty() || fully {
-                    self.stats.dirs += 1;
-                    dirs_meta.push((path, node));
-                    any = true;
-                } else {
-                    let _ = fs::remove_dir(&path);
                 }
+            };
+            if !is_dir {
+                if let Err(e) = self.entry(node, dir, dir_idx, &name) {
+                    let shown = self.shown(dir_idx, &node.name);
+                    self.stats.errors.push(format!("{shown}: {e}"));
+                }
+                any = true;
                 continue;
             }
-            if let Err(e) = self.entry(node, &path, fresh) {
-                self.stats.errors.push(format!("{}: {e}", path.display()));
+            let Some(sub) = node.subtree else {
+                let shown = self.shown(dir_idx, &node.name);
+                self.stats
+                    .errors
+                    .push(format!("{shown}: dir without subtree"));
+                continue;
+            };
+            let fully = !self.opts.include.is_empty() && self.opts.include.matches(&nrel);
+            let (subdir, created) = match dir.ensure_dir(&name) {
+                Ok(d) => d,
+                Err(e) => {
+                    let shown = self.shown(dir_idx, &node.name);
+                    self.stats.errors.push(format!("mkdir {shown}: {e}"));
+                    continue;
+                }
+            };
+            let sub_idx = self.dirs.len();
+            self.dirs.push(join(&self.dirs[dir_idx], &node.name));
+            // A subtree that cannot be loaded (corrupt, duplicate names) is reported and
+            // skipped; its siblings are restored.
+            let below = match self.repo.load_tree(&sub) {
+                Ok(t) => self.tree(&t, &subdir, sub_idx, &nrel),
+                Err(e) => {
+                    let shown = self.shown(dir_idx, &node.name);
+                    self.stats.errors.push(format!("{shown}: {e}"));
+                    true
+                }
+            };
+            drop(subdir);
+            if below || self.opts.include.is_empty() || fully {
+                self.stats.dirs += 1;
+                dirs_meta.push(node);
+                any = true;
+            } else if created {
+                let _ = dir.remove_empty_dir(&name);
             }
-            any = true;
         }
-        for (path, node) in dirs_meta {
-            self.meta_queue.push((node.clone(), path));
+        for node in dirs_meta {
+            self.meta_queue.push((node.clone(), dir_idx));
         }
-        Ok(any)
+        any
     }
 
-    fn entry(&mut self, node: &Node, path: &Path, fresh: bool) -> std::result::Result<(), String> {
-        // Replace whatever is in the way, but never follow it.
-        if !fresh
-            && let Ok(m) = fs::symlink_metadata(path)
-            && !m.is_dir()
-        {
-            fs::remove_file(path).map_err(|e| e.to_string())?;
-        }
+    fn entry(
+        &mut self,
+        node: &Node,
+        dir: &Dir,
+        dir_idx: usize,
+        name: &CStr,
+    ) -> std::result::Result<(), String> {
+        let io = |e: std::io::Error| e.to_string();
         match node.node_type {
             NodeType::File => {
-                if node.links > 1 && node.inode != 0 {
-                    let key = (node.device_id, node.inode);
-                    if let Some(first) = self.hardlinks.get(&key) {
-                        fs::hard_link(first, path).map_err(|e| e.to_string())?;
-                        self.stats.files += 1;
-                        return Ok(());
+                let group =
+                    (node.links > 1 && node.inode != 0).then_some((node.device_id, node.inode));
+                if let Some(key) = group
+                    && let Some(first) = self.hardlinks.get(&key)
+                {
+                    let from = open_dir_beneath(&self.root, &self.dirs[first.dir]).map_err(io)?;
+                    let from_name = cname(&first.name).map_err(io)?;
+                    dir.hard_link(&from, &from_name, name).map_err(io)?;
+                    // The first copy was created by this restore and names are unique, so this
+                    // holds; checked anyway because a link to anything else would let the
+                    // metadata below land on it.
+                    if dir.lstat(name).map_err(io)? != (libc::S_IFREG, first.ino) {
+                        let _ = dir.remove(name);
+                        return Err("hardlink source is no longer the file restored first".into());
                     }
-                    self.hardlinks.insert(key, path.to_path_buf());
+                    self.stats.files += 1;
+                    return Ok(());
                 }
-                self.file(node, path).map_err(|e| e.to_string())?;
+                let ino = self
+                    .file(node, dir, dir_idx, name, group.is_some())
+                    .map_err(|e| e.to_string())?;
+                if let Some(key) = group {
+                    self.hardlinks.insert(
+                        key,
+                        FirstLink {
+                            dir: dir_idx,
+                            name: node.name.clone(),
+                            ino,
+                        },
+                    );
+                }
                 self.stats.files += 1;
             }
             NodeType::Symlink => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target()), path)
-                    .map_err(|e| e.to_string())?;
+                let target = cname(&node.link_target()).map_err(io)?;
+                dir.symlink(&target, name).map_err(io)?;
                 self.stats.other += 1;
             }
             NodeType::Fifo => {
-                let p = cpath(path);
-                if unsafe { libc::mkfifo(p.as_ptr(), 0o600) } != 0 {
-                    return Err(std::io::Error::last_os_error().to_string());
-                }
+                dir.mkfifo(name).map_err(io)?;
                 self.stats.other += 1;
             }
             NodeType::Dev | NodeType::Chardev => {
@@ -224,32 +315,29 @@ impl Restorer<'_> {
                 } else {
                     libc::S_IFCHR
                 };
-                let p = cpath(path);
-                if unsafe { libc::mknod(p.as_ptr(), kind | 0o600, node.device as libc::dev_t) } != 0
-                {
-                    return Err(format!("mknod: {}", std::io::Error::last_os_error()));
-                }
+                dir.mknod(name, kind, node.device as libc::dev_t)
+                    .map_err(|e| format!("mknod: {e}"))?;
                 self.stats.other += 1;
             }
             // restic does not restore sockets either.
             NodeType::Socket => return Ok(()),
             _ => return Err(format!("unsupported node type {:?}", node.node_type)),
         }
-        self.meta_queue.push((node.clone(), path.to_path_buf()));
+        self.meta_queue.push((node.clone(), dir_idx));
         Ok(())
     }
 
     /// Create the file at its final size (unwritten ranges stay holes) and plan where its
-    /// blobs go; [`Restorer::write_content`] fills it in.
-    fn file(&mut self, node: &Node, path: &Path) -> Result<()> {
-        let io = |e: std::io::Error| RepoError::Usage(format!("{}: {e}", path.display()));
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+    /// blobs go; [`Restorer::write_content`] fills it in. Returns the new inode number when
+    /// `want_ino` (hardlink groups), else 0.
+    fn file(
+        &mut self,
+        node: &Node,
+        dir: &Dir,
+        dir_idx: usize,
+        name: &CStr,
+        want_ino: bool,
+    ) -> Result<u64> {
         let content = node.content.clone().unwrap_or_default();
         let mut sizes = Vec::with_capacity(content.len());
         for id in &content {
@@ -262,10 +350,21 @@ impl Restorer<'_> {
                 })?;
             sizes.push(size);
         }
+        let io = |e: std::io::Error| RepoError::Usage(e.to_string());
+        let f = dir.create_file(name).map_err(io)?;
         let len: u64 = sizes.iter().sum();
-        f.set_len(len).map_err(io)?;
+        if len > 0 {
+            f.set_len(len).map_err(io)?;
+        }
+        let ino = if want_ino {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().map_err(io)?.ino()
+        } else {
+            0
+        };
+        drop(f);
+        let rel = PathBuf::from(OsStr::from_bytes(&join(&self.dirs[dir_idx], &node.name)));
         let idx = self.files.len();
-        self.files.push(path.to_path_buf());
         let mut off = 0;
         for (id, size) in content.iter().zip(sizes) {
             self.targets.entry(*id).or_default().push((idx, off));
@@ -273,9 +372,10 @@ impl Restorer<'_> {
         }
         self.stats.bytes += len;
         if self.opts.verify {
-            self.verify_list.push((path.to_path_buf(), content));
+            self.verify_list.push((rel.clone(), content));
         }
-        Ok(())
+        self.files.push(rel);
+        Ok(ino)
     }
 
     /// Read every pack that holds needed blobs once, several packs at a time, and write each
@@ -310,7 +410,12 @@ impl Restorer<'_> {
         let next = AtomicUsize::new(0);
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = (cpus * 2).clamp(2, 8).min(packs.len().max(1));
-        let (repo, files) = (self.repo, &self.files);
+        let out = Output {
+            root: &self.root,
+            target: &self.opts.target,
+            files: &self.files,
+        };
+        let repo = self.repo;
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
@@ -319,7 +424,7 @@ impl Restorer<'_> {
                         let Some((pack, blobs)) = packs.get(i) else {
                             break;
                         };
-                        let errs = restore_pack(repo, files, pack, blobs);
+                        let errs = restore_pack(repo, &out, pack, blobs);
                         if !errs.is_empty() {
                             errors.lock().expect("poisoned").extend(errs);
                         }
@@ -332,41 +437,71 @@ impl Restorer<'_> {
             .extend(errors.into_inner().expect("poisoned"));
     }
 
-    /// Ownership, xattrs, mode, then times (last, since the others touch ctime/mtime).
-    fn metadata(&mut self, node: &Node, path: &Path) {
-        let p = cpath(path);
-        let symlink = node.node_type == NodeType::Symlink;
-        if self.is_root && unsafe { libc::lchown(p.as_ptr(), node.uid, node.gid) } != 0 {
-            self.stats.errors.push(format!(
-                "chown {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        if !symlink {
-            for x in &node.extended_attributes {
-                if let Err(e) = xattr::set(path, &x.name, &x.value) {
-                    tracing::warn!("xattr {} on {}: {e}", x.name, path.display());
+    /// Apply the queued metadata, each entry by name in its directory's descriptor.
+    /// Consecutive entries mostly share a directory, so one descriptor is kept open.
+    fn apply_metadata(&mut self) {
+        let mut open: Option<(usize, Dir)> = None;
+        for (node, dir_idx) in std::mem::take(&mut self.meta_queue) {
+            if open.as_ref().is_none_or(|(i, _)| *i != dir_idx) {
+                open = None;
+                match open_dir_beneath(&self.root, &self.dirs[dir_idx]) {
+                    Ok(d) => open = Some((dir_idx, d)),
+                    Err(e) => {
+                        let shown = self.shown(dir_idx, b"");
+                        self.stats.errors.push(format!("metadata in {shown}: {e}"));
+                        continue;
+                    }
                 }
             }
-            let perm = fs::Permissions::from_mode(unix_perm_from_go(node.mode));
-            if let Err(e) = fs::set_permissions(path, perm) {
-                self.stats
-                    .errors
-                    .push(format!("chmod {}: {e}", path.display()));
+            let dir = &open.as_ref().expect("just opened").1;
+            self.metadata(&node, dir, dir_idx);
+        }
+    }
+
+    /// Ownership, xattrs, mode, then times (last, since the others touch ctime/mtime).
+    fn metadata(&mut self, node: &Node, dir: &Dir, dir_idx: usize) {
+        let Ok(name) = cname(&node.name) else { return };
+        let symlink = node.node_type == NodeType::Symlink;
+        let mut errs = Vec::new();
+        if self.is_root
+            && let Err(e) = dir.chown(&name, node.uid, node.gid)
+        {
+            errs.push(("chown", e));
+        }
+        // Linux symlinks have no mode of their own, and user xattrs are refused on them.
+        if !symlink {
+            for x in &node.extended_attributes {
+                if let Err(e) = dir.set_xattr(&name, &x.name, &x.value) {
+                    let shown = self.shown(dir_idx, &node.name);
+                    tracing::warn!("xattr {} on {shown}: {e}", x.name);
+                }
+            }
+            if let Err(e) = dir.chmod(&name, unix_perm_from_go(node.mode)) {
+                errs.push(("chmod", e));
             }
         }
-        let (ms, mn) = node.mtime.unix();
-        let (as_, an) = node.atime.unix();
-        if let Err(e) = filetime::set_symlink_file_times(
-            path,
-            FileTime::from_unix_time(as_, an),
-            FileTime::from_unix_time(ms, mn),
-        ) {
-            self.stats
-                .errors
-                .push(format!("utimes {}: {e}", path.display()));
+        if let Err(e) = dir.set_times(&name, node.atime.unix(), node.mtime.unix()) {
+            errs.push(("utimes", e));
         }
+        if !errs.is_empty() {
+            let shown = self.shown(dir_idx, &node.name);
+            for (op, e) in errs {
+                self.stats.errors.push(format!("{op} {shown}: {e}"));
+            }
+        }
+    }
+}
+
+/// Where content goes: the files by path below the target, reopened without following.
+struct Output<'a> {
+    root: &'a Dir,
+    target: &'a Path,
+    files: &'a [PathBuf],
+}
+
+impl Output<'_> {
+    fn shown(&self, f: usize) -> String {
+        self.target.join(&self.files[f]).display().to_string()
     }
 }
 
@@ -386,7 +521,7 @@ const MAX_READ: u64 = 2 * 1024 * 1024;
 
 fn restore_pack(
     repo: &IndexedRepository,
-    files: &[PathBuf],
+    out: &Output,
     pack: &Id,
     blobs: &[Wanted],
 ) -> Vec<String> {
@@ -431,7 +566,7 @@ fn restore_pack(
                 Ok(p) => p,
                 Err(e) => {
                     for (f, _) in &b.targets {
-                        errs.push(format!("{}: {e}", files[*f].display()));
+                        errs.push(format!("{}: {e}", out.shown(*f)));
                     }
                     continue;
                 }
@@ -441,22 +576,21 @@ fn restore_pack(
                 continue;
             }
             for (f, off) in &b.targets {
-                let path = &files[*f];
                 // Consecutive blobs of a pack mostly go to the same file: keep it open.
                 if open.as_ref().is_none_or(|(i, _)| i != f) {
                     open = None;
-                    match OpenOptions::new().write(true).open(path) {
-                        Ok(fh) => open = Some((*f, fh)),
+                    let rel = out.files[*f].as_os_str().as_bytes();
+                    match open_beneath(out.root, rel, libc::O_WRONLY) {
+                        Ok(fd) => open = Some((*f, File::from(fd))),
                         Err(e) => {
-                            errs.push(format!("{}: {e}", path.display()));
+                            errs.push(format!("{}: {e}", out.shown(*f)));
                             continue;
                         }
                     }
                 }
                 let fh = &open.as_ref().expect("just opened").1;
-                let r = fh.write_all_at(&plain, *off);
-                if let Err(e) = r {
-                    errs.push(format!("{}: {e}", path.display()));
+                if let Err(e) = fh.write_all_at(&plain, *off) {
+                    errs.push(format!("{}: {e}", out.shown(*f)));
                 }
             }
         }
@@ -468,10 +602,13 @@ fn restore_pack(
 /// Re-read a restored file and compare each blob-sized piece with its ID.
 fn verify_file(
     repo: &IndexedRepository,
-    path: &Path,
+    root: &Dir,
+    rel: &Path,
     content: &[Id],
 ) -> std::result::Result<(), String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    let fd = open_beneath(root, rel.as_os_str().as_bytes(), libc::O_RDONLY)
+        .map_err(|e| e.to_string())?;
+    let mut f = File::from(fd);
     let mut buf = Vec::new();
     for (i, id) in content.iter().enumerate() {
         let size = repo
@@ -495,6 +632,7 @@ fn verify_file(
 mod tests {
     use super::*;
     use crate::repo::testutil::*;
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
