@@ -46,4 +46,41 @@ mod tests {
         // v1 never interprets the framing byte.
         assert_eq!(decode(1, vec![2, 3]).unwrap(), vec![2, 3]);
     }
+
+    /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+    fn peak_rss_mib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    }
+
+    /// `[2]` + zstd of `n` zero bytes, streamed: ~40 KB for 1 GiB.
+    fn bomb(n: u64) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut enc = zstd::stream::Encoder::new(vec![2u8], 3).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..n / chunk.len() as u64 {
+            enc.write_all(&chunk).unwrap();
+        }
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn unpacked_decode_caps_output() {
+        let b = bomb(1 << 30);
+        let t = std::time::Instant::now();
+        let r = decode(2, b.clone());
+        eprintln!(
+            "decode of a {}-byte bomb (1 GiB of zeros): {:?}, ok={}, peak RSS {} MiB",
+            b.len(),
+            t.elapsed(),
+            r.is_ok(),
+            peak_rss_mib()
+        );
+        assert!(r.is_err(), "a 1 GiB bomb must not decode");
+    }
 }

@@ -490,4 +490,19 @@ mod tests {
         );
         assert_eq!(parse_summary("nothing"), Summary::default());
     }
+
+    /// The summary line comes from the host: a snapshot ID that is not one is dropped
+    /// rather than copied into status.
+    #[test]
+    fn summary_fields_from_the_host_are_bounded() {
+        let out = format!(
+            "{{\"files\":1,\"bytes\":2,\"snapshot_id\":\"{}\"}}",
+            "a".repeat(1 << 20)
+        );
+        let s = parse_summary(&out);
+        assert_eq!((s.files, s.bytes), (1, 2));
+        assert_eq!(s.snapshot_id, None);
+        let ok = format!("{{\"files\":1,\"bytes\":2,\"snapshot_id\":\"{}\"}}", "ab".repeat(32));
+        assert_eq!(parse_summary(&ok).snapshot_id, Some("ab".repeat(32)));
+    }
 }

@@ -787,4 +787,41 @@ mod tests {
         );
         assert!(evs[0].note.contains("configured again"));
     }
+
+    /// A host's run record with megabytes of error text (a compromised host can write any
+    /// record) must not reach status, Events or conditions unbounded.
+    #[test]
+    fn status_error_text_is_bounded_per_host() {
+        let huge = format!("{}é", "x".repeat(4 << 20));
+        let mut bad = record(300, 1);
+        bad.error = Some(huge.clone());
+        let limit = 1024 + '…'.len_utf8();
+        let e = job_entry(CrdKind::BackupPolicy, "p", &obs(vec![record(100, 0), bad.clone()]));
+        let err = e.error.unwrap();
+        assert!(err.len() <= limit, "entry error is {} bytes", err.len());
+        assert!(err.ends_with('…'));
+        let rs: Vec<HostResult> = (0..200)
+            .map(|i| ok(&format!("h{i:03}"), vec![record(100, 0), bad.clone()]))
+            .chain([ok("zz-good", vec![record(900, 0)])])
+            .collect();
+        let hosts = summaries(&rs);
+        for h in &hosts {
+            let m = h.message.as_deref().unwrap_or("");
+            assert!(m.len() <= limit, "{}: message is {} bytes", h.name, m.len());
+        }
+        let good = hosts.iter().find(|h| h.name == "zz-good").unwrap();
+        assert_eq!(good.state, HostBackupState::Succeeded);
+        let evs = transitions(&[], &hosts);
+        assert!(evs.iter().all(|e| e.note.len() <= 1024 + 64), "event notes bounded");
+        let st = policy_status(hosts, None, &[], None, Some(1), at(1000));
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert!(
+            ready.message.len() <= 8 << 10,
+            "Ready message is {} bytes",
+            ready.message.len()
+        );
+        assert!(ready.message.contains("200 of 201"), "{}", &ready.message[..200]);
+        assert_eq!(st.hosts_failing, 200);
+        assert_eq!(st.hosts_succeeded, 1);
+    }
 }

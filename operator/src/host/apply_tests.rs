@@ -265,3 +265,21 @@ async fn noop_plan_runs_nothing() {
     assert!(!report.changed());
     assert!(sh.calls().is_empty());
 }
+
+/// A host that answers a command with more output than the operator reads (here 40 MiB for
+/// the run records) gets a clear per-host error instead of having all of it buffered.
+#[tokio::test]
+async fn observe_refuses_output_over_the_cap() {
+    let flood = CommandOutput {
+        code: Some(0),
+        stdout: vec![b'x'; 40 << 20],
+        stderr: vec![],
+    };
+    let sh = FakeShell::new(vec![("json$", flood)]);
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let e = crate::host::observe::observe_job(&sh, &job, 50)
+        .await
+        .expect_err("40 MiB of run records must be refused");
+    assert!(e.to_string().contains("more than"), "{e}");
+    assert_eq!(e.reason(), "HostOutputTooLarge");
+}

@@ -190,4 +190,31 @@ mod tests {
         );
         assert!(parse_records(b"").records.is_empty());
     }
+
+    /// A record bigger than a run record can be (here 4 MiB of error text) is reported by
+    /// name as unreadable, not parsed, and the records around it still count.
+    #[test]
+    fn oversized_run_record_is_reported_not_parsed() {
+        let good = br#"{"policy":"a","kind":"backup","started":"2025-03-01T02:00:03Z","finished":"2025-03-01T02:00:05Z","exit_code":0,"snapshot_id":"ab","duration_seconds":2.0,"error":null}"#;
+        let huge = format!(
+            r#"{{"policy":"a","kind":"backup","started":"2025-03-02T02:00:03Z","finished":"2025-03-02T02:00:04Z","exit_code":3,"duration_seconds":1.0,"error":"{}"}}"#,
+            "x".repeat(4 << 20)
+        );
+        let mut raw = Vec::new();
+        for (n, b) in [
+            (&b"20250301T020003Z.json"[..], &good[..]),
+            (b"20250302T020003Z.json", huge.as_bytes()),
+        ] {
+            raw.extend_from_slice(n);
+            raw.push(0);
+            raw.extend_from_slice(b);
+            raw.push(0);
+        }
+        let obs = parse_records(&raw);
+        assert_eq!(obs.records.len(), 1, "the oversized record is not parsed");
+        assert_eq!(obs.unreadable.len(), 1);
+        let (name, why) = &obs.unreadable[0];
+        assert_eq!(name, "20250302T020003Z.json");
+        assert!(why.contains("larger than"), "{why}");
+    }
 }
