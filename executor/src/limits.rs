@@ -117,7 +117,12 @@ mod tests {
         assert_eq!(human(3 << 30), "3 GiB");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(7), "7 bytes");
-        for t in [FileType::Config, FileType::Lock, FileType::Snapshot, FileType::Index] {
+        for t in [
+            FileType::Config,
+            FileType::Lock,
+            FileType::Snapshot,
+            FileType::Index,
+        ] {
             assert!(max_stored(t) > max_plain(t));
         }
         assert!(max_blob_stored(BlobType::Tree) < u32::MAX as u64);

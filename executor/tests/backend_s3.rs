@@ -88,7 +88,10 @@ fn every_trait_method_against_minio() {
         b.read_prefix(FileType::Pack, &id(2), 1001).unwrap(),
         &pack[..1001]
     );
-    assert_eq!(b.read_prefix(FileType::Config, "config", 100).unwrap(), b"cfg");
+    assert_eq!(
+        b.read_prefix(FileType::Config, "config", 100).unwrap(),
+        b"cfg"
+    );
     assert_eq!(b.read_prefix(FileType::Index, &id(4), 100).unwrap(), b"");
 
     assert_eq!(
@@ -350,13 +353,22 @@ fn planted_oversized_locks_are_refused_on_s3() {
     let bomb = fleetsnap::id::Id::hash(&sealed).to_hex();
     b.write(FileType::Lock, &bomb, &sealed).unwrap();
     let t = std::time::Instant::now();
-    let e = fleetsnap::lock::acquire(&r, true).err().unwrap().to_string();
+    let e = fleetsnap::lock::acquire(&r, true)
+        .err()
+        .unwrap()
+        .to_string();
     eprintln!("S3 lock bomb refused in {:?}: {e}", t.elapsed());
     assert!(e.contains(&bomb[..8]) && e.contains("larger than"), "{e}");
     b.remove(FileType::Lock, &bomb).unwrap();
 
     let big = id(7);
     b.write(FileType::Lock, &big, &pattern(5 << 20, 9)).unwrap();
-    let e = fleetsnap::lock::acquire(&r, false).err().unwrap().to_string();
-    assert!(e.contains(&big[..8]) && e.contains("stored file is larger than"), "{e}");
+    let e = fleetsnap::lock::acquire(&r, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&big[..8]) && e.contains("stored file is larger than"),
+        "{e}"
+    );
 }

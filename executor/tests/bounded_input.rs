@@ -66,7 +66,10 @@ fn bomb_lock_fails_acquire_naming_the_file() {
         t.elapsed(),
         peak_rss_mib()
     );
-    let e = res.err().expect("a lock bomb must not be ignored").to_string();
+    let e = res
+        .err()
+        .expect("a lock bomb must not be ignored")
+        .to_string();
     assert!(e.contains(&name[..8]), "{e}");
     assert!(e.contains("larger than"), "{e}");
     // Nothing of ours was left behind.
@@ -91,7 +94,10 @@ fn huge_raw_lock_file_fails_acquire_without_reading_it() {
         t.elapsed(),
         peak_rss_mib()
     );
-    let e = res.err().expect("a 3 GiB lock must not be ignored").to_string();
+    let e = res
+        .err()
+        .expect("a 3 GiB lock must not be ignored")
+        .to_string();
     assert!(e.contains(&name[..8]), "{e}");
     assert!(e.contains("larger than"), "{e}");
 }

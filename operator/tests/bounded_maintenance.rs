@@ -71,9 +71,20 @@ fn maintenance_fails_on_bombs_naming_the_file() {
     let snap = repo_with_bomb(&snap_dir, FileType::Snapshot);
     let t = std::time::Instant::now();
     let out = run_all(&[&lock_dir, &snap_dir]);
-    eprintln!("maintenance on two bombed repositories: {:?}: {out:?}", t.elapsed());
-    assert!(out[0].starts_with("error ") && out[0].contains(&lock[..8]), "{}", out[0]);
-    assert!(out[1].starts_with("error ") && out[1].contains(&snap[..8]), "{}", out[1]);
+    eprintln!(
+        "maintenance on two bombed repositories: {:?}: {out:?}",
+        t.elapsed()
+    );
+    assert!(
+        out[0].starts_with("error ") && out[0].contains(&lock[..8]),
+        "{}",
+        out[0]
+    );
+    assert!(
+        out[1].starts_with("error ") && out[1].contains(&snap[..8]),
+        "{}",
+        out[1]
+    );
     for o in &out {
         assert!(o.contains("larger than"), "{o}");
     }
@@ -107,14 +118,26 @@ fn maintenance_survives_bombs_under_a_512_mib_address_space_limit() {
         t.elapsed(),
         out.status
     );
-    assert!(out.status.success(), "the maintenance process died: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "the maintenance process died: {:?}",
+        out.status
+    );
     let lines: Vec<&str> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("RESULT "))
+        .filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
         .collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    assert!(lines[0].contains(&lock[..8]) && lines[0].contains("larger than"), "{}", lines[0]);
-    assert!(lines[1].contains(&snap[..8]) && lines[1].contains("larger than"), "{}", lines[1]);
+    assert!(
+        lines[0].contains(&lock[..8]) && lines[0].contains("larger than"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains(&snap[..8]) && lines[1].contains("larger than"),
+        "{}",
+        lines[1]
+    );
 }
 
 /// The child half of the test above; does nothing unless started by it.

@@ -849,8 +849,7 @@ impl Backend for S3Backend {
     fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
         check_name(t, name, "read", &self.location())?;
         let what = object_path(t, name, false);
-        let _span =
-            debug_span!("backend.read_prefix", backend = "s3", what = %what, max).entered();
+        let _span = debug_span!("backend.read_prefix", backend = "s3", what = %what, max).entered();
         if max == 0 {
             return Ok(Vec::new());
         }

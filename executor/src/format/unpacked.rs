@@ -55,7 +55,9 @@ pub fn decode(version: u32, payload: Vec<u8>, limit: u64) -> Result<Vec<u8>, Fra
 fn decompress_bounded(frame: &[u8], limit: u64) -> Result<Vec<u8>, FramingError> {
     // restic's frames may omit the content size; when present it is checked first and used
     // as the buffer size (it is only a hint: the bounded read below is what holds).
-    let declared = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten();
     if let Some(n) = declared
         && n > limit
     {
@@ -142,7 +144,10 @@ mod tests {
         );
         let e = r.expect_err("a 1 GiB bomb must not decode");
         assert!(matches!(e, FramingError::TooLarge(_)), "{e}");
-        assert!(e.to_string().contains("larger than the 64 MiB limit"), "{e}");
+        assert!(
+            e.to_string().contains("larger than the 64 MiB limit"),
+            "{e}"
+        );
         // The decode held at most the cap (plus the growth of its buffer), never the GiB;
         // other tests run alongside, so this is generous.
         assert!(peak < 512, "peak RSS {peak} MiB");
@@ -155,6 +160,9 @@ mod tests {
         let mut p = vec![2u8];
         p.extend_from_slice(&frame);
         let e = decode(2, p, 1000).unwrap_err().to_string();
-        assert!(e.contains("declares 1 MiB, larger than the 1000 bytes limit"), "{e}");
+        assert!(
+            e.contains("declares 1 MiB, larger than the 1000 bytes limit"),
+            "{e}"
+        );
     }
 }
