@@ -114,7 +114,7 @@ fn bomb_snapshot_fails_snapshots_naming_the_file() {
         t.elapsed(),
         peak_rss_mib()
     );
-    let e = res.err().expect("a snapshot bomb is an error").to_string();
+    let e = res.expect_err("a snapshot bomb is an error").to_string();
     assert!(e.contains(&name[..8]), "{e}");
     assert!(e.contains("larger than"), "{e}");
 }
