@@ -79,7 +79,13 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// The longest condition message [`Condition::new`] keeps, in bytes: a condition is read by
+/// people (`kubectl describe`), and its message may quote hosts' errors, so it is cut (on a
+/// character boundary, ending in `…`) rather than allowed to grow with the fleet.
+pub const MAX_CONDITION_MESSAGE: usize = 4096;
+
 impl Condition {
+    /// A condition; `message` is cut to [`MAX_CONDITION_MESSAGE`] bytes.
     pub fn new(
         type_: &str,
         status: ConditionStatus,
@@ -92,11 +98,24 @@ impl Condition {
             type_: type_.to_string(),
             status,
             reason: reason.to_string(),
-            message: message.into(),
+            message: cut_message(message.into()),
             last_transition_time: now,
             observed_generation,
         }
     }
+}
+
+fn cut_message(mut m: String) -> String {
+    if m.len() <= MAX_CONDITION_MESSAGE {
+        return m;
+    }
+    let mut end = MAX_CONDITION_MESSAGE - '…'.len_utf8();
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    m.truncate(end);
+    m.push('…');
+    m
 }
 
 /// Inserts or replaces the condition of the same type.

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod forget;
 pub mod format;
 pub mod id;
+pub mod limits;
 pub mod lock;
 pub mod password;
 pub mod pattern;

@@ -96,6 +96,9 @@ fn other_locks(repo: &Repository, own: Option<&Id>) -> Result<Vec<(Id, LockFile)
         match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
             Ok(l) => out.push((id, l)),
             Err(RepoError::Backend(e)) if e.is_not_found() => {}
+            // Not a lock anyone wrote by accident: refuse to go on, naming it, rather than
+            // ignore a file planted to be read (and never skip what might be a real lock).
+            Err(e @ RepoError::TooLarge { .. }) => return Err(e),
             Err(e) => tracing::warn!("ignoring unreadable lock {}: {e}", id.short()),
         }
     }
@@ -108,8 +111,8 @@ fn conflict_message(id: &Id, l: &LockFile) -> String {
          hint: if that process is gone, run `fleetsnap unlock` (or `restic unlock`)",
         if l.exclusive { "exclusively " } else { "" },
         l.pid,
-        l.hostname,
-        l.username,
+        crate::run::record::truncate_text(&l.hostname, 255),
+        crate::run::record::truncate_text(&l.username, 255),
         l.uid,
         l.gid,
         l.time,

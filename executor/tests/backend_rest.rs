@@ -42,6 +42,13 @@ fn every_trait_method_against_rclone() {
         .read_range(FileType::Pack, &id(2), (40 << 20) - 5, 10)
         .unwrap_err();
     assert!(short.message.contains("too short"), "{short}");
+    // Bounded reads: the first bytes of a big file, a short file whole, an empty one.
+    assert!(b.read_prefix(FileType::Pack, &id(2), 1001).unwrap() == pack[..1001]);
+    assert_eq!(b.read_prefix(FileType::Lock, &id(3), 100).unwrap(), b"lock");
+    assert_eq!(
+        b.read_prefix(FileType::Config, "config", 3).unwrap(),
+        b"cfg"
+    );
 
     assert_eq!(
         listed(&b.list(FileType::Config).unwrap()),

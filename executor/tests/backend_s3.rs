@@ -83,6 +83,16 @@ fn every_trait_method_against_minio() {
         .read_range(FileType::Pack, &id(2), 400_000, 20)
         .unwrap_err();
     assert!(past.message.contains("too short"), "{past}");
+    // Bounded reads: the first bytes of a big file, a short file whole, an empty one.
+    assert_eq!(
+        b.read_prefix(FileType::Pack, &id(2), 1001).unwrap(),
+        &pack[..1001]
+    );
+    assert_eq!(
+        b.read_prefix(FileType::Config, "config", 100).unwrap(),
+        b"cfg"
+    );
+    assert_eq!(b.read_prefix(FileType::Index, &id(4), 100).unwrap(), b"");
 
     assert_eq!(
         listed(&b.list(FileType::Config).unwrap()),
@@ -323,4 +333,42 @@ fn open_takes_credentials_and_region_from_the_environment() {
 /// A listing as (name, size) pairs: write times are the server's and differ per run.
 fn listed(files: &[FileInfo]) -> Vec<(String, u64)> {
     files.iter().map(|f| (f.name.clone(), f.size)).collect()
+}
+
+/// A zstd bomb (1 GiB of zeros, sealed with the repository key) and a 5 MiB object planted as
+/// locks in an S3 repository: taking the lock fails naming each file, without downloading
+/// more than the lock cap of either.
+#[test]
+fn planted_oversized_locks_are_refused_on_s3() {
+    use std::io::Write as _;
+    let minio = Minio::start();
+    let b: Arc<dyn Backend> = Arc::new(backend(&minio, "bombs", "h1", S3Options::default()));
+    let r = fleetsnap::repo::Repository::init(b.clone(), b"pw").unwrap();
+    let mut enc = zstd::stream::Encoder::new(vec![2u8], 3).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        enc.write_all(&chunk).unwrap();
+    }
+    let sealed = r.key().seal(&enc.finish().unwrap());
+    let bomb = fleetsnap::id::Id::hash(&sealed).to_hex();
+    b.write(FileType::Lock, &bomb, &sealed).unwrap();
+    let t = std::time::Instant::now();
+    let e = fleetsnap::lock::acquire(&r, true)
+        .err()
+        .unwrap()
+        .to_string();
+    eprintln!("S3 lock bomb refused in {:?}: {e}", t.elapsed());
+    assert!(e.contains(&bomb[..8]) && e.contains("larger than"), "{e}");
+    b.remove(FileType::Lock, &bomb).unwrap();
+
+    let big = id(7);
+    b.write(FileType::Lock, &big, &pattern(5 << 20, 9)).unwrap();
+    let e = fleetsnap::lock::acquire(&r, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&big[..8]) && e.contains("stored file is larger than"),
+        "{e}"
+    );
 }

@@ -53,7 +53,7 @@ fn seeds() -> &'static Seeds {
         let mut plain = |t: FileType, name: &str| {
             let f = key.open(&be.read(t, name).unwrap()).unwrap();
             framed.push(f.clone());
-            unpacked::decode(2, f).unwrap()
+            unpacked::decode(2, f, fleetsnap::limits::MAX_INDEX).unwrap()
         };
         let config_json = plain(FileType::Config, "config");
         let index_json = plain(FileType::Index, &first(FileType::Index));
@@ -172,7 +172,11 @@ proptest! {
     #[test]
     fn unpacked_framing(e in edits(), which in 0usize..3, v in 1u32..=2) {
         let s = seeds();
-        let _ = unpacked::decode(v, mutate(&s.framed[which % s.framed.len()], &e));
+        let _ = unpacked::decode(
+            v,
+            mutate(&s.framed[which % s.framed.len()], &e),
+            fleetsnap::limits::MAX_INDEX,
+        );
     }
 
     #[test]

@@ -460,3 +460,53 @@ async fn interrupted_apply_converges_from_every_point() {
     clean().await;
     host.close().await.unwrap();
 }
+
+/// Bounded input on a real host: a 5 MiB run record (megabytes of error text) next to a
+/// normal one is reported by name and never transferred whole; a command that floods stdout
+/// fails with `HostOutputTooLarge` without the operator buffering it or waiting for its end.
+#[tokio::test]
+async fn oversized_run_record_and_output_flood_are_bounded() {
+    let _one = ONE_HOST_USER.lock().await;
+    let sh = connect().await;
+    let job = JobId::new(PolicyKind::Backup, "bounds").unwrap();
+    let dir = job.runs_dir();
+    rm_rf(&sh, &[&dir]).await;
+    let script = format!(
+        "set -e; mkdir -p {dir}; cd {dir}; \
+         printf '{{\"policy\":\"bounds\",\"kind\":\"backup\",\"started\":\"2026-01-01T00:00:00Z\",\"finished\":\"2026-01-01T00:00:01Z\",\"exit_code\":0,\"snapshot_id\":\"ab\",\"duration_seconds\":1.0,\"error\":null}}' > 20260101T000000Z.json; \
+         {{ printf '{{\"policy\":\"bounds\",\"kind\":\"backup\",\"started\":\"2026-01-02T00:00:00Z\",\"finished\":\"2026-01-02T00:00:01Z\",\"exit_code\":1,\"duration_seconds\":1.0,\"error\":\"'; \
+            head -c 5242880 /dev/zero | tr '\\000' x; printf '\"}}'; }} > 20260102T000000Z.json"
+    );
+    let (code, out) = sh_out(&sh, &script, b"").await;
+    assert_eq!(code, Some(0), "{out}");
+    let t = std::time::Instant::now();
+    let obs = observe_job(&sh, &job, 50).await.unwrap();
+    eprintln!("observe with a 5 MiB record: {:?}", t.elapsed());
+    assert_eq!(obs.records.len(), 1, "the normal record still counts");
+    assert_eq!(obs.unreadable.len(), 1);
+    assert_eq!(obs.unreadable[0].0, "20260102T000000Z.json");
+    assert!(
+        obs.unreadable[0].1.contains("64 KiB"),
+        "{:?}",
+        obs.unreadable
+    );
+    assert!(obs.newest_unreadable().is_some());
+    rm_rf(&sh, &[&dir]).await;
+
+    // 200 MiB on stdout against the default 1 MiB limit.
+    let t = std::time::Instant::now();
+    let e = run_ok(
+        &sh,
+        "flood",
+        &["sh", "-c", "head -c 209715200 /dev/zero"],
+        b"",
+    )
+    .await
+    .expect_err("a flood must be refused");
+    eprintln!("200 MiB flood refused after {:?}: {e}", t.elapsed());
+    assert!(matches!(e, HostError::OutputTooLarge { .. }), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    // The connection is still good for the next command.
+    let (code, out) = sh_out(&sh, "echo still-here", b"").await;
+    assert_eq!((code, out.trim()), (Some(0), "still-here"));
+}

@@ -247,8 +247,10 @@ impl LocalBackend {
 
     fn read_range_inner(&self, path: &Path, offset: u64, length: u64) -> io::Result<Vec<u8>> {
         let mut f = File::open(path)?;
+        let size = f.metadata()?.len();
         f.seek(SeekFrom::Start(offset))?;
-        let mut buf = Vec::with_capacity(length.min(64 << 20) as usize);
+        let want = length.min(size.saturating_sub(offset)).min(64 << 20);
+        let mut buf = Vec::with_capacity(want as usize);
         f.take(length).read_to_end(&mut buf)?;
         Ok(buf)
     }
@@ -348,6 +350,15 @@ impl Backend for LocalBackend {
         let what = object_path(t, name, false);
         let _span = debug_span!("backend.read", backend = "local", what = %what).entered();
         fs::read(self.path_of(t, name)).map_err(|e| self.err("read", what, &e))
+    }
+
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
+        check_name(t, name, "read", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span =
+            debug_span!("backend.read_prefix", backend = "local", what = %what, max).entered();
+        self.read_range_inner(&self.path_of(t, name), 0, max)
+            .map_err(|e| self.err("read", what, &e))
     }
 
     fn read_range(

@@ -249,8 +249,14 @@ pub trait Backend: Send + Sync {
     /// List files of one type. Names that are not 64-hex IDs are skipped, as restic does.
     /// `FileType::Config` lists `config` if present.
     fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>>;
-    /// Read a whole file.
+    /// Read a whole file, however large. For packs only where the whole pack is wanted
+    /// (check); files a reader must hold in memory go through [`Backend::read_prefix`].
     fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>>;
+    /// Read at most `max` bytes from the start of a file: the whole file when it is not
+    /// longer. Never transfers or buffers much more than `max`, whatever the file's size, so
+    /// a caller with a size limit asks for `limit + 1` bytes and treats a longer answer as
+    /// "too large" (see `repo::read_bounded`).
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>>;
     /// Read `length` bytes at `offset`.
     fn read_range(
         &self,

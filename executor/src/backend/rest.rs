@@ -4,6 +4,7 @@
 //! refuses deletes and overwrites. Those refusals must read as policy, not as a broken
 //! server, hence the explicit messages below.
 
+use std::io::Read as _;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -160,12 +161,25 @@ impl RestBackend {
             if !resp.status().is_success() {
                 return Err(self.status_err("read", &what, &mut resp));
             }
-            let mut body = resp
-                .body_mut()
+            // With a range, never read past its end, even from a server that ignores Range
+            // and answers 200 with the whole file.
+            let cap = range.map_or(u64::MAX, |(o, l)| o.saturating_add(l));
+            let mut body = Vec::new();
+            resp.body_mut()
                 .with_config()
                 .limit(u64::MAX)
-                .read_to_vec()
-                .map_err(|e| self.transport_err("read", &what, e))?;
+                .reader()
+                .take(cap)
+                .read_to_end(&mut body)
+                .map_err(|e| {
+                    BackendError::new(
+                        BackendErrorKind::Transient,
+                        "read",
+                        what.clone(),
+                        self.location(),
+                        format!("download interrupted: {e}"),
+                    )
+                })?;
             // A server that ignores Range answers 200 with the whole file.
             if let (Some((offset, length)), 200) = (range, status) {
                 let start = (offset as usize).min(body.len());
@@ -271,6 +285,16 @@ impl Backend for RestBackend {
             debug_span!("backend.read", backend = "rest", what = %object_path(t, name, true))
                 .entered();
         self.get(t, name, None)
+    }
+
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
+        check_name(t, name, "read", &self.location())?;
+        let _span = debug_span!("backend.read_prefix", backend = "rest", what = %object_path(t, name, true), max)
+            .entered();
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.get(t, name, Some((0, max)))
     }
 
     fn read_range(

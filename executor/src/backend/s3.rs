@@ -846,6 +846,52 @@ impl Backend for S3Backend {
         })
     }
 
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
+        check_name(t, name, "read", &self.location())?;
+        let what = object_path(t, name, false);
+        let _span = debug_span!("backend.read_prefix", backend = "s3", what = %what, max).entered();
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get_object()
+                .bucket(&self.loc.bucket)
+                .key(self.key(t, name))
+                .range(format!("bytes=0-{}", max - 1))
+                .send()
+                .await;
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    // An empty object has no byte 0.
+                    if e.raw_response().map(|r| r.status().as_u16()) == Some(416) {
+                        return Ok(Vec::new());
+                    }
+                    return Err(self.err("read", what.clone(), &e));
+                }
+            };
+            // Stop at `max` even if the server ignored the range and sends the whole object.
+            let mut out = Vec::new();
+            while (out.len() as u64) < max {
+                let chunk = resp.body.try_next().await.map_err(|e| {
+                    BackendError::new(
+                        BackendErrorKind::Transient,
+                        "read",
+                        what.clone(),
+                        self.location(),
+                        format!("download interrupted: {}", chain(&e)),
+                    )
+                })?;
+                let Some(chunk) = chunk else { break };
+                let room = (max - out.len() as u64).min(chunk.len() as u64) as usize;
+                out.extend_from_slice(&chunk[..room]);
+            }
+            Ok(out)
+        })
+    }
+
     fn read_range(
         &self,
         t: FileType,

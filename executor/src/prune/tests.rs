@@ -25,6 +25,9 @@ macro_rules! forward_to_inner {
         fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
             self.inner.read(t, name)
         }
+        fn read_prefix(&self, t: FileType, n: &str, max: u64) -> BackendResult<Vec<u8>> {
+            self.inner.read_prefix(t, n, max)
+        }
         fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
             self.inner.read_range(t, n, o, l)
         }

@@ -17,7 +17,12 @@ impl Repository {
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for f in self.backend().list(FileType::Key)? {
-            let data = self.backend().read(FileType::Key, &f.name)?;
+            let data = super::read_bounded(
+                &**self.backend(),
+                FileType::Key,
+                &f.name,
+                &format!("key {}", f.name),
+            )?;
             let kf: KeyFile =
                 serde_json::from_slice(&data).map_err(|e| corrupt(format!("key {}", f.name), e))?;
             out.push(KeyInfo {

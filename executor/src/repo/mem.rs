@@ -63,6 +63,14 @@ impl Backend for MemBackend {
             .ok_or_else(|| self.not_found("read", t, name))
     }
 
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
+        let files = self.files.lock().expect("poisoned");
+        let all = files
+            .get(&(t, name.to_string()))
+            .ok_or_else(|| self.not_found("read", t, name))?;
+        Ok(all[..all.len().min(usize::try_from(max).unwrap_or(usize::MAX))].to_vec())
+    }
+
     fn read_range(
         &self,
         t: FileType,

@@ -20,8 +20,9 @@ use crate::format::index::IndexFile;
 use crate::format::pack::BlobType;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
-use crate::format::unpacked;
+use crate::format::unpacked::{self, FramingError};
 use crate::id::Id;
+use crate::limits;
 pub use index::MasterIndex;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,20 @@ pub enum RepoError {
     Corrupt { what: String, msg: String },
     #[error("{what}: blob not found in index (hint: run `fleetsnap check`)")]
     MissingBlob { what: String },
+    /// A file or blob is larger than any restic or fleetsnap writes (see [`crate::limits`]):
+    /// planted by something with write access to the repository, or damaged. Nothing of it
+    /// was read beyond the limit.
+    #[error(
+        "{what}: {detail} (hint: restic and fleetsnap never write one this large; check who \
+         can write to the repository, then delete `{path}` from the storage)"
+    )]
+    TooLarge {
+        what: String,
+        /// What exceeded which limit, e.g. "the stored file is larger than the 68 KiB limit".
+        detail: String,
+        /// The object to delete, e.g. `locks/3f…`.
+        path: String,
+    },
     #[error("{0}")]
     Locked(String),
     #[error("{0}")]
@@ -73,6 +88,24 @@ pub fn username() -> String {
             String::new()
         }
     })
+}
+
+/// Reads a whole non-pack file of type `t`, refusing (without reading further) one that is
+/// larger than [`limits::max_stored`] allows: `what` names it in the error.
+pub fn read_bounded(backend: &dyn Backend, t: FileType, name: &str, what: &str) -> Result<Vec<u8>> {
+    let max = limits::max_stored(t);
+    let data = backend.read_prefix(t, name, max.saturating_add(1))?;
+    if data.len() as u64 > max {
+        return Err(RepoError::TooLarge {
+            what: what.to_string(),
+            detail: format!(
+                "the stored file is larger than the {} limit",
+                limits::human(max)
+            ),
+            path: crate::backend::object_path(t, name, false),
+        });
+    }
+    Ok(data)
 }
 
 #[derive(Clone)]
@@ -127,12 +160,12 @@ impl Repository {
 
     /// Try every key file; a MAC failure means "not this key".
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
-        let sealed_config = match backend.read(FileType::Config, "config") {
+        let sealed_config = match read_bounded(&*backend, FileType::Config, "config", "config") {
             Ok(c) => c,
-            Err(e) if e.kind == BackendErrorKind::NotFound => {
+            Err(RepoError::Backend(e)) if e.kind == BackendErrorKind::NotFound => {
                 return Err(RepoError::NoRepository(backend.location()));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let mut names: Vec<String> = backend
             .list(FileType::Key)?
@@ -141,7 +174,7 @@ impl Repository {
             .collect();
         names.sort();
         for name in names {
-            let data = backend.read(FileType::Key, &name)?;
+            let data = read_bounded(&*backend, FileType::Key, &name, &format!("key {name}"))?;
             let kf: KeyFile =
                 serde_json::from_slice(&data).map_err(|e| corrupt(format!("key {name}"), e))?;
             let key = match kf.open(password) {
@@ -198,10 +231,12 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Load, hash-check, decrypt and unframe an index/snapshot/lock file.
+    /// Load, hash-check, decrypt and unframe an index/snapshot/lock file. Neither the stored
+    /// file nor its plaintext may exceed the type's caps in [`limits`].
     pub fn load_unpacked_raw(&self, t: FileType, id: &Id) -> Result<Vec<u8>> {
         let what = format!("{t} {}", id.short());
-        let data = self.backend.read(t, &id.to_hex())?;
+        let name = id.to_hex();
+        let data = read_bounded(&*self.backend, t, &name, &what)?;
         if Id::hash(&data) != *id {
             return Err(corrupt(
                 what,
@@ -212,7 +247,14 @@ impl Repository {
             what: what.clone(),
             source: e,
         })?;
-        unpacked::decode(self.version(), plain).map_err(|e| corrupt(what, e))
+        unpacked::decode(self.version(), plain, limits::max_plain(t)).map_err(|e| match e {
+            FramingError::TooLarge(detail) => RepoError::TooLarge {
+                what,
+                detail,
+                path: crate::backend::object_path(t, &name, false),
+            },
+            e => corrupt(what, e),
+        })
     }
 
     pub fn load_unpacked<T: DeserializeOwned>(&self, t: FileType, id: &Id) -> Result<T> {
@@ -236,6 +278,7 @@ impl Repository {
     pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
         let json = self.load_unpacked_raw(FileType::Index, id)?;
         let f = IndexFile::parse(&json).map_err(|e| corrupt(format!("index {}", id.short()), e))?;
+        check_index_entries(&f, id)?;
         if self.version() < 2 && f.uses_compression() {
             return Err(corrupt(
                 format!("index {}", id.short()),
@@ -305,6 +348,42 @@ impl Repository {
             _ => Err(RepoError::Usage(format!("no snapshot matches {spec:?}"))),
         }
     }
+}
+
+/// Every blob an index lists must fit the caps of its type ([`limits::max_blob_plain`],
+/// [`limits::max_blob_stored`]): lengths from the index size the reads and buffers of every
+/// later blob load, so an entry claiming 4 GiB is refused here, naming the index file.
+fn check_index_entries(f: &IndexFile, id: &Id) -> Result<()> {
+    for p in &f.packs {
+        for b in &p.blobs {
+            let (plain, stored) = (
+                limits::max_blob_plain(b.blob_type),
+                limits::max_blob_stored(b.blob_type),
+            );
+            let bad = if b.uncompressed_length as u64 > plain {
+                Some((b.uncompressed_length, plain, "decompresses to"))
+            } else if b.length as u64 > stored {
+                Some((b.length, stored, "is stored as"))
+            } else {
+                None
+            };
+            if let Some((n, limit, verb)) = bad {
+                return Err(RepoError::TooLarge {
+                    what: format!("index {}", id.short()),
+                    detail: format!(
+                        "{} blob {} in pack {} {verb} {} per the index, larger than the {} limit",
+                        b.blob_type,
+                        b.id.short(),
+                        p.id.short(),
+                        limits::human(n as u64),
+                        limits::human(limit)
+                    ),
+                    path: crate::backend::object_path(FileType::Index, &id.to_hex(), false),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default, Clone, Debug)]
@@ -391,6 +470,19 @@ fn decompress(payload: &[u8], uncompressed_length: u32, what: &str) -> Result<Ve
     thread_local! {
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
+    }
+    // Index entries are checked against the blob caps when the index is loaded; this keeps
+    // a caller with lengths from elsewhere (pack headers) bounded as well.
+    let cap = limits::MAX_TREE_BLOB.max(limits::MAX_DATA_BLOB);
+    if uncompressed_length as u64 > cap {
+        return Err(corrupt(
+            what,
+            format!(
+                "blob claims to decompress to {}, more than any blob can ({})",
+                limits::human(uncompressed_length as u64),
+                limits::human(cap)
+            ),
+        ));
     }
     let mut out = Vec::with_capacity(uncompressed_length as usize);
     DCTX.with(|d| {

@@ -15,6 +15,24 @@ use super::config::JobKind;
 /// The contract says "at least the last 50"; keeping exactly that bounds the directory.
 pub const KEEP_RECORDS: usize = 50;
 
+/// The longest `error` text written into a record, in bytes. The operator refuses records
+/// over 64 KiB (`docs/host-layout.md`) and shows 1 KiB of the error; an error chain is rarely
+/// more than a few hundred bytes, so this only cuts runaway messages (e.g. thousands of
+/// unreadable paths), keeping their beginning.
+pub const MAX_ERROR: usize = 8 << 10;
+
+/// `s` cut to at most `max` bytes on a character boundary, ending in `…` when cut.
+pub fn truncate_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub policy: String,
@@ -67,7 +85,9 @@ impl RunRecord {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(self.file_name());
         let tmp = dir.join(format!("{}.tmp", self.file_name()));
-        let mut json = serde_json::to_vec_pretty(self).expect("record serializes");
+        let mut rec = self.clone();
+        rec.error = rec.error.map(|e| truncate_text(&e, MAX_ERROR));
+        let mut json = serde_json::to_vec_pretty(&rec).expect("record serializes");
         json.push(b'\n');
         {
             let mut f = std::fs::File::create(&tmp)?;
@@ -174,6 +194,21 @@ mod tests {
         let back: RunRecord = serde_json::from_str(op).unwrap();
         assert_eq!(back.kind, JobKind::Verify);
         assert_eq!(back.bytes_added, 0);
+    }
+
+    #[test]
+    fn long_errors_are_cut_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(1);
+        r.exit_code = 1;
+        r.error = Some("é".repeat(1 << 20));
+        let path = r.write(dir.path()).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        // Well under the operator's 64 KiB per-record limit.
+        assert!(size < 16 << 10, "{size}");
+        let back: RunRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let e = back.error.unwrap();
+        assert!(e.len() <= MAX_ERROR + '…'.len_utf8() && e.ends_with('…'));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use fleetsnap_crds::common::reasons;
 
 use super::derive::DeriveError;
 use crate::host::HostError;
+use crate::limits::{MAX_ERROR_TEXT, bounded};
 
 /// Reason for a host-side action that failed after connecting.
 pub const APPLY_FAILED: &str = "ApplyFailed";
@@ -42,6 +43,7 @@ impl Failure {
                 (reasons::HOST_KEY_MISMATCH, Retry::Slow(e.retry_after()))
             }
             HostError::InvalidSpec { .. } => (INVALID_SPEC, Retry::OnChange),
+            HostError::OutputTooLarge { .. } => (e.reason(), Retry::Slow(e.retry_after())),
             HostError::VerifyFailed { .. } | HostError::Protocol { .. } => {
                 (APPLY_FAILED, Retry::Slow(e.retry_after()))
             }
@@ -49,9 +51,13 @@ impl Failure {
             | HostError::ChecksumMismatch { .. }
             | HostError::Local { .. } => (APPLY_FAILED, Retry::Backoff),
         };
+        // The error part may carry host output (a stderr tail): bounded so that the message
+        // with its hint and reason fits one host's share of status.
+        let hint = e.hint();
+        let room = MAX_ERROR_TEXT.saturating_sub(hint.len() + reason.len() + 4);
         Failure {
             reason,
-            message: format!("{e}; {}", e.hint()),
+            message: format!("{}; {hint}", bounded(&e.to_string(), room)),
             retry,
         }
     }

@@ -289,7 +289,7 @@ pub fn unreached<P: HostJob>(ctx: &Context, f: &Failure) -> (Duration, String) {
     ctx.metrics.reconcile_error(P::KIND, f.reason);
     (
         retry_after(f, 1).unwrap_or(MAX_RESYNC),
-        format!("{}: {}", f.reason, f.message),
+        super::summary::failure_text(f),
     )
 }
 
@@ -330,7 +330,7 @@ pub fn add_notes<P: HostJob>(
     for (host, f) in &round.removal {
         status.errors_mut().push(<P::Status as JobStatus>::note(
             host.clone(),
-            format!("{}{}: {}", P::REMOVAL_PENDING, f.reason, f.message),
+            format!("{}{}", P::REMOVAL_PENDING, super::summary::failure_text(f)),
         ));
         let after = retry_after(f, 1).unwrap_or(MAX_RESYNC);
         requeue = Some(requeue.map_or(after, |r| r.min(after)));

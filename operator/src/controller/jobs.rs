@@ -27,7 +27,8 @@ use crate::host::layout::JobId;
 use crate::host::model::{PolicyKind, PolicySpec};
 use crate::host::observe::{JobObservation, observe_job};
 use crate::host::plan::{JobInputs, fact_query, plan_job};
-use crate::host::shell::HostShell;
+use crate::host::shell::{HostShell, StdoutLimit};
+use crate::limits::{FAILURE_LOG_LINES, MAX_FAILURE_LOG, MAX_LOG_LINE, bounded};
 use crate::metrics::PolicyHostLabels;
 use k8s_openapi::api::core::v1::ObjectReference;
 
@@ -179,8 +180,20 @@ pub struct Converged {
     pub failure_log: Vec<String>,
 }
 
-/// Prints the `error:` lines the service logged since a given time (the run that failed).
-const FAILURE_LOG: &str = r#"journalctl -u "$1" --since "@$2" -o cat --no-pager 2>/dev/null | grep -E '^(error|Fatal):' | tail -n 50 || true"#;
+/// Prints the `error:` lines the service logged since a given time (the run that failed):
+/// the last `$3` of them, each cut to `$4` bytes.
+const FAILURE_LOG: &str = r#"journalctl -u "$1" --since "@$2" -o cat --no-pager 2>/dev/null | grep -E '^(error|Fatal):' | tail -n "$3" | cut -b "1-$4" || true"#;
+
+/// The failure log's lines from the command's (tail-bounded) stdout: at most
+/// [`FAILURE_LOG_LINES`] lines of at most [`MAX_LOG_LINE`] bytes, whatever the host sent.
+pub fn parse_failure_log(stdout: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..]
+        .iter()
+        .map(|l| bounded(l, MAX_LOG_LINE))
+        .collect()
+}
 
 /// dereference → plan → apply → observe for one (policy, host) pair.
 pub async fn converge_host(
@@ -238,15 +251,21 @@ pub async fn converge_host(
             {
                 let since = last.started.timestamp().to_string();
                 let unit = job.service_unit();
-                let out = crate::host::shell::run_script(
+                let out = crate::host::shell::run_script_limited(
                     sh,
                     "read the failed run's journal",
                     FAILURE_LOG,
-                    &[&unit, &since],
+                    &[
+                        &unit,
+                        &since,
+                        &FAILURE_LOG_LINES.to_string(),
+                        &MAX_LOG_LINE.to_string(),
+                    ],
                     b"",
+                    StdoutLimit::Tail(MAX_FAILURE_LOG),
                 )
                 .await?;
-                failure_log = out.stdout_text().lines().map(str::to_string).collect();
+                failure_log = parse_failure_log(&out.stdout);
             }
             Ok(Converged {
                 observation,
@@ -657,5 +676,21 @@ mod tests {
             now - chrono::Duration::seconds(90),
         ));
         assert_eq!(deleting_for(&meta, now), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn failure_log_is_bounded_in_lines_and_length() {
+        let mut raw = Vec::new();
+        for i in 0..200 {
+            raw.extend_from_slice(format!("error: line {i} {}\n", "x".repeat(5000)).as_bytes());
+        }
+        let log = parse_failure_log(&raw);
+        assert_eq!(log.len(), FAILURE_LOG_LINES);
+        assert!(log[0].starts_with("error: line 150 "), "{}", &log[0][..20]);
+        assert!(log.iter().all(|l| l.len() <= MAX_LOG_LINE + '…'.len_utf8()));
+        assert_eq!(
+            parse_failure_log(b"error: a\nFatal: b\n"),
+            ["error: a", "Fatal: b"]
+        );
     }
 }

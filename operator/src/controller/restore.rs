@@ -29,7 +29,8 @@ use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::layout::JobId;
 use crate::host::model::{Credentials, PolicyKind};
 use crate::host::plan::{Action as HostAction, JobInputs, fact_query, plan_job};
-use crate::host::shell::{HostShell, run_script};
+use crate::host::shell::{HostShell, StdoutLimit, run_script_limited};
+use crate::limits::RESTORE_STDOUT_TAIL;
 
 pub const KIND: &str = "Restore";
 
@@ -107,7 +108,13 @@ pub fn parse_summary(stdout: &str) -> Summary {
         .map(|v| Summary {
             files: v["files"].as_i64().unwrap_or(0),
             bytes: v["bytes"].as_i64().unwrap_or(0),
-            snapshot_id: v["snapshot_id"].as_str().map(str::to_owned),
+            // From the host: kept only if it is a snapshot ID (64 hex digits at most).
+            snapshot_id: v["snapshot_id"]
+                .as_str()
+                .filter(|id| {
+                    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .map(str::to_owned),
         })
         .unwrap_or_default()
 }
@@ -403,7 +410,16 @@ async fn restore_on_host(
             plan.desired = None;
             apply_plan(sh, &plan).await?;
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_script(sh, "fleetsnap restore", RESTORE_SCRIPT, &argv, &stdin).await
+            // Progress lines may be many; the summary is the last line, so keep the tail.
+            run_script_limited(
+                sh,
+                "fleetsnap restore",
+                RESTORE_SCRIPT,
+                &argv,
+                &stdin,
+                StdoutLimit::Tail(RESTORE_STDOUT_TAIL),
+            )
+            .await
         }
         .boxed()
     });
@@ -489,5 +505,23 @@ mod tests {
             (1, None)
         );
         assert_eq!(parse_summary("nothing"), Summary::default());
+    }
+
+    /// The summary line comes from the host: a snapshot ID that is not one is dropped
+    /// rather than copied into status.
+    #[test]
+    fn summary_fields_from_the_host_are_bounded() {
+        let out = format!(
+            "{{\"files\":1,\"bytes\":2,\"snapshot_id\":\"{}\"}}",
+            "a".repeat(1 << 20)
+        );
+        let s = parse_summary(&out);
+        assert_eq!((s.files, s.bytes), (1, 2));
+        assert_eq!(s.snapshot_id, None);
+        let ok = format!(
+            "{{\"files\":1,\"bytes\":2,\"snapshot_id\":\"{}\"}}",
+            "ab".repeat(32)
+        );
+        assert_eq!(parse_summary(&ok).snapshot_id, Some("ab".repeat(32)));
     }
 }

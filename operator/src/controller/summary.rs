@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::error::Failure;
 use crate::host::observe::JobObservation;
 use crate::host::record::RunRecord;
+use crate::limits::{MAX_CONDITION_MESSAGE, MAX_ERROR_TEXT, bounded, join_bounded};
 
 pub fn to_time(t: DateTime<Utc>) -> Time {
     Time(
@@ -67,11 +68,24 @@ pub fn host_policy_entry(policy: &str, obs: &JobObservation) -> HostPolicyStatus
     }
 }
 
-/// A failed run's error for status: the record's message, else its exit code.
+/// A failed run's error for status: the record's message, else its exit code; the record
+/// comes from the host, so its text is cut to [`MAX_ERROR_TEXT`].
 pub fn run_error(r: &RunRecord) -> String {
-    r.error
-        .clone()
-        .unwrap_or_else(|| format!("exit code {}", r.exit_code))
+    match &r.error {
+        Some(e) => bounded(e, MAX_ERROR_TEXT),
+        None => format!("exit code {}", r.exit_code),
+    }
+}
+
+/// Why the newest run cannot be judged, when its record is unreadable (too large, not a
+/// run record): reported instead of an older run's outcome.
+pub fn unreadable_error(obs: &JobObservation) -> Option<String> {
+    obs.newest_unreadable().map(|(name, why)| {
+        bounded(
+            &format!("the newest run record {name} cannot be read: {why}"),
+            MAX_ERROR_TEXT,
+        )
+    })
 }
 
 /// The `Host.status.policies[]` entry of a host-side Retention or Verify job, from its run
@@ -86,7 +100,7 @@ pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolic
         snapshot_id: None,
         bytes_added: None,
         duration_seconds: last.map(|r| r.duration_seconds),
-        error: last.filter(|r| !r.succeeded()).map(run_error),
+        error: unreadable_error(obs).or_else(|| last.filter(|r| !r.succeeded()).map(run_error)),
         next_run: obs
             .timer
             .as_ref()
@@ -108,7 +122,7 @@ pub fn unreached_entry(
     HostPolicyStatus {
         kind,
         name: policy.to_string(),
-        error: Some(format!("{}: {}", failure.reason, failure.message)),
+        error: Some(failure_text(failure)),
         ..previous.cloned().unwrap_or(HostPolicyStatus {
             kind,
             name: policy.to_string(),
@@ -146,7 +160,7 @@ pub fn operator_run_entry(
         snapshot_id: None,
         bytes_added: None,
         duration_seconds: Some((duration.as_secs_f64() * 10.0).round() / 10.0),
-        error: error.map(str::to_string),
+        error: error.map(|e| bounded(e, MAX_ERROR_TEXT)),
         next_run: next_run.map(to_time),
         consecutive_failures: if succeeded {
             0
@@ -178,20 +192,29 @@ pub fn host_summary(
         let age = now.timestamp() - t.0.as_second();
         age > i64::try_from(window.as_secs()).unwrap_or(i64::MAX)
     });
+    let unreadable = r.observation.as_ref().and_then(unreadable_error);
     let (state, message) = if let Some(f) = &r.failure {
+        (HostBackupState::Failing, Some(failure_text(f)))
+    } else if let Some(u) = unreadable {
         (
             HostBackupState::Failing,
-            Some(format!("{}: {}", f.reason, f.message)),
+            Some(bounded(
+                &format!("UnreadableRunRecord: {u}"),
+                MAX_ERROR_TEXT,
+            )),
         )
     } else {
         match r.observation.as_ref().and_then(|o| o.last_run()) {
             Some(last) if !last.succeeded() => (
                 HostBackupState::Failing,
-                Some(format!(
-                    "{}: last run failed with exit code {}: {}",
-                    run_failure_reason(last.exit_code),
-                    last.exit_code,
-                    last.error.as_deref().unwrap_or("no error message")
+                Some(bounded(
+                    &format!(
+                        "{}: last run failed with exit code {}: {}",
+                        run_failure_reason(last.exit_code),
+                        last.exit_code,
+                        last.error.as_deref().unwrap_or("no error message")
+                    ),
+                    MAX_ERROR_TEXT,
                 )),
             ),
             Some(_) if stale => (
@@ -209,6 +232,11 @@ pub fn host_summary(
         snapshot_id,
         message,
     }
+}
+
+/// A failure as one host's status text: `Reason: message`, cut to [`MAX_ERROR_TEXT`].
+pub fn failure_text(f: &Failure) -> String {
+    bounded(&format!("{}: {}", f.reason, f.message), MAX_ERROR_TEXT)
 }
 
 /// restic's exit codes for repository trouble (10: does not exist, 11: locked, 12: wrong
@@ -270,16 +298,20 @@ pub fn policy_status(
         .filter_map(|h| h.last_success.clone())
         .max_by_key(|t| t.0);
 
+    // Lists hosts with their messages within the condition's budget (the prefix
+    // "N of M host(s) failing: " is a few dozen bytes), the rest as "and N more".
     let names = |s: HostBackupState| {
-        hosts
-            .iter()
-            .filter(|h| h.state == s)
-            .map(|h| match &h.message {
-                Some(m) => format!("{} ({m})", h.name),
-                None => h.name.clone(),
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+        join_bounded(
+            hosts
+                .iter()
+                .filter(|h| h.state == s)
+                .map(|h| match &h.message {
+                    Some(m) => format!("{} ({m})", h.name),
+                    None => h.name.clone(),
+                }),
+            "; ",
+            MAX_CONDITION_MESSAGE - 64,
+        )
     };
     let (ready, ready_reason, ready_msg) = if let Some(p) = problem {
         (ConditionStatus::False, p.reason, p.message.clone())
@@ -786,5 +818,53 @@ mod tests {
             "a re-provisioned host recovered"
         );
         assert!(evs[0].note.contains("configured again"));
+    }
+
+    /// A host's run record with megabytes of error text (a compromised host can write any
+    /// record) must not reach status, Events or conditions unbounded.
+    #[test]
+    fn status_error_text_is_bounded_per_host() {
+        let huge = format!("{}é", "x".repeat(4 << 20));
+        let mut bad = record(300, 1);
+        bad.error = Some(huge.clone());
+        let limit = 1024 + '…'.len_utf8();
+        let e = job_entry(
+            CrdKind::BackupPolicy,
+            "p",
+            &obs(vec![record(100, 0), bad.clone()]),
+        );
+        let err = e.error.unwrap();
+        assert!(err.len() <= limit, "entry error is {} bytes", err.len());
+        assert!(err.ends_with('…'));
+        let rs: Vec<HostResult> = (0..200)
+            .map(|i| ok(&format!("h{i:03}"), vec![record(100, 0), bad.clone()]))
+            .chain([ok("zz-good", vec![record(900, 0)])])
+            .collect();
+        let hosts = summaries(&rs);
+        for h in &hosts {
+            let m = h.message.as_deref().unwrap_or("");
+            assert!(m.len() <= limit, "{}: message is {} bytes", h.name, m.len());
+        }
+        let good = hosts.iter().find(|h| h.name == "zz-good").unwrap();
+        assert_eq!(good.state, HostBackupState::Succeeded);
+        let evs = transitions(&[], &hosts);
+        assert!(
+            evs.iter().all(|e| e.note.len() <= 1024 + 64),
+            "event notes bounded"
+        );
+        let st = policy_status(hosts, None, &[], None, Some(1), at(1000));
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert!(
+            ready.message.len() <= 8 << 10,
+            "Ready message is {} bytes",
+            ready.message.len()
+        );
+        assert!(
+            ready.message.contains("200 of 201"),
+            "{}",
+            &ready.message[..200]
+        );
+        assert_eq!(st.hosts_failing, 200);
+        assert_eq!(st.hosts_succeeded, 1);
     }
 }

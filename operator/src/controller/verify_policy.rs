@@ -135,8 +135,12 @@ pub fn host_error(host: &str, obs: &JobObservation, log: &[String]) -> Option<Ve
     }
     Some(VerifyError {
         host: host.to_string(),
-        message,
-        packs,
+        // Host-provided text (run record, journal): one host's bounded share of status.
+        message: crate::limits::bounded(&message, crate::limits::MAX_ERROR_TEXT),
+        packs: packs
+            .into_iter()
+            .take(crate::limits::MAX_PACKS_LISTED)
+            .collect(),
         time: Some(to_time(last.finished)),
     })
 }

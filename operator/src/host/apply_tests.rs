@@ -2,7 +2,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::host::model::{Credentials, ExecutorArtifact, PolicyKind, PolicySpec, SecretBytes};
-use crate::host::shell::CommandOutput;
+use crate::host::shell::{Capture, CommandOutput, StdoutLimit};
 
 const PASSWORD: &str = "apply-test-password-9f3";
 
@@ -29,7 +29,7 @@ fn ok(stdout: &str) -> CommandOutput {
     CommandOutput {
         code: Some(0),
         stdout: stdout.as_bytes().to_vec(),
-        stderr: vec![],
+        ..Default::default()
     }
 }
 
@@ -38,6 +38,7 @@ fn fail(code: i32, stdout: &str, stderr: &str) -> CommandOutput {
         code: Some(code),
         stdout: stdout.as_bytes().to_vec(),
         stderr: stderr.as_bytes().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -46,16 +47,34 @@ impl HostShell for FakeShell {
         "fake"
     }
 
-    async fn run(&self, argv: &[&str], stdin: &[u8]) -> Result<CommandOutput, HostError> {
+    async fn run_limited(
+        &self,
+        argv: &[&str],
+        stdin: &[u8],
+        limit: StdoutLimit,
+    ) -> Result<CommandOutput, HostError> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let joined = argv.join(" ");
         self.calls.lock().unwrap().push((argv, stdin.to_vec()));
-        Ok(self
+        let full = self
             .rules
             .iter()
             .find(|(pat, _)| joined.contains(pat))
             .map(|(_, o)| o.clone())
-            .unwrap_or_else(|| ok("")))
+            .unwrap_or_else(|| ok(""));
+        // The same bounded capture as the SSH transport, fed in 64 KiB reads.
+        let (mut out, mut err) = (Capture::new(limit), Capture::stderr());
+        let overflow = !full.stdout.chunks(64 << 10).all(|c| out.push(c));
+        full.stderr.chunks(64 << 10).for_each(|c| {
+            err.push(c);
+        });
+        let (stdout, stdout_truncated) = out.finish();
+        Ok(CommandOutput {
+            code: if overflow { None } else { full.code },
+            stdout,
+            stderr: err.finish().0,
+            stdout_truncated,
+        })
     }
 }
 
@@ -264,4 +283,22 @@ async fn noop_plan_runs_nothing() {
     let report = apply_plan(&sh, &plan).await.unwrap();
     assert!(!report.changed());
     assert!(sh.calls().is_empty());
+}
+
+/// A host that answers a command with more output than the operator reads (here 40 MiB for
+/// the run records) gets a clear per-host error instead of having all of it buffered.
+#[tokio::test]
+async fn observe_refuses_output_over_the_cap() {
+    let flood = CommandOutput {
+        code: Some(0),
+        stdout: vec![b'x'; 40 << 20],
+        ..Default::default()
+    };
+    let sh = FakeShell::new(vec![("json$", flood)]);
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let e = crate::host::observe::observe_job(&sh, &job, 50)
+        .await
+        .expect_err("40 MiB of run records must be refused");
+    assert!(e.to_string().contains("more than"), "{e}");
+    assert_eq!(e.reason(), "HostOutputTooLarge");
 }

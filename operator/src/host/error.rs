@@ -54,6 +54,16 @@ pub enum HostError {
         detail: String,
     },
 
+    #[error(
+        "host {host} printed more than the {limit} bytes the operator reads for {cmd}; \
+         the rest was not read and the command's connection was dropped"
+    )]
+    OutputTooLarge {
+        host: String,
+        cmd: String,
+        limit: usize,
+    },
+
     #[error("local I/O for host {host} failed ({what}): {source}")]
     Local {
         host: String,
@@ -75,6 +85,7 @@ impl HostError {
             HostError::ChecksumMismatch { .. } => "ChecksumMismatch",
             HostError::InvalidSpec { .. } => "InvalidSpec",
             HostError::Protocol { .. } => "UnexpectedHostOutput",
+            HostError::OutputTooLarge { .. } => "HostOutputTooLarge",
             HostError::Local { .. } => "OperatorIOError",
         }
     }
@@ -112,6 +123,11 @@ impl HostError {
                 "the host's tools printed something unexpected; check the host's systemd and \
                  coreutils versions"
             }
+            HostError::OutputTooLarge { .. } => {
+                "fleetsnap's own commands never print this much; check the host for tampering \
+                 (a replaced shell or coreutils, oversized files under /var/lib/fleetsnap/runs); \
+                 the limits are in docs/host-layout.md"
+            }
             HostError::Local { .. } => {
                 "the operator could not use its local temporary directory or artifact cache"
             }
@@ -137,7 +153,9 @@ impl HostError {
             HostError::CommandFailed { .. }
             | HostError::ChecksumMismatch { .. }
             | HostError::Local { .. } => Duration::from_secs(60),
-            HostError::Protocol { .. } | HostError::VerifyFailed { .. } => Duration::from_secs(300),
+            HostError::Protocol { .. }
+            | HostError::OutputTooLarge { .. }
+            | HostError::VerifyFailed { .. } => Duration::from_secs(300),
             HostError::AuthFailed { .. }
             | HostError::HostKeyMismatch { .. }
             | HostError::InvalidSpec { .. } => Duration::from_secs(900),

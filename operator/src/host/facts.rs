@@ -6,6 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::limits::{MAX_FACT_VALUE, bounded};
+
+/// Longest line [`parse_gather_output`] accepts: a path (PATH_MAX 4096) and its metadata.
+pub const MAX_FACT_LINE: usize = 8192;
+
 /// Paths and units the planner wants facts about.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FactQuery {
@@ -152,13 +157,22 @@ pub fn gather_args(q: &FactQuery) -> Vec<String> {
 /// skipped, so a drifted script is noticed in tests and not as a wrong plan in production.
 pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
     let mut f = HostFacts::default();
+    let value = |v: &str| bounded(v, MAX_FACT_VALUE);
     for line in out.lines().filter(|l| !l.is_empty()) {
+        // Paths are at most PATH_MAX; a longer line is not one the script prints.
+        if line.len() > MAX_FACT_LINE {
+            return Err(format!(
+                "a line of {} bytes (more than {MAX_FACT_LINE}) starting {:?}",
+                line.len(),
+                bounded(line, 80)
+            ));
+        }
         let cols: Vec<&str> = line.split('\t').collect();
         match cols.as_slice() {
-            ["sys", "arch", v] => f.arch = v.to_string(),
-            ["sys", "kernel", v] => f.kernel = v.to_string(),
-            ["sys", "systemd", v] => f.systemd = v.to_string(),
-            ["sys", "tpm2", v] => f.tpm2 = Some(v.to_string()),
+            ["sys", "arch", v] => f.arch = value(v),
+            ["sys", "kernel", v] => f.kernel = value(v),
+            ["sys", "systemd", v] => f.systemd = value(v),
+            ["sys", "tpm2", v] => f.tpm2 = Some(value(v)),
             ["sys", "creds", "encrypt"] => f.creds_encrypt = true,
             ["file", path, mode, owner, group, sha] => {
                 f.files.insert(
@@ -194,7 +208,7 @@ pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
                 );
             }
             ["debris", path] => f.debris.push(path.to_string()),
-            _ => return Err(format!("unexpected line {line:?}")),
+            _ => return Err(format!("unexpected line {:?}", bounded(line, 200))),
         }
     }
     if f.arch.is_empty() {
@@ -243,5 +257,18 @@ mod tests {
     fn rejects_garbage() {
         assert!(parse_gather_output("sys\tarch\tx86_64\nwat\n").is_err());
         assert!(parse_gather_output("").is_err());
+    }
+
+    #[test]
+    fn host_provided_values_are_bounded() {
+        let long = format!("sys\tarch\tx86_64\nsys\tkernel\t{}\n", "6".repeat(5000));
+        let f = parse_gather_output(&long).unwrap();
+        assert!(f.kernel.len() <= MAX_FACT_VALUE + '…'.len_utf8());
+        let huge = format!(
+            "sys\tarch\tx86_64\ndebris\t/{}\n",
+            "d".repeat(MAX_FACT_LINE)
+        );
+        let e = parse_gather_output(&huge).unwrap_err();
+        assert!(e.len() < 300 && e.contains("more than 8192"), "{e}");
     }
 }

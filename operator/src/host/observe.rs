@@ -5,7 +5,8 @@ use tracing::{Instrument, info_span};
 use super::error::HostError;
 use super::layout::JobId;
 use super::record::RunRecord;
-use super::shell::{HostShell, run_ok, run_script};
+use super::shell::{HostShell, StdoutLimit, run_ok, run_script_limited};
+use crate::limits::{MAX_FACT_VALUE, MAX_RECORD_NAME, MAX_RUN_RECORD, bounded, run_records_output};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimerState {
@@ -37,16 +38,29 @@ impl JobObservation {
     pub fn last_success(&self) -> Option<&RunRecord> {
         self.records.iter().rev().find(|r| r.succeeded())
     }
+
+    /// The unreadable record (name, why) that is newer than every readable one, if any:
+    /// the newest run cannot be judged, which status reports instead of an older run.
+    /// Names sort by start time, as the host lists them.
+    pub fn newest_unreadable(&self) -> Option<&(String, String)> {
+        let newest = self.unreadable.iter().max_by(|a, b| a.0.cmp(&b.0))?;
+        match self.last_run() {
+            Some(r) if r.file_name() >= newest.0 => None,
+            _ => Some(newest),
+        }
+    }
 }
 
 /// Prints the newest `$2` complete records of directory `$1`, each as name NUL content NUL.
 /// Names sort by start time (see `RunRecord::file_name`); in-progress `.json.tmp` files are
-/// skipped.
+/// skipped. Each record is cut at `$3` bytes (one more than the operator's cap, so an
+/// oversized record shows as such without being sent whole), and NUL bytes, which no JSON
+/// contains, are dropped so that a record cannot break the framing.
 const READ_RECORDS: &str = r#"set -eu
 [ -d "$1" ] || exit 0
 cd -- "$1"
 ls -1 | grep '\.json$' | sort | tail -n "$2" | while IFS= read -r f; do
-  printf '%s\0' "$f"; cat -- "$f"; printf '\0'
+  printf '%s\0' "$f"; head -c "$3" -- "$f" | tr -d '\000'; printf '\0'
 done
 "#;
 
@@ -57,13 +71,16 @@ pub async fn observe_job<S: HostShell>(
 ) -> Result<JobObservation, HostError> {
     let span = info_span!("observe", host = %sh.host_name(), job = %job.slug());
     async {
-        let n = max_records.max(1).to_string();
-        let out = run_script(
+        let n = max_records.max(1);
+        let per_record = (MAX_RUN_RECORD + 1).to_string();
+        // Operator side: the whole answer is capped too, whatever the host's `head` does.
+        let out = run_script_limited(
             sh,
             "read run records",
             READ_RECORDS,
-            &[&job.runs_dir(), &n],
+            &[&job.runs_dir(), &n.to_string(), &per_record],
             b"",
+            StdoutLimit::Fail(run_records_output(n)),
         )
         .await?;
         let mut obs = parse_records(&out.stdout);
@@ -74,17 +91,30 @@ pub async fn observe_job<S: HostShell>(
     .await
 }
 
+/// Parses [`READ_RECORDS`] output. A record over [`MAX_RUN_RECORD`] bytes, or one that is
+/// not a run record, is listed in `unreadable` with the reason, never parsed.
 pub fn parse_records(raw: &[u8]) -> JobObservation {
     let mut obs = JobObservation::default();
     let mut parts = raw.split(|b| *b == 0);
     while let (Some(name), Some(body)) = (parts.next(), parts.next()) {
-        let name = String::from_utf8_lossy(name).into_owned();
+        let name = bounded(&String::from_utf8_lossy(name), MAX_RECORD_NAME);
         if name.is_empty() {
+            continue;
+        }
+        if body.len() > MAX_RUN_RECORD {
+            obs.unreadable.push((
+                name,
+                format!(
+                    "the run record is larger than the {} KiB limit (the executor never \
+                     writes one this large; check the host)",
+                    MAX_RUN_RECORD >> 10
+                ),
+            ));
             continue;
         }
         match serde_json::from_slice::<RunRecord>(body) {
             Ok(r) => obs.records.push(r),
-            Err(e) => obs.unreadable.push((name, e.to_string())),
+            Err(e) => obs.unreadable.push((name, bounded(&e.to_string(), 200))),
         }
     }
     obs
@@ -122,6 +152,8 @@ pub fn parse_show(text: &str) -> Vec<TimerState> {
                 let Some((k, v)) = line.split_once('=') else {
                     continue;
                 };
+                let v = bounded(v, MAX_FACT_VALUE);
+                let v = v.as_str();
                 match k {
                     "Id" => t.unit = v.to_string(),
                     "ActiveState" => t.active_state = v.to_string(),
@@ -189,5 +221,47 @@ mod tests {
             Some("ab")
         );
         assert!(parse_records(b"").records.is_empty());
+    }
+
+    /// A record bigger than a run record can be (here 4 MiB of error text) is reported by
+    /// name as unreadable, not parsed, and the records around it still count.
+    #[test]
+    fn oversized_run_record_is_reported_not_parsed() {
+        let good = br#"{"policy":"a","kind":"backup","started":"2025-03-01T02:00:03Z","finished":"2025-03-01T02:00:05Z","exit_code":0,"snapshot_id":"ab","duration_seconds":2.0,"error":null}"#;
+        let huge = format!(
+            r#"{{"policy":"a","kind":"backup","started":"2025-03-02T02:00:03Z","finished":"2025-03-02T02:00:04Z","exit_code":3,"duration_seconds":1.0,"error":"{}"}}"#,
+            "x".repeat(4 << 20)
+        );
+        let mut raw = Vec::new();
+        for (n, b) in [
+            (&b"20250301T020003Z.json"[..], &good[..]),
+            (b"20250302T020003Z.json", huge.as_bytes()),
+        ] {
+            raw.extend_from_slice(n);
+            raw.push(0);
+            raw.extend_from_slice(b);
+            raw.push(0);
+        }
+        let obs = parse_records(&raw);
+        assert_eq!(obs.records.len(), 1, "the oversized record is not parsed");
+        assert_eq!(obs.unreadable.len(), 1);
+        let (name, why) = &obs.unreadable[0];
+        assert_eq!(name, "20250302T020003Z.json");
+        assert!(why.contains("larger than"), "{why}");
+        assert_eq!(
+            obs.newest_unreadable().map(|u| u.0.as_str()),
+            Some(name.as_str())
+        );
+        // Cut by the host's `head -c` at the cap plus one, it is still refused.
+        let mut cut = b"20250303T020003Z.json\0".to_vec();
+        cut.extend_from_slice(&huge.as_bytes()[..MAX_RUN_RECORD + 1]);
+        cut.push(0);
+        let obs = parse_records(&cut);
+        assert!(obs.records.is_empty());
+        assert!(
+            obs.unreadable[0].1.contains("64 KiB"),
+            "{:?}",
+            obs.unreadable
+        );
     }
 }

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use openssh::{KnownHosts, Session, SessionBuilder};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info_span};
 
 use super::error::HostError;
 use super::model::HostTarget;
-use super::shell::{CommandOutput, HostShell};
+use super::shell::{Capture, CommandOutput, HostShell, StdoutLimit};
 
 #[derive(Clone, Debug)]
 pub struct SshOptions {
@@ -247,7 +247,12 @@ impl HostShell for SshHost {
         &self.name
     }
 
-    async fn run(&self, argv: &[&str], stdin: &[u8]) -> Result<CommandOutput, HostError> {
+    async fn run_limited(
+        &self,
+        argv: &[&str],
+        stdin: &[u8],
+        limit: StdoutLimit,
+    ) -> Result<CommandOutput, HostError> {
         let transport = |e: openssh::Error| HostError::Unreachable {
             host: self.name.clone(),
             detail: error_chain(&e),
@@ -271,6 +276,8 @@ impl HostShell for SshHost {
             .stderr(openssh::Stdio::piped());
         let mut child = cmd.spawn().await.map_err(transport)?;
         let mut pipe = child.stdin().take();
+        let stdout = child.stdout().take();
+        let stderr = child.stderr().take();
         // Feed stdin while collecting output; sequentially, a command producing more output
         // than the pipe buffer before reading its input would deadlock.
         let feed = async move {
@@ -281,13 +288,54 @@ impl HostShell for SshHost {
             }
             drop(pipe);
         };
-        let ((), out) = tokio::join!(feed, child.wait_with_output());
-        let out = out.map_err(transport)?;
+        let local = |e: std::io::Error| HostError::Unreachable {
+            host: self.name.clone(),
+            detail: format!("reading the command's output: {e}"),
+        };
+        // On overflow the stdout side drops the channel at once (the local ssh process is
+        // killed; the remote command dies of SIGPIPE on its next write), which also ends the
+        // stderr stream: nothing waits for a host that keeps printing.
+        let child = tokio::sync::Mutex::new(Some(child));
+        let stdout_side = async {
+            let r = capture(stdout, Capture::new(limit)).await;
+            if matches!(&r, Ok(c) if c.overflowed())
+                && let Some(c) = child.lock().await.take()
+            {
+                let _ = c.disconnect().await;
+            }
+            r
+        };
+        let ((), out, err) = tokio::join!(feed, stdout_side, capture(stderr, Capture::stderr()));
+        let (out, err) = (out.map_err(local)?, err.map_err(local)?);
+        let code = match child.into_inner() {
+            Some(c) => c.wait().await.map_err(transport)?.code(),
+            None => None,
+        };
+        let (stdout, stdout_truncated) = out.finish();
+        let (stderr, _) = err.finish();
         Ok(CommandOutput {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
+            code,
+            stdout,
+            stderr,
+            stdout_truncated,
         })
+    }
+}
+
+/// Reads `stream` to its end into `cap`, or until a failing capture overflows.
+async fn capture<R: tokio::io::AsyncRead + Unpin>(
+    stream: Option<R>,
+    mut cap: Capture,
+) -> std::io::Result<Capture> {
+    let Some(mut r) = stream else {
+        return Ok(cap);
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 || !cap.push(&buf[..n]) {
+            return Ok(cap);
+        }
     }
 }
 
