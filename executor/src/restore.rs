@@ -91,6 +91,7 @@ pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Re
     r.tree(tree, &opts.target, b"", false)?;
     let t1 = std::time::Instant::now();
     r.write_content();
+    repo.check_lock()?;
     let t2 = std::time::Instant::now();
     // After the content: writes would change file mtimes, and a read-only directory would
     // refuse them.
@@ -129,6 +130,7 @@ impl Restorer<'_> {
 
     /// `fresh`: `dir` was just created, so nothing can be in the way of its entries.
     fn tree(&mut self, id: &Id, dir: &Path, rel: &[u8], fresh: bool) -> Result<bool> {
+        self.repo.check_lock()?;
         let tree = self.repo.load_tree(id)?;
         let mut any = false;
         let mut dirs_meta = Vec::new();
@@ -319,6 +321,9 @@ impl Restorer<'_> {
                         let Some((pack, blobs)) = packs.get(i) else {
                             break;
                         };
+                        if repo.check_lock().is_err() {
+                            break;
+                        }
                         let errs = restore_pack(repo, files, pack, blobs);
                         if !errs.is_empty() {
                             errors.lock().expect("poisoned").extend(errs);
