@@ -784,7 +784,8 @@ mod tests {
         );
 
         // (verdicts, action of genuine, action of forged, copies to verify next)
-        let cases: Vec<(Vec<((Id, BlobKey), bool)>, Action, Action, usize)> = vec![
+        type Case = (Vec<((Id, BlobKey), bool)>, Action, Action, usize);
+        let cases: Vec<Case> = vec![
             // Forged copies bad: the genuine pack must be read too, then it alone stays.
             (
                 vec![(k(&forged, 1), false), (k(&forged, 2), false)],
