@@ -128,6 +128,7 @@ impl CheckReport {
 /// Run every check. Errors in the repository go into the report; only failures to talk to
 /// the backend at all are returned as `Err`.
 pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport> {
+    repo.check_lock()?;
     let mut rep = CheckReport::default();
     // 1. index
     let mut index = MasterIndex::new();
@@ -191,6 +192,7 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
     // 3. structure
     let mut seen: HashSet<Id> = HashSet::new();
     for id in repo.list(FileType::Snapshot)? {
+        repo.check_lock()?;
         match repo.load_unpacked::<crate::format::snapshot::Snapshot>(FileType::Snapshot, &id) {
             Ok(s) => {
                 rep.snapshots += 1;
@@ -263,12 +265,16 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(id) = chosen.get(i) else { break };
+                        if repo.check_lock().is_err() {
+                            break;
+                        }
                         let errs = read_pack(&repo, id, &indexed[id]);
                         errors.lock().expect("poisoned").extend(errs);
                     }
                 });
             }
         });
+        repo.check_lock()?;
         rep.errors.extend(errors.into_inner().expect("poisoned"));
         rep.packs_read = chosen.iter().map(|p| p.to_hex()).collect();
     }

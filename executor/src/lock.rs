@@ -5,7 +5,7 @@
 //! does not ignore it.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -78,31 +78,173 @@ pub fn ignore_sighup() {
     }
 }
 
+/// How long lock operations wait, as restic does it. Injectable so tests need not wait
+/// minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTiming {
+    /// Pause between writing our lock and looking for others again (restic's
+    /// `waitBeforeLockCheck`): lets a competitor's lock, written just before ours but not yet
+    /// listed by an eventually consistent store, show up.
+    pub settle: Duration,
+    /// How often a lock we hold is refreshed (restic: 5 minutes).
+    pub refresh_every: Duration,
+    /// With no successful refresh for this long, the operation is cancelled: its lock could
+    /// soon look stale (30 minutes) to others. restic: 30 − 7.5 = 22.5 minutes.
+    pub give_up_after: Duration,
+    /// Reads of other locks that fail are retried this many times in all …
+    pub attempts: u32,
+    /// … after this pause, doubling each time.
+    pub retry_delay: Duration,
+}
+
+impl Default for LockTiming {
+    fn default() -> Self {
+        LockTiming {
+            settle: Duration::from_millis(200),
+            refresh_every: REFRESH_EVERY,
+            give_up_after: Duration::from_secs(STALE_AFTER_SECS as u64) - REFRESH_EVERY * 3 / 2,
+            attempts: 4,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Whether one held lock is still ours. Shared between the refresher and every clone of the
+/// repository it was taken on (see [`Repository::check_lock`]).
+#[derive(Default)]
+pub struct LeaseState {
+    lost: Mutex<Option<String>>,
+    changed: Condvar,
+}
+
+impl LeaseState {
+    fn lose(&self, why: String) {
+        tracing::error!("{why}");
+        *self.lost.lock().expect("poisoned") = Some(why);
+        self.changed.notify_all();
+    }
+
+    /// Why the lock is lost, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().expect("poisoned").clone()
+    }
+}
+
+/// The leases held on one repository (all its clones share it).
+#[derive(Default)]
+pub struct Leases(Mutex<Vec<Arc<LeaseState>>>);
+
+impl Leases {
+    /// `Err(LockLost)` once any lock held on this repository is lost. Long operations call
+    /// this at their safe points, and before anything that deletes.
+    pub fn check(&self) -> Result<()> {
+        for l in self.0.lock().expect("poisoned").iter() {
+            if let Some(why) = l.lost() {
+                return Err(RepoError::LockLost(why));
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, l: Arc<LeaseState>) {
+        self.0.lock().expect("poisoned").push(l);
+    }
+
+    fn remove(&self, l: &Arc<LeaseState>) {
+        self.0
+            .lock()
+            .expect("poisoned")
+            .retain(|x| !Arc::ptr_eq(x, l));
+    }
+}
+
 /// A held lock; refreshed in the background, removed on drop.
 pub struct LockGuard {
     current: Arc<Mutex<Id>>,
+    state: Arc<LeaseState>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<thread::JoinHandle<()>>,
     repo: Repository,
 }
 
-fn other_locks(repo: &Repository, own: Option<&Id>) -> Result<Vec<(Id, LockFile)>> {
-    let mut out = Vec::new();
-    for id in repo.list(FileType::Lock)? {
-        if Some(&id) == own {
-            continue;
+impl LockGuard {
+    /// Why the lock is lost, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.state.lost()
+    }
+
+    /// Wait up to `timeout` for the lock to be lost; true if it is.
+    pub fn wait_lost(&self, timeout: Duration) -> bool {
+        let g = self.state.lost.lock().expect("poisoned");
+        let (g, _) = self
+            .state
+            .changed
+            .wait_timeout_while(g, timeout, |l| l.is_none())
+            .expect("poisoned");
+        g.is_some()
+    }
+}
+
+/// Why another lock file could not be taken into account.
+fn unreadable(id: &Id, e: &RepoError) -> String {
+    format!(
+        "repository is locked: lock {} cannot be read ({e}); it may belong to a running \
+         operation, so it counts as a lock\nhint: if you are sure nothing else uses the \
+         repository, run `fleetsnap unlock --remove-all` (or `restic unlock --remove-all`)",
+        id.short()
+    )
+}
+
+/// The first lock that conflicts with ours. A lock that cannot be read, decrypted or parsed
+/// counts as a conflict (restic: "if we cannot load a lock then it is unclear whether it
+/// can be ignored"); reads are retried a few times first. Only a lock that is gone by the
+/// time we read it (deleted in the meantime) or an empty file is no lock.
+fn conflicting_lock(
+    repo: &Repository,
+    own: Option<&Id>,
+    exclusive: bool,
+    timing: &LockTiming,
+) -> Result<Option<String>> {
+    let mut delay = timing.retry_delay;
+    let mut fine: std::collections::HashSet<Id> = Default::default();
+    let mut last = None;
+    for attempt in 0..timing.attempts.max(1) {
+        if attempt > 0 {
+            thread::sleep(delay);
+            delay *= 2;
         }
-        // A lock removed between listing and reading is simply gone.
-        match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
-            Ok(l) => out.push((id, l)),
-            Err(RepoError::Backend(e)) if e.is_not_found() => {}
-            // Not a lock anyone wrote by accident: refuse to go on, naming it, rather than
-            // ignore a file planted to be read (and never skip what might be a real lock).
-            Err(e @ RepoError::TooLarge { .. }) => return Err(e),
-            Err(e) => tracing::warn!("ignoring unreadable lock {}: {e}", id.short()),
+        last = None;
+        for f in repo.backend().list(FileType::Lock)? {
+            let Ok(id) = f.name.parse::<Id>() else {
+                continue;
+            };
+            // An empty file is no lock: a failed upload on some stores leaves one behind, and
+            // restic ignores them too (0.15.2).
+            if Some(&id) == own || fine.contains(&id) || f.size == 0 {
+                continue;
+            }
+            match repo.load_unpacked::<LockFile>(FileType::Lock, &id) {
+                Ok(l) if l.conflicts_with(exclusive) => {
+                    return Ok(Some(conflict_message(&id, &l)));
+                }
+                Ok(_) => {
+                    fine.insert(id);
+                }
+                Err(RepoError::Backend(e)) if e.is_not_found() => {}
+                // Not a lock anyone wrote by accident: refuse to go on, naming it, rather
+                // than retry reading a file planted to be read.
+                Err(e @ RepoError::TooLarge { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("reading lock {}: {e}", id.short());
+                    last = Some(unreadable(&id, &e));
+                }
+            }
+        }
+        if last.is_none() {
+            return Ok(None);
         }
     }
-    Ok(out)
+    Ok(last)
 }
 
 fn conflict_message(id: &Id, l: &LockFile) -> String {
@@ -121,41 +263,101 @@ fn conflict_message(id: &Id, l: &LockFile) -> String {
 }
 
 pub fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
-    for (id, l) in other_locks(repo, None)? {
-        if l.conflicts_with(exclusive) {
-            return Err(RepoError::Locked(conflict_message(&id, &l)));
-        }
+    acquire_with(repo, exclusive, &LockTiming::default())
+}
+
+pub fn acquire_with(repo: &Repository, exclusive: bool, timing: &LockTiming) -> Result<LockGuard> {
+    if let Some(m) = conflicting_lock(repo, None, exclusive, timing)? {
+        return Err(RepoError::Locked(m));
     }
     let own = repo.save_unpacked(FileType::Lock, &LockFile::new(exclusive))?;
-    // Another process may have raced us between listing and writing: check again.
-    for (id, l) in other_locks(repo, Some(&own))? {
-        if l.conflicts_with(exclusive) {
+    // Another process may have raced us between listing and writing: give its lock time to
+    // become visible, then check again.
+    thread::sleep(timing.settle);
+    match conflicting_lock(repo, Some(&own), exclusive, timing) {
+        Ok(None) => {}
+        Ok(Some(m)) => {
             let _ = repo.backend().remove(FileType::Lock, &own.to_hex());
-            return Err(RepoError::Locked(conflict_message(&id, &l)));
+            return Err(RepoError::Locked(m));
+        }
+        Err(e) => {
+            let _ = repo.backend().remove(FileType::Lock, &own.to_hex());
+            return Err(e);
         }
     }
     let current = Arc::new(Mutex::new(own));
+    let state = Arc::new(LeaseState::default());
+    repo.leases().add(state.clone());
     let (tx, rx) = mpsc::channel::<()>();
     let r = repo.clone();
     let cur = current.clone();
-    let refresher = thread::spawn(move || {
-        // recv_timeout doubles as the refresh timer and the stop signal.
-        while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
-            match r.save_unpacked(FileType::Lock, &LockFile::new(exclusive)) {
-                Ok(new) => {
-                    let old = std::mem::replace(&mut *cur.lock().expect("poisoned"), new);
-                    let _ = r.backend().remove(FileType::Lock, &old.to_hex());
-                }
-                Err(e) => tracing::warn!("refreshing lock failed: {e}"),
-            }
-        }
-    });
+    let st = state.clone();
+    let timing = *timing;
+    let refresher = thread::spawn(move || refresh_loop(&r, exclusive, &cur, &st, &rx, &timing));
     Ok(LockGuard {
         current,
+        state,
         stop: Some(tx),
         refresher: Some(refresher),
         repo: repo.clone(),
     })
+}
+
+/// Refresh our lock every `refresh_every` until told to stop. When no refresh has succeeded
+/// for `give_up_after`, or our lock file has disappeared (someone took it for stale and
+/// removed it), the lease is lost: the operation must stop before others act on it.
+fn refresh_loop(
+    r: &Repository,
+    exclusive: bool,
+    cur: &Mutex<Id>,
+    state: &LeaseState,
+    rx: &mpsc::Receiver<()>,
+    timing: &LockTiming,
+) {
+    let mut last_ok = std::time::Instant::now();
+    let mut wait = timing.refresh_every;
+    loop {
+        // recv_timeout doubles as the refresh timer and the stop signal.
+        match rx.recv_timeout(wait) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let old = *cur.lock().expect("poisoned");
+        match r.backend().read(FileType::Lock, &old.to_hex()) {
+            Err(e) if e.is_not_found() => {
+                state.lose(format!(
+                    "our lock {} was removed from the repository (taken for stale?); \
+                     the operation was cancelled",
+                    old.short()
+                ));
+                return;
+            }
+            // Could not tell: the refresh below decides.
+            _ => {}
+        }
+        match r.save_unpacked(FileType::Lock, &LockFile::new(exclusive)) {
+            Ok(new) => {
+                *cur.lock().expect("poisoned") = new;
+                let _ = r.backend().remove(FileType::Lock, &old.to_hex());
+                last_ok = std::time::Instant::now();
+                wait = timing.refresh_every;
+            }
+            Err(e) => {
+                let since = last_ok.elapsed();
+                if since >= timing.give_up_after {
+                    state.lose(format!(
+                        "could not refresh the repository lock for {}s (last error: {e}); \
+                         the operation was cancelled before the lock could be taken for stale",
+                        since.as_secs()
+                    ));
+                    return;
+                }
+                tracing::warn!("refreshing lock failed: {e}");
+                // Try again at the next tick, or just at the deadline.
+                wait = timing.refresh_every.min(timing.give_up_after - since);
+            }
+        }
+    }
 }
 
 impl Drop for LockGuard {
@@ -164,6 +366,7 @@ impl Drop for LockGuard {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
+        self.repo.leases().remove(&self.state);
         let id = *self.current.lock().expect("poisoned");
         if let Err(e) = self.repo.backend().remove(FileType::Lock, &id.to_hex()) {
             tracing::warn!("removing lock {}: {e}", id.short());
@@ -208,6 +411,115 @@ mod tests {
         drop(x);
     }
 
+    /// Lock reads fail with `kind`; everything else goes to the wrapped backend.
+    struct LockReadsFail {
+        inner: Arc<MemBackend>,
+        kind: crate::backend::BackendErrorKind,
+    }
+
+    impl crate::backend::Backend for LockReadsFail {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> crate::backend::BackendResult<()> {
+            self.inner.create()
+        }
+        fn list(
+            &self,
+            t: FileType,
+        ) -> crate::backend::BackendResult<Vec<crate::backend::FileInfo>> {
+            self.inner.list(t)
+        }
+        fn read(&self, t: FileType, name: &str) -> crate::backend::BackendResult<Vec<u8>> {
+            if t == FileType::Lock {
+                return Err(crate::backend::BackendError::new(
+                    self.kind,
+                    "read",
+                    format!("locks/{name}"),
+                    self.location(),
+                    "injected",
+                ));
+            }
+            self.inner.read(t, name)
+        }
+        fn read_range(
+            &self,
+            t: FileType,
+            n: &str,
+            o: u64,
+            l: u64,
+        ) -> crate::backend::BackendResult<Vec<u8>> {
+            self.inner.read_range(t, n, o, l)
+        }
+        fn write(&self, t: FileType, name: &str, data: &[u8]) -> crate::backend::BackendResult<()> {
+            self.inner.write(t, name, data)
+        }
+        fn remove(&self, t: FileType, name: &str) -> crate::backend::BackendResult<()> {
+            self.inner.remove(t, name)
+        }
+    }
+
+    #[test]
+    fn unreadable_or_garbled_locks_count_as_locked() {
+        use crate::backend::BackendErrorKind;
+        let mem = Arc::new(MemBackend::new());
+        let r = Repository::init(mem.clone(), b"pw").unwrap();
+        // Someone else's shared lock, which this process cannot read right now.
+        r.save_unpacked(FileType::Lock, &LockFile::new(false))
+            .unwrap();
+        let flaky = Repository::open(
+            Arc::new(LockReadsFail {
+                inner: mem.clone(),
+                kind: BackendErrorKind::Transient,
+            }),
+            b"pw",
+        )
+        .unwrap();
+        let e = acquire(&flaky, true)
+            .err()
+            .expect("acquire(true) must fail");
+        assert!(matches!(e, RepoError::Locked(_)), "{e}");
+        assert!(
+            r.list(FileType::Lock).unwrap().len() == 1,
+            "a refused acquire leaves no lock behind"
+        );
+
+        // A lock deleted between listing and reading is gone: not a conflict.
+        let gone = Repository::open(
+            Arc::new(LockReadsFail {
+                inner: mem.clone(),
+                kind: BackendErrorKind::NotFound,
+            }),
+            b"pw",
+        )
+        .unwrap();
+        drop(acquire(&gone, true).unwrap());
+
+        // Garbage, and a file that is not what its name says, both block.
+        for (name, data) in [
+            (Id::hash(b"garbage").to_hex(), b"garbage".to_vec()),
+            (Id::hash(b"x").to_hex(), b"not x".to_vec()),
+        ] {
+            let mem = Arc::new(MemBackend::new());
+            let r = Repository::init(mem.clone(), b"pw").unwrap();
+            mem.put_raw(FileType::Lock, &name, data);
+            let quick = LockTiming {
+                retry_delay: Duration::from_millis(1),
+                ..Default::default()
+            };
+            let e = acquire_with(&r, false, &quick)
+                .err()
+                .expect("a garbled lock must block");
+            assert!(matches!(e, RepoError::Locked(_)), "{e}");
+            assert!(e.to_string().contains("cannot be read"), "{e}");
+        }
+        // An empty file is what a failed upload leaves: ignored, as restic does.
+        let mem = Arc::new(MemBackend::new());
+        let r = Repository::init(mem.clone(), b"pw").unwrap();
+        mem.put_raw(FileType::Lock, &Id::hash(b"").to_hex(), Vec::new());
+        drop(acquire(&r, true).unwrap());
+    }
+
     #[test]
     fn staleness_and_unlock() {
         let r = Repository::init(Arc::new(MemBackend::new()), b"pw").unwrap();
@@ -229,5 +541,33 @@ mod tests {
         assert_eq!(unlock(&r, false).unwrap().len(), 2);
         assert_eq!(r.list(FileType::Lock).unwrap().len(), 1);
         assert_eq!(unlock(&r, true).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_lock_removed_by_someone_else_is_lost() {
+        let mem = Arc::new(MemBackend::new());
+        let r = Repository::init(mem.clone(), b"pw").unwrap();
+        let timing = LockTiming {
+            settle: Duration::ZERO,
+            refresh_every: Duration::from_millis(10),
+            give_up_after: Duration::from_secs(60),
+            attempts: 1,
+            retry_delay: Duration::ZERO,
+        };
+        let g = acquire_with(&r, false, &timing).unwrap();
+        assert_eq!(r.list(FileType::Lock).unwrap().len(), 1);
+        // `restic unlock` on a host that took it for stale; again if a refresh slipped in
+        // between.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !g.wait_lost(Duration::from_millis(20)) {
+            for id in r.list(FileType::Lock).unwrap() {
+                r.backend().remove(FileType::Lock, &id.to_hex()).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "loss never noticed");
+        }
+        assert!(g.lost().unwrap().contains("was removed"), "{:?}", g.lost());
+        assert!(matches!(r.check_lock(), Err(RepoError::LockLost(_))));
+        drop(g);
+        r.check_lock().unwrap();
     }
 }

@@ -131,6 +131,7 @@ fn fleetsnap_prunes_restic_repo_and_restic_prunes_fleetsnap_repo() {
     run(restic(&bins[0], &rrepo).arg("backup").arg(&src));
     make_tree(&src, 4, 3_000_000, 100);
     run(restic(&bins[0], &rrepo).arg("backup").arg(&src));
+    // The packs were just written: no grace period, or nothing would be deleted.
     let out = run(fleetsnap(&rrepo).args([
         "forget",
         "--keep-last",
@@ -138,6 +139,8 @@ fn fleetsnap_prunes_restic_repo_and_restic_prunes_fleetsnap_repo() {
         "--prune",
         "--max-unused",
         "0%",
+        "--keep-young",
+        "0",
     ]));
     assert!(out.contains("removed 1 snapshots"), "{out}");
     check_all(&bins, &rrepo);
@@ -199,14 +202,14 @@ fn killed_backup_and_prune_leave_a_clean_repository() {
     ];
     for stage in stages {
         let mut child = fleetsnap(&repo)
-            .args(["prune", "--max-unused", "0%"])
+            .args(["prune", "--max-unused", "0%", "--keep-young", "0"])
             .spawn()
             .unwrap();
         kill_when(&mut child, &repo, stage);
         check_all(&bins, &repo);
     }
     run(fleetsnap(&repo).arg("unlock"));
-    run(fleetsnap(&repo).args(["prune", "--max-unused", "0%"]));
+    run(fleetsnap(&repo).args(["prune", "--max-unused", "0%", "--keep-young", "0"]));
     check_all(&bins, &repo);
     run(fleetsnap(&repo).arg("backup").arg(&src));
     check_all(&bins, &repo);

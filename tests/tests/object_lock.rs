@@ -178,7 +178,8 @@ impl Repo {
 
     /// Runs prune with the maintenance keys and returns its JSON report and stderr.
     fn prune(&self) -> (Value, String) {
-        let out = self.fleetsnap(&["prune", "--max-unused", "0%", "--json"]);
+        // No grace period: the test prunes what it has just written.
+        let out = self.fleetsnap(&["prune", "--max-unused", "0%", "--keep-young", "0", "--json"]);
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "prune --json printed no JSON ({e}):\n{}",

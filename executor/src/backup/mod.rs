@@ -107,6 +107,8 @@ impl Walker<'_> {
     }
 
     fn save_tree(&mut self, nodes: Vec<Node>) -> Result<Id> {
+        // A safe point: once our lock is lost, stop before writing more.
+        self.repo.check_lock()?;
         let json = Tree { nodes }.to_json().map_err(|e| corrupt("tree", e))?;
         self.save_blob(BlobType::Tree, json)
     }
@@ -628,6 +630,9 @@ pub fn backup_checked(
     if let Some(check) = source_ok {
         check().map_err(RepoError::Usage)?;
     }
+    // Without our lock a prune may have run meanwhile: no index and no snapshot that could
+    // refer to data it removed.
+    repo.check_lock()?;
     write_index(repo, &stored)?;
     for (pack, blobs) in &stored {
         repo.index_mut().add_pack(*pack, blobs);
@@ -666,6 +671,7 @@ pub fn backup_checked(
         }),
         ..Default::default()
     };
+    repo.check_lock()?;
     let id = repo.save_unpacked(FileType::Snapshot, &snap)?;
     res.snapshot_id = id.to_hex();
     res.parent = parent.map(|p| p.to_hex());

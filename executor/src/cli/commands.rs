@@ -606,6 +606,7 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
         let mut removed = 0;
         let mut locked = Vec::new();
         for id in &remove {
+            r.check_lock()?;
             // For good, like prune: on an Object Lock bucket a plain delete would leave every
             // forgotten snapshot stored forever, unlocked or not.
             let gone = crate::prune::execute::remove_file(
@@ -629,7 +630,7 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
 }
 
 fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliResult<()> {
-    use crate::prune::plan::{Action, MaxUnused, PlanOptions, parse_size};
+    use crate::prune::plan::{Action, MaxUnused, PlanOptions, parse_age, parse_size};
     let opts = crate::prune::PruneOptions {
         plan: PlanOptions {
             max_unused: MaxUnused::parse(&limits.max_unused).map_err(usage)?,
@@ -640,6 +641,8 @@ fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliR
                 .transpose()
                 .map_err(usage)?,
             version: r.version(),
+            keep_young: parse_age(&limits.keep_young).map_err(usage)?,
+            unknown_age_is_old: limits.unknown_age_is_old,
         },
         dry_run,
     };
@@ -659,6 +662,10 @@ fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliR
                 Action::DeleteUnreferenced => "delete (unreferenced)",
                 Action::Repack => "repack",
                 Action::DropMissing => "drop from index (missing)",
+                Action::KeepYoung if p.unused_bytes > 0 || p.used_bytes == 0 => {
+                    "keep (younger than grace)"
+                }
+                Action::KeepYoung => continue,
             };
             println!(
                 "  {what:<25} pack {} ({} bytes, {} unused)",
@@ -678,6 +685,17 @@ fn prune(g: &Global, r: Repository, limits: &PruneLimits, dry_run: bool) -> CliR
             s.bytes_reclaimed,
             s.bytes_unused_after
         );
+        if s.packs_young > 0 {
+            println!(
+                "kept {} packs ({} bytes) younger than the grace period of {} (or of unknown age)",
+                s.packs_young, s.bytes_young, limits.keep_young
+            );
+        }
+        for b in &rep.plan.bad_copies {
+            println!(
+                "warning: {b} is not the blob the index says (forged or damaged); another copy is kept"
+            );
+        }
         if let Some(x) = &rep.executed {
             println!(
                 "wrote {} packs ({} blobs) and {} index files; removed {} index files and {} packs",

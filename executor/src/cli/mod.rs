@@ -243,6 +243,15 @@ pub struct PruneLimits {
     /// Stop repacking after this many bytes of packs (e.g. `500M`).
     #[arg(long)]
     pub max_repack_size: Option<String>,
+    /// Grace period: leave packs younger than this alone, judged by the storage's own time
+    /// (S3 LastModified, file mtime), e.g. `24h`, `90m`, `2d`; `0` turns it off. Protects a
+    /// backup still running whose lock was taken for stale.
+    #[arg(long, default_value = "24h")]
+    pub keep_young: String,
+    /// Count packs whose storage time is unknown (REST servers list none) as old, so the
+    /// grace period does not keep them forever.
+    #[arg(long)]
+    pub unknown_age_is_old: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +278,7 @@ impl CliError {
         match self {
             CliError::Repo(RepoError::NoRepository(_)) => EXIT_NO_REPO,
             CliError::Repo(RepoError::Locked(_)) => EXIT_LOCKED,
+            CliError::Repo(RepoError::LockLost(_)) => EXIT_FATAL,
             CliError::Repo(RepoError::WrongPassword) => EXIT_WRONG_PASSWORD,
             CliError::Partial(_) => EXIT_PARTIAL,
             _ => EXIT_FATAL,

@@ -2,12 +2,13 @@
 //! files, then old index files go, and only then packs. Killed at any point, every index
 //! file still points only at packs that exist, so `restic check` stays clean.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
 use super::Loaded;
-use super::plan::{Action, PlanError, PrunePlan};
+use super::plan::{Action, PlanError, PlanOptions, PrunePlan, Verified, still_deletable};
 use crate::backend::{Backend, BackendError, BackendErrorKind, FileType, Removal, object_path};
 use crate::backup::saver::Saver;
 use crate::format::pack::PackedBlob;
@@ -111,6 +112,8 @@ fn remove(
     id: &Id,
     rep: &mut ExecuteReport,
 ) -> Result<bool, PruneError> {
+    // Nothing is deleted once the exclusive lock is lost: others may be writing again.
+    loaded.repo.check_lock()?;
     remove_file(
         loaded.repo.backend().as_ref(),
         t,
@@ -119,10 +122,80 @@ fn remove(
     )
 }
 
-pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, PruneError> {
+/// Read each listed copy and tell whether it holds its blob (decrypts, decompresses and
+/// hashes to its ID). A copy that cannot be read at all is an error: prune stops rather than
+/// guess.
+pub fn verify_copies(
+    repo: &IndexedRepository,
+    copies: &[(Id, PackedBlob)],
+) -> Result<Verified, PruneError> {
+    let mut out = Verified::new();
+    for (pack, b) in copies {
+        let what = format!(
+            "{} blob {} in pack {}",
+            b.blob_type,
+            b.id.short(),
+            pack.short()
+        );
+        let sealed = repo
+            .backend()
+            .read_range(
+                FileType::Pack,
+                &pack.to_hex(),
+                b.offset as u64,
+                b.length as u64,
+            )
+            .map_err(RepoError::from)?;
+        let ok = sealed.len() == b.length as usize
+            && decode_blob(repo.key(), &sealed, b.uncompressed_length, &b.id, &what).is_ok();
+        if !ok {
+            tracing::warn!("{what}: the copy the index points at is not the blob");
+        }
+        out.insert((*pack, (b.blob_type, b.id)), ok);
+    }
+    Ok(out)
+}
+
+/// The packs of `ids` that may still be deleted, by a fresh listing (see
+/// [`still_deletable`]).
+fn recheck(loaded: &Loaded, ids: Vec<Id>, opts: &PlanOptions) -> Result<Vec<Id>, PruneError> {
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let planned_times: HashMap<Id, Option<SystemTime>> =
+        loaded.inputs.iter().map(|p| (p.id, p.modified)).collect();
+    let planned: Vec<(Id, Option<SystemTime>)> = ids
+        .iter()
+        .map(|id| (*id, planned_times.get(id).copied().flatten()))
+        .collect();
+    let relisted: HashMap<Id, Option<SystemTime>> = loaded
+        .repo
+        .backend()
+        .list(FileType::Pack)
+        .map_err(RepoError::from)?
+        .into_iter()
+        .filter_map(|f| Some((f.name.parse::<Id>().ok()?, f.modified)))
+        .collect();
+    let ok = still_deletable(&planned, &relisted, opts, SystemTime::now());
+    for id in ids.iter().filter(|id| !ok.contains(id)) {
+        tracing::info!(
+            "pack {}: changed or young since the plan, or gone; not deleted",
+            id.short()
+        );
+    }
+    Ok(ok)
+}
+
+pub fn execute(
+    loaded: &Loaded,
+    plan: &PrunePlan,
+    opts: &PlanOptions,
+) -> Result<ExecuteReport, PruneError> {
+    assert!(plan.verify.is_empty(), "plan has copies left to verify");
     let mut rep = ExecuteReport::default();
+    loaded.repo.check_lock()?;
     // Unreferenced packs first, as restic does: no index can point at them.
-    for id in plan.ids(Action::DeleteUnreferenced) {
+    for id in recheck(loaded, plan.ids(Action::DeleteUnreferenced), opts)? {
         if remove(loaded, FileType::Pack, &id, &mut rep)? {
             rep.packs_removed += 1;
         }
@@ -132,7 +205,11 @@ pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, Prune
 
     // The new index describes every pack that stays, with all its blobs (check compares
     // the pack header with the index), plus the freshly written packs.
-    let staying: HashSet<Id> = plan.ids(Action::Keep).into_iter().collect();
+    let staying: HashSet<Id> = plan
+        .ids(Action::Keep)
+        .into_iter()
+        .chain(plan.ids(Action::KeepYoung))
+        .collect();
     let all = loaded.repo.index().packs();
     let mut new_index: Vec<(Id, Vec<PackedBlob>)> = all
         .into_iter()
@@ -143,6 +220,7 @@ pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, Prune
     if plan.is_noop() && rep.packs_removed == 0 {
         return Ok(rep);
     }
+    loaded.repo.check_lock()?;
     let written = crate::backup::write_index(&loaded.repo, &new_index)?;
     rep.index_files_written = written.len();
 
@@ -160,14 +238,13 @@ pub fn execute(loaded: &Loaded, plan: &PrunePlan) -> Result<ExecuteReport, Prune
         }
     }
 
-    for id in plan
+    let doomed: Vec<Id> = plan
         .ids(Action::Delete)
         .into_iter()
         .chain(plan.ids(Action::Repack))
-    {
-        if protected.contains(&id) {
-            continue;
-        }
+        .filter(|id| !protected.contains(id))
+        .collect();
+    for id in recheck(loaded, doomed, opts)? {
         if remove(loaded, FileType::Pack, &id, &mut rep)? {
             rep.packs_removed += 1;
         }
@@ -191,6 +268,7 @@ fn repack(
     let mut sources: Vec<_> = plan.repack_blobs.iter().collect();
     sources.sort_by_key(|(id, _)| **id);
     for (pack, blobs) in sources {
+        repo.check_lock()?;
         // Read the used blobs in runs (gaps <= 256 KiB, <= 2 MiB per read) instead of the
         // whole pack, so memory stays at one run, not one 16 MiB pack.
         let mut blobs: Vec<_> = blobs.iter().collect();

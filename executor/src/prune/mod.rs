@@ -14,7 +14,7 @@ use crate::format::tree::NodeType;
 use crate::id::Id;
 use crate::repo::{IndexedRepository, MasterIndex, RepoError, Repository};
 pub use execute::{ExecuteReport, LockedObject, PruneError};
-use plan::{BlobKey, PackInput, PlanOptions, PrunePlan};
+use plan::{BlobKey, PackInput, PlanOptions, PrunePlan, Verified};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PruneOptions {
@@ -38,18 +38,39 @@ pub struct Loaded {
     pub used: HashSet<BlobKey>,
 }
 
-/// The caller holds the exclusive lock.
+/// The caller holds the exclusive lock; if it is lost (see [`Repository::check_lock`]), prune
+/// stops with `LockLost` before its next write or delete.
 pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport, PruneError> {
+    repo.check_lock()?;
+    let now = std::time::SystemTime::now();
     let loaded = load(repo)?;
     let plan_opts = PlanOptions {
         version: loaded.repo.version(),
         ..opts.plan
     };
-    let plan = plan::plan(&loaded.inputs, &loaded.used, &plan_opts)?;
+    // Plan, read the copies the plan wants confirmed, plan again with what they showed;
+    // every round settles at least one copy, so this ends.
+    let mut verified = Verified::new();
+    let plan = loop {
+        let plan = plan::plan(&loaded.inputs, &loaded.used, &verified, &plan_opts, now)?;
+        if plan.verify.is_empty() {
+            break plan;
+        }
+        loaded.repo.check_lock()?;
+        let before = verified.len();
+        verified.extend(execute::verify_copies(&loaded.repo, &plan.verify)?);
+        assert!(verified.len() > before, "verification made no progress");
+    };
+    for b in &plan.bad_copies {
+        tracing::warn!(
+            "{b}: the index lists it there, but that copy is not the blob (forged or damaged); \
+             another copy is kept"
+        );
+    }
     let executed = if opts.dry_run {
         None
     } else {
-        Some(execute::execute(&loaded, &plan)?)
+        Some(execute::execute(&loaded, &plan, &plan_opts)?)
     };
     Ok(PruneReport {
         dry_run: opts.dry_run,
@@ -68,28 +89,33 @@ pub fn load(repo: Repository) -> Result<Loaded, RepoError> {
     }
     let repo = IndexedRepository::from_parts(repo, index);
     let used = used_blobs(&repo)?;
-    let mut on_disk: HashMap<Id, u64> = HashMap::new();
+    let mut on_disk: HashMap<Id, (u64, Option<std::time::SystemTime>)> = HashMap::new();
     for f in repo.backend().list(FileType::Pack)? {
         if let Ok(id) = f.name.parse::<Id>() {
-            on_disk.insert(id, f.size);
+            on_disk.insert(id, (f.size, f.modified));
         }
     }
     let mut inputs: Vec<PackInput> = repo
         .index()
         .packs()
         .into_iter()
-        .map(|(id, blobs)| PackInput {
-            id,
-            size: on_disk.remove(&id),
-            blobs,
-            indexed: true,
+        .map(|(id, blobs)| {
+            let listed = on_disk.remove(&id);
+            PackInput {
+                id,
+                size: listed.map(|l| l.0),
+                modified: listed.and_then(|l| l.1),
+                blobs,
+                indexed: true,
+            }
         })
         .collect();
-    inputs.extend(on_disk.into_iter().map(|(id, size)| PackInput {
+    inputs.extend(on_disk.into_iter().map(|(id, (size, modified))| PackInput {
         id,
         blobs: Vec::new(),
         indexed: false,
         size: Some(size),
+        modified,
     }));
     Ok(Loaded {
         repo,

@@ -3,6 +3,7 @@
 //! `--dry-run` shows exactly what the real run would do.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -80,12 +81,61 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
+/// Default grace period: packs younger than this are neither deleted nor repacked (rustic
+/// keeps 23 h, Kopia 24 h, Proxmox Backup Server 24 h 5 min).
+pub const DEFAULT_KEEP_YOUNG: Duration = Duration::from_secs(24 * 3600);
+
+/// A grace period: `0`, or numbers with units `d`, `h`, `m` (minutes), `s`, e.g. `1d12h`.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("--keep-young {s:?}: not a duration (e.g. 24h, 90m, 2d, 0)"))?;
+        num.clear();
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => {
+                return Err(format!(
+                    "--keep-young {s:?}: unknown unit {c:?} (use d, h, m, s)"
+                ));
+            }
+        };
+        total += Duration::from_secs(n.saturating_mul(unit));
+    }
+    if !num.is_empty() || t.is_empty() {
+        return Err(format!(
+            "--keep-young {s:?}: give a unit (d, h, m, s), e.g. 24h"
+        ));
+    }
+    Ok(total)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanOptions {
     pub max_unused: MaxUnused,
     pub max_repack_size: Option<u64>,
     /// Repository format version: v2 wants every tree blob compressed.
     pub version: u32,
+    /// Grace period. A pack whose storage time (not a time a host wrote into a file) is less
+    /// than this old is kept as it is: it may belong to a backup still running whose lock
+    /// was taken for stale. Zero turns the grace period off.
+    pub keep_young: Duration,
+    /// Packs whose storage time is unknown (REST lists none) count as old rather than young.
+    /// Off by default: without a time the grace period cannot be checked, so they are kept.
+    pub unknown_age_is_old: bool,
 }
 
 impl Default for PlanOptions {
@@ -94,9 +144,31 @@ impl Default for PlanOptions {
             max_unused: MaxUnused::Percent(5.0),
             max_repack_size: None,
             version: 2,
+            keep_young: DEFAULT_KEEP_YOUNG,
+            unknown_age_is_old: false,
         }
     }
 }
+
+impl PlanOptions {
+    /// Whether a pack stored at `modified` (None: unknown) is within the grace period at
+    /// `now`. A time in the future (clock skew) counts as young.
+    pub fn is_young(&self, modified: Option<SystemTime>, now: SystemTime) -> bool {
+        if self.keep_young.is_zero() {
+            return false;
+        }
+        match modified {
+            None => !self.unknown_age_is_old,
+            Some(m) => now
+                .duration_since(m)
+                .map_or(true, |age| age < self.keep_young),
+        }
+    }
+}
+
+/// What reading a copy of a blob showed: `(pack, (type, blob id))` → whether the copy
+/// decrypts and hashes to its ID.
+pub type Verified = HashMap<(Id, BlobKey), bool>;
 
 /// One pack as the prune sees it: what the index says and what the backend listed.
 #[derive(Debug, Clone)]
@@ -107,6 +179,8 @@ pub struct PackInput {
     pub indexed: bool,
     /// Size of the file in `data/`, `None` if the backend has no such file.
     pub size: Option<u64>,
+    /// When the storage wrote the file (S3 LastModified, local mtime), if it says.
+    pub modified: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,6 +195,9 @@ pub enum Action {
     Repack,
     /// Indexed but not in `data/`, and nothing used lives in it: leave it out of the new index.
     DropMissing,
+    /// Would be deleted or repacked, but it is younger than the grace period (or its age is
+    /// unknown): left as it is, and in the index if it was.
+    KeepYoung,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +223,13 @@ pub struct PlanStats {
     pub packs_unreferenced: usize,
     pub packs_repack: usize,
     pub packs_drop_missing: usize,
+    /// Packs left alone because they are within the grace period.
+    pub packs_young: usize,
+    pub bytes_young: u64,
+    /// Copies of used blobs read to make sure the copy that stays holds the data.
+    pub copies_verified: usize,
+    /// Copies that did not (forged or damaged index entries); never kept as the only copy.
+    pub copies_bad: usize,
     pub bytes_delete: u64,
     pub bytes_repack: u64,
     /// Bytes that are freed: deleted packs plus the unused part of repacked ones.
@@ -160,6 +244,12 @@ pub struct PrunePlan {
     /// Blobs to copy, grouped by source pack, in offset order.
     #[serde(skip)]
     pub repack_blobs: HashMap<Id, Vec<PackedBlob>>,
+    /// Copies to read before this plan may be carried out: the copy chosen to stay for a
+    /// used blob that has other copies about to go. Re-plan with the results.
+    #[serde(skip)]
+    pub verify: Vec<(Id, PackedBlob)>,
+    /// Index entries whose copy did not verify, e.g. `data blob 1a2b3c4d in pack 5e6f7a8b`.
+    pub bad_copies: Vec<String>,
 }
 
 impl PrunePlan {
@@ -172,7 +262,9 @@ impl PrunePlan {
     }
 
     pub fn is_noop(&self) -> bool {
-        self.packs.iter().all(|p| p.action == Action::Keep)
+        self.packs
+            .iter()
+            .all(|p| matches!(p.action, Action::Keep | Action::KeepYoung))
     }
 }
 
@@ -204,30 +296,84 @@ struct Tally {
     needs_compression: bool,
 }
 
-/// Decide. Each used blob counts once, in the first healthy pack (by pack id) holding it;
-/// further copies count as duplicates, i.e. unused.
+/// Decide. Each used blob counts once, in the first healthy pack holding a copy not known to
+/// be bad, oldest by storage time first (unknown times last, then by pack id); further copies
+/// count as duplicates, i.e. unused.
+///
+/// The index alone is not trusted where it matters: a host holding the key can index garbage
+/// under real blob IDs with the right lengths. So when a used blob has several copies, the one
+/// that stays must have been read and found to hold the blob (`verified`) before the others
+/// may go; until then the plan lists it in [`PrunePlan::verify`] and the caller reads it and
+/// plans again. Packs within the grace period at `now` are never deleted or repacked.
 pub fn plan(
     inputs: &[PackInput],
     used: &HashSet<BlobKey>,
+    verified: &Verified,
     opts: &PlanOptions,
+    now: SystemTime,
 ) -> Result<PrunePlan, PlanError> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&i| inputs[i].id);
+    let mut preference = order.clone();
+    preference.sort_by_key(|&i| {
+        (
+            inputs[i].modified.is_none(),
+            inputs[i].modified,
+            inputs[i].id,
+        )
+    });
 
-    // Pass 1: where does each used blob live? Only healthy packs may serve it.
+    // Pass 1: where does each used blob live? Only healthy packs may serve it, and only with
+    // a copy that is not known to be bad.
     let mut owner: HashMap<BlobKey, usize> = HashMap::new();
-    for &i in &order {
+    let mut copies: HashMap<BlobKey, usize> = HashMap::new();
+    let mut bad_copies = Vec::new();
+    for &i in &preference {
         let p = &inputs[i];
         if !p.indexed || p.size != Some(pack::expected_size(&p.blobs)) {
             continue;
         }
         for b in &p.blobs {
             let k = (b.blob_type, b.id);
-            if used.contains(&k) {
-                owner.entry(k).or_insert(i);
+            if !used.contains(&k) {
+                continue;
+            }
+            *copies.entry(k).or_default() += 1;
+            if verified.get(&(p.id, k)) == Some(&false) {
+                continue;
+            }
+            owner.entry(k).or_insert(i);
+        }
+    }
+    for &i in &order {
+        let p = &inputs[i];
+        let mut seen = HashSet::new();
+        for b in &p.blobs {
+            let k = (b.blob_type, b.id);
+            if verified.get(&(p.id, k)) == Some(&false) && seen.insert(k) {
+                bad_copies.push(format!(
+                    "{} blob {} in pack {}",
+                    b.blob_type,
+                    b.id.short(),
+                    p.id.short()
+                ));
             }
         }
     }
+    // The copy that stays must be known good wherever another copy could go.
+    let mut verify: Vec<(Id, PackedBlob)> = Vec::new();
+    for (k, &i) in &owner {
+        let p = &inputs[i];
+        if copies.get(k).copied().unwrap_or(0) > 1 && verified.get(&(p.id, *k)) != Some(&true) {
+            let b = p
+                .blobs
+                .iter()
+                .find(|b| (b.blob_type, b.id) == *k)
+                .expect("owner holds the blob");
+            verify.push((p.id, *b));
+        }
+    }
+    verify.sort_by_key(|(p, b)| (*p, b.offset));
     let mut missing: Vec<&BlobKey> = used.iter().filter(|k| !owner.contains_key(k)).collect();
     // A size mismatch is the more useful message when it explains the missing blobs.
     for &i in &order {
@@ -297,15 +443,26 @@ pub fn plan(
         }
         stats.bytes_used += t.used;
         stats.bytes_unused += t.unused;
+        let young = opts.is_young(p.modified, now);
         let action = if !p.indexed {
-            Some(Action::DeleteUnreferenced)
+            Some(if young {
+                Action::KeepYoung
+            } else {
+                Action::DeleteUnreferenced
+            })
         } else if p.size.is_none() {
             // Pass 1 guarantees nothing used depends on it.
             Some(Action::DropMissing)
         } else if t.used == 0 {
-            Some(Action::Delete)
+            Some(if young {
+                Action::KeepYoung
+            } else {
+                Action::Delete
+            })
         } else if t.unused == 0 && !t.mixed && !t.needs_compression {
             Some(Action::Keep)
+        } else if young {
+            Some(Action::KeepYoung)
         } else {
             None
         };
@@ -367,12 +524,21 @@ pub fn plan(
                 stats.bytes_reclaimed += pp.unused_bytes;
             }
             Action::DropMissing => stats.packs_drop_missing += 1,
+            Action::KeepYoung => {
+                stats.packs_young += 1;
+                stats.bytes_young += pp.size;
+                stats.bytes_unused_after += pp.unused_bytes;
+            }
         }
     }
+    stats.copies_verified = verified.values().filter(|ok| **ok).count();
+    stats.copies_bad = bad_copies.len();
     Ok(PrunePlan {
         packs,
         stats,
         repack_blobs,
+        verify,
+        bad_copies,
     })
 }
 
@@ -388,9 +554,44 @@ fn pack_plan(p: &PackInput, t: &Tally, action: Action, size: u64) -> PackPlan {
     }
 }
 
+/// Right before deleting: which of the packs the plan deletes may still go, given a fresh
+/// listing (`relisted`: pack → its storage time now) taken at `now`. A pack that was
+/// rewritten since it was planned (its storage time changed), or that is young now, stays;
+/// so does one no longer listed (nothing to delete). Skipping a delete is always safe: the
+/// pack is at worst left unreferenced for a later prune.
+pub fn still_deletable(
+    planned: &[(Id, Option<SystemTime>)],
+    relisted: &HashMap<Id, Option<SystemTime>>,
+    opts: &PlanOptions,
+    now: SystemTime,
+) -> Vec<Id> {
+    planned
+        .iter()
+        .filter(|(id, was)| match relisted.get(id) {
+            Some(is) => is == was && !opts.is_young(*is, now),
+            None => false,
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fixed "now"; every pack of [`pack`] was stored two days before it.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn plan0(
+        inputs: &[PackInput],
+        used: &HashSet<BlobKey>,
+        opts: &PlanOptions,
+    ) -> Result<PrunePlan, PlanError> {
+        plan(inputs, used, &Verified::new(), opts, now())
+    }
 
     fn id(n: u8) -> Id {
         Id::hash(&[n])
@@ -418,6 +619,7 @@ mod tests {
             size: Some(pack::expected_size(&blobs)),
             blobs,
             indexed: true,
+            modified: Some(now() - 2 * DAY),
         }
     }
 
@@ -446,7 +648,7 @@ mod tests {
         let mut gone = pack(4, D, &[6], 1000);
         gone.size = None;
         let inputs = vec![full.clone(), dead.clone(), orphan.clone(), gone.clone()];
-        let p = plan(&inputs, &used(D, &[1, 2]), &PlanOptions::default()).unwrap();
+        let p = plan0(&inputs, &used(D, &[1, 2]), &PlanOptions::default()).unwrap();
         assert_eq!(action_of(&p, &full), Action::Keep);
         assert_eq!(action_of(&p, &dead), Action::Delete);
         assert_eq!(action_of(&p, &orphan), Action::DeleteUnreferenced);
@@ -462,7 +664,7 @@ mod tests {
         // 10 blobs used out of 11: 1000 of 11000 bytes unused (≈9 %).
         let a = pack(1, D, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 1000);
         let u = used(D, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-        let p = plan(std::slice::from_ref(&a), &u, &PlanOptions::default()).unwrap();
+        let p = plan0(std::slice::from_ref(&a), &u, &PlanOptions::default()).unwrap();
         assert_eq!(action_of(&p, &a), Action::Repack);
         assert_eq!(p.repack_blobs[&a.id].len(), 10);
         assert_eq!(p.stats.bytes_reclaimed, 1000);
@@ -471,14 +673,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            action_of(&plan(std::slice::from_ref(&a), &u, &lax).unwrap(), &a),
+            action_of(&plan0(std::slice::from_ref(&a), &u, &lax).unwrap(), &a),
             Action::Keep
         );
         let abs = PlanOptions {
             max_unused: MaxUnused::Bytes(1000),
             ..Default::default()
         };
-        let p = plan(std::slice::from_ref(&a), &u, &abs).unwrap();
+        let p = plan0(std::slice::from_ref(&a), &u, &abs).unwrap();
         assert_eq!(action_of(&p, &a), Action::Keep);
         assert_eq!(p.stats.bytes_unused_after, 1000);
     }
@@ -499,7 +701,7 @@ mod tests {
             ..Default::default()
         };
         let inputs = vec![half.clone(), tenth.clone(), big.clone()];
-        let p = plan(&inputs, &u, &opts).unwrap();
+        let p = plan0(&inputs, &u, &opts).unwrap();
         assert_eq!(action_of(&p, &half), Action::Repack);
         assert_eq!(action_of(&p, &tenth), Action::Keep);
         assert_eq!(action_of(&p, &big), Action::Keep);
@@ -516,14 +718,14 @@ mod tests {
             max_unused: MaxUnused::Unlimited,
             ..Default::default()
         };
-        let p = plan(&[t.clone(), raw.clone()], &u, &lax).unwrap();
+        let p = plan0(&[t.clone(), raw.clone()], &u, &lax).unwrap();
         assert_eq!(action_of(&p, &t), Action::Repack);
         assert_eq!(action_of(&p, &raw), Action::Repack);
         // v1 repositories have no compression to catch up on.
         let v1 = PlanOptions { version: 1, ..lax };
         assert_eq!(
             action_of(
-                &plan(std::slice::from_ref(&raw), &used(T, &[3]), &v1).unwrap(),
+                &plan0(std::slice::from_ref(&raw), &used(T, &[3]), &v1).unwrap(),
                 &raw
             ),
             Action::Keep
@@ -534,7 +736,7 @@ mod tests {
         };
         assert_eq!(
             action_of(
-                &plan(std::slice::from_ref(&t), &used(T, &[1]), &tight).unwrap(),
+                &plan0(std::slice::from_ref(&t), &used(T, &[1]), &tight).unwrap(),
                 &t
             ),
             Action::Keep
@@ -545,22 +747,247 @@ mod tests {
     fn duplicates_count_once_and_free_the_second_copy() {
         let a = pack(1, D, &[1, 2], 1000);
         let b = pack(2, D, &[1, 2], 1000);
-        let p = plan(
-            &[a.clone(), b.clone()],
-            &used(D, &[1, 2]),
-            &PlanOptions::default(),
-        )
-        .unwrap();
+        let inputs = [a.clone(), b.clone()];
+        let u = used(D, &[1, 2]);
         let (first, second) = if a.id < b.id { (&a, &b) } else { (&b, &a) };
+        // Same age: the lower ID stays, but only once its copies are known good.
+        let p = plan0(&inputs, &u, &PlanOptions::default()).unwrap();
+        assert_eq!(p.verify.len(), 2);
+        assert!(p.verify.iter().all(|(pk, _)| *pk == first.id));
+        let good: Verified = p
+            .verify
+            .iter()
+            .map(|(pk, b)| ((*pk, (b.blob_type, b.id)), true))
+            .collect();
+        let p = plan(&inputs, &u, &good, &PlanOptions::default(), now()).unwrap();
+        assert!(p.verify.is_empty());
         assert_eq!(action_of(&p, first), Action::Keep);
         assert_eq!(action_of(&p, second), Action::Delete);
         assert_eq!(p.stats.bytes_duplicate, 2000);
+        assert_eq!(p.stats.copies_verified, 2);
+    }
+
+    /// The same blobs in two packs; which copies are good decides what stays.
+    #[test]
+    fn a_copy_that_does_not_verify_never_stays_alone() {
+        let genuine = pack(1, D, &[1, 2], 1000);
+        let mut forged = pack(2, D, &[1, 2], 1000);
+        // The forgery claims to be older: it is asked for first.
+        forged.modified = Some(now() - 3 * DAY);
+        let inputs = [genuine.clone(), forged.clone()];
+        let u = used(D, &[1, 2]);
+        let k = |p: &PackInput, n: u8| (p.id, (D, id(n)));
+        let p = plan0(&inputs, &u, &PlanOptions::default()).unwrap();
+        assert_eq!(
+            p.verify.iter().map(|(pk, _)| *pk).collect::<Vec<_>>(),
+            vec![forged.id, forged.id]
+        );
+
+        // (verdicts, action of genuine, action of forged, copies to verify next)
+        type Case = (Vec<((Id, BlobKey), bool)>, Action, Action, usize);
+        let cases: Vec<Case> = vec![
+            // Forged copies bad: the genuine pack must be read too, then it alone stays.
+            (
+                vec![(k(&forged, 1), false), (k(&forged, 2), false)],
+                Action::Delete,
+                Action::Delete,
+                2,
+            ),
+            (
+                vec![
+                    (k(&forged, 1), false),
+                    (k(&forged, 2), false),
+                    (k(&genuine, 1), true),
+                    (k(&genuine, 2), true),
+                ],
+                Action::Keep,
+                Action::Delete,
+                0,
+            ),
+            // One bad, one good copy in the forgery: both packs partly used, both stay
+            // unless repacked; the bad copy is never what is kept.
+            (
+                vec![
+                    (k(&forged, 1), false),
+                    (k(&forged, 2), true),
+                    (k(&genuine, 1), true),
+                ],
+                Action::Repack,
+                Action::Repack,
+                0,
+            ),
+        ];
+        for (verdicts, g_action, f_action, left) in cases {
+            let v: Verified = verdicts.iter().cloned().collect();
+            let p = plan(
+                &inputs,
+                &u,
+                &v,
+                &PlanOptions {
+                    max_unused: MaxUnused::Percent(0.0),
+                    ..Default::default()
+                },
+                now(),
+            )
+            .unwrap();
+            assert_eq!(p.verify.len(), left, "{verdicts:?}");
+            if left == 0 {
+                assert_eq!(action_of(&p, &genuine), g_action, "{verdicts:?}");
+                assert_eq!(action_of(&p, &forged), f_action, "{verdicts:?}");
+                if let Some(blobs) = p.repack_blobs.get(&forged.id) {
+                    assert!(blobs.iter().all(|b| b.id != id(1)), "bad copy repacked");
+                }
+            }
+            assert_eq!(
+                p.bad_copies.len(),
+                verdicts.iter().filter(|(_, ok)| !ok).count()
+            );
+        }
+
+        // Every copy bad: nothing used is left, so nothing is deleted at all.
+        let all_bad: Verified = [
+            (k(&forged, 1), false),
+            (k(&forged, 2), false),
+            (k(&genuine, 1), false),
+            (k(&genuine, 2), false),
+        ]
+        .into_iter()
+        .collect();
+        let e = plan(&inputs, &u, &all_bad, &PlanOptions::default(), now()).unwrap_err();
+        assert!(matches!(e, PlanError::MissingBlobs { count: 2, .. }), "{e}");
+
+        // A single copy is not read up front (repack verifies what it copies anyway).
+        let p = plan0(std::slice::from_ref(&genuine), &u, &PlanOptions::default()).unwrap();
+        assert!(p.verify.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_copy_by_storage_time_is_preferred() {
+        let mut a = pack(1, D, &[1], 1000);
+        let mut b = pack(2, D, &[1], 1000);
+        let u = used(D, &[1]);
+        for (ma, mb, want) in [
+            (Some(now() - 3 * DAY), Some(now() - 2 * DAY), a.id),
+            (Some(now() - 2 * DAY), Some(now() - 3 * DAY), b.id),
+            // Unknown times come last.
+            (None, Some(now() - 2 * DAY), b.id),
+            (Some(now() - 2 * DAY), None, a.id),
+        ] {
+            a.modified = ma;
+            b.modified = mb;
+            let lax = PlanOptions {
+                unknown_age_is_old: true,
+                ..Default::default()
+            };
+            let p = plan(&[a.clone(), b.clone()], &u, &Verified::new(), &lax, now()).unwrap();
+            assert_eq!(p.verify.len(), 1);
+            assert_eq!(p.verify[0].0, want, "{ma:?} {mb:?}");
+        }
+    }
+
+    /// (storage time, grace, unknown counts as old) → young?
+    #[test]
+    fn grace_period_table() {
+        let cases = [
+            (Some(now() - 2 * DAY), DAY, false, false),
+            (Some(now() - DAY / 2), DAY, false, true),
+            (Some(now() - DAY), DAY, false, false),
+            (Some(now() + DAY), DAY, false, true), // in the future: clock skew, keep
+            (None, DAY, false, true),
+            (None, DAY, true, false),
+            (Some(now()), Duration::ZERO, false, false),
+            (None, Duration::ZERO, false, false),
+        ];
+        for (m, grace, unknown_old, young) in cases {
+            let o = PlanOptions {
+                keep_young: grace,
+                unknown_age_is_old: unknown_old,
+                ..Default::default()
+            };
+            assert_eq!(o.is_young(m, now()), young, "{m:?} {grace:?} {unknown_old}");
+        }
+    }
+
+    #[test]
+    fn young_packs_are_neither_deleted_nor_repacked() {
+        let fresh = |mut p: PackInput| {
+            p.modified = Some(now() - DAY / 4);
+            p
+        };
+        let dead = fresh(pack(1, D, &[1], 1000));
+        let mut orphan = fresh(pack(2, D, &[2], 1000));
+        orphan.indexed = false;
+        orphan.blobs.clear();
+        let partly = fresh(pack(3, D, &[3, 4], 1000));
+        let tree = fresh(pack(4, T, &[5, 8], 100));
+        let mut unknown = pack(5, D, &[6], 1000);
+        unknown.modified = None;
+        let old_dead = pack(6, D, &[7], 1000);
+        let inputs = vec![
+            dead.clone(),
+            orphan.clone(),
+            partly.clone(),
+            tree.clone(),
+            unknown.clone(),
+            old_dead.clone(),
+        ];
+        let mut u = used(D, &[3]);
+        u.insert((T, id(5)));
+        let strict = PlanOptions {
+            max_unused: MaxUnused::Percent(0.0),
+            ..Default::default()
+        };
+        let p = plan0(&inputs, &u, &strict).unwrap();
+        for young in [&dead, &orphan, &partly, &tree, &unknown] {
+            assert_eq!(action_of(&p, young), Action::KeepYoung);
+        }
+        assert_eq!(action_of(&p, &old_dead), Action::Delete);
+        assert_eq!(p.stats.packs_young, 5);
+        assert!(p.repack_blobs.is_empty());
+        assert!(!p.is_noop());
+
+        // No grace period: the same repository is cleaned up.
+        let none = PlanOptions {
+            keep_young: Duration::ZERO,
+            ..strict
+        };
+        let p = plan0(&inputs, &u, &none).unwrap();
+        assert_eq!(action_of(&p, &dead), Action::Delete);
+        assert_eq!(action_of(&p, &orphan), Action::DeleteUnreferenced);
+        assert_eq!(action_of(&p, &partly), Action::Repack);
+        assert_eq!(action_of(&p, &tree), Action::Repack);
+        assert_eq!(action_of(&p, &unknown), Action::Delete);
+        assert_eq!(p.stats.packs_young, 0);
+    }
+
+    #[test]
+    fn deletes_are_rechecked_against_a_fresh_listing() {
+        let (a, b, c, d) = (id(1), id(2), id(3), id(4));
+        let old = Some(now() - 2 * DAY);
+        let planned = vec![(a, old), (b, old), (c, old), (d, None)];
+        let relisted: HashMap<Id, Option<SystemTime>> = [
+            (a, old),                    // unchanged: goes
+            (b, Some(now() - DAY / 10)), // rewritten since: stays
+            (d, None),                   // unknown time: stays unless told otherwise
+        ]
+        .into_iter()
+        .collect(); // c is gone already
+        let o = PlanOptions::default();
+        assert_eq!(still_deletable(&planned, &relisted, &o, now()), vec![a]);
+        let lax = PlanOptions {
+            unknown_age_is_old: true,
+            ..o
+        };
+        assert_eq!(
+            still_deletable(&planned, &relisted, &lax, now()),
+            vec![a, d]
+        );
     }
 
     #[test]
     fn missing_used_data_and_size_mismatch_abort() {
         let a = pack(1, D, &[1], 1000);
-        let e = plan(
+        let e = plan0(
             std::slice::from_ref(&a),
             &used(D, &[1, 9]),
             &PlanOptions::default(),
@@ -569,21 +996,33 @@ mod tests {
         assert!(matches!(e, PlanError::MissingBlobs { count: 1, .. }), "{e}");
         let mut short = a.clone();
         short.size = Some(10);
-        let e = plan(&[short], &used(D, &[1]), &PlanOptions::default()).unwrap_err();
+        let e = plan0(&[short], &used(D, &[1]), &PlanOptions::default()).unwrap_err();
         assert!(matches!(e, PlanError::SizeMismatch { .. }), "{e}");
         let mut gone = a.clone();
         gone.size = None;
-        assert!(plan(&[gone], &used(D, &[1]), &PlanOptions::default()).is_err());
+        assert!(plan0(&[gone], &used(D, &[1]), &PlanOptions::default()).is_err());
         // A damaged pack nothing uses is simply deleted.
         let mut bad = pack(2, D, &[7], 1000);
         bad.size = Some(5);
-        let p = plan(
+        let p = plan0(
             &[a.clone(), bad.clone()],
             &used(D, &[1]),
             &PlanOptions::default(),
         )
         .unwrap();
         assert_eq!(action_of(&p, &bad), Action::Delete);
+    }
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_age("24h").unwrap(), DAY);
+        assert_eq!(parse_age("1d12h").unwrap(), DAY + DAY / 2);
+        assert_eq!(parse_age("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "24", "1w", "h"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

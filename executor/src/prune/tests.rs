@@ -124,6 +124,8 @@ fn opts() -> PruneOptions {
     PruneOptions {
         plan: PlanOptions {
             max_unused: plan::MaxUnused::Percent(0.0),
+            // These tests prune what they have just written.
+            keep_young: std::time::Duration::ZERO,
             ..Default::default()
         },
         dry_run: false,
@@ -297,4 +299,199 @@ fn append_only_identity_gets_a_clear_error_and_a_valid_repository() {
     let msg = e.to_string();
     assert!(msg.contains("this identity may not delete: the repository is append-only for it; run retention with maintenance credentials"), "{msg}");
     check_ok(inner);
+}
+
+/// Seal garbage under the IDs and lengths of every blob of one genuine data pack, in a pack
+/// whose ID sorts before the genuine one, and index it: what a host holding the key can do.
+fn forge_duplicate(be: &Arc<dyn Backend>) -> (Id, Id) {
+    use crate::format::pack::{self, PackedBlob};
+    let r = Repository::open(be.clone(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let used = used_blobs(&r).unwrap();
+    let (genuine, real) = r
+        .index()
+        .packs()
+        .into_iter()
+        .filter(|(_, b)| {
+            b.iter()
+                .all(|b| b.blob_type == BlobType::Data && used.contains(&(b.blob_type, b.id)))
+        })
+        .max_by_key(|(id, _)| *id)
+        .expect("a used data pack");
+    for _ in 0..200 {
+        let mut data = Vec::new();
+        let mut blobs = Vec::new();
+        for b in &real {
+            let junk: Vec<u8> = (0..b.length as usize - 32)
+                .map(|_| rand::random::<u8>())
+                .collect();
+            blobs.push(PackedBlob {
+                offset: data.len() as u32,
+                ..*b
+            });
+            data.extend_from_slice(&r.key().seal(&junk));
+        }
+        pack::finish(r.key(), &mut data, &blobs);
+        let id = Id::hash(&data);
+        if id < genuine {
+            be.write(FileType::Pack, &id.to_hex(), &data).unwrap();
+            crate::backup::write_index(&r, &[(id, blobs)]).unwrap();
+            return (genuine, id);
+        }
+    }
+    panic!("no forged ID below the genuine one");
+}
+
+#[test]
+fn prune_keeps_a_genuine_copy_over_a_forged_duplicate_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = repo_with_garbage(dir.path());
+    let (genuine, forged) = forge_duplicate(&be);
+    // The forgery claims the older storage time, so it is the copy asked for first.
+    let hex = forged.to_hex();
+    let path = dir.path().join("repo/data").join(&hex[..2]).join(&hex);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400);
+    filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(old)).unwrap();
+    prune(Repository::open(be.clone(), b"pw").unwrap(), &opts()).unwrap();
+    let left: Vec<String> = be
+        .list(FileType::Pack)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(
+        left.contains(&genuine.to_hex()),
+        "prune deleted the genuine pack {} and kept the forgery {}",
+        genuine.short(),
+        forged.short()
+    );
+    assert!(!left.contains(&forged.to_hex()), "the forgery is garbage");
+    check_ok(be);
+}
+
+/// Lock files can be written until `fail` is set; then every lock write fails like an
+/// unreachable store (the refresh of a held lock keeps failing).
+struct LockWritesFail {
+    inner: Arc<dyn Backend>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for LockWritesFail {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> BackendResult<()> {
+        self.inner.create()
+    }
+    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
+        self.inner.list(t)
+    }
+    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
+        self.inner.read(t, name)
+    }
+    fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
+        self.inner.read_range(t, n, o, l)
+    }
+    fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
+        if t == FileType::Lock && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Transient,
+                "write",
+                format!("locks/{name}"),
+                self.location(),
+                "connection reset (injected)",
+            ));
+        }
+        self.inner.write(t, name, data)
+    }
+    fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
+        self.inner.remove(t, name)
+    }
+}
+
+fn names(be: &Arc<dyn Backend>, t: FileType) -> Vec<String> {
+    let mut v: Vec<String> = be.list(t).unwrap().into_iter().map(|f| f.name).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn operations_stop_when_the_lock_cannot_be_refreshed() {
+    use crate::lock::{LockTiming, acquire_with};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let inner = repo_with_garbage(dir.path());
+    let be = Arc::new(LockWritesFail {
+        inner: inner.clone(),
+        fail: Default::default(),
+    });
+    let repo = Repository::open(be.clone(), b"pw").unwrap();
+    let timing = LockTiming {
+        settle: Duration::ZERO,
+        refresh_every: Duration::from_millis(10),
+        give_up_after: Duration::from_millis(50),
+        attempts: 1,
+        retry_delay: Duration::ZERO,
+    };
+    let guard = acquire_with(&repo, true, &timing).unwrap();
+    // The refresh works while the store does.
+    assert!(!guard.wait_lost(Duration::from_millis(100)));
+    repo.check_lock().unwrap();
+
+    be.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(guard.wait_lost(Duration::from_secs(60)), "never gave up");
+    let why = guard.lost().unwrap();
+    assert!(why.contains("could not refresh"), "{why}");
+
+    let (packs, indexes) = (
+        names(&inner, FileType::Pack),
+        names(&inner, FileType::Index),
+    );
+    let e = prune(repo.clone(), &opts()).unwrap_err();
+    assert!(
+        matches!(e, PruneError::Repo(RepoError::LockLost(_))),
+        "prune went on without its lock: {e}"
+    );
+    assert!(e.to_string().contains("lost the repository lock"), "{e}");
+    assert_eq!(names(&inner, FileType::Pack), packs, "prune deleted packs");
+    assert_eq!(names(&inner, FileType::Index), indexes);
+
+    // Every long operation sees it at its first safe point.
+    let e = crate::check::check(repo.clone(), Some(crate::check::Subset::All)).unwrap_err();
+    assert!(matches!(e, RepoError::LockLost(_)), "check: {e}");
+    let src = dir.path().join("src");
+    let mut r = repo.clone().load_index().unwrap();
+    let opts_b = BackupOptions {
+        excludes: PathMatcher::new(&[]).unwrap(),
+        exclude_patterns: vec![],
+        exclude_caches: false,
+        one_file_system: false,
+        tags: vec![],
+        host: "h".into(),
+        progress: None,
+    };
+    let snaps = names(&inner, FileType::Snapshot);
+    let e = crate::backup::backup(&mut r, Source::Paths(vec![src]), opts_b).unwrap_err();
+    assert!(matches!(e, RepoError::LockLost(_)), "backup: {e}");
+    assert_eq!(
+        names(&inner, FileType::Snapshot),
+        snaps,
+        "backup wrote a snapshot"
+    );
+    let (_, s) = r.snapshots().unwrap().pop().unwrap();
+    let ro = crate::restore::RestoreOptions {
+        target: dir.path().join("restored"),
+        include: PathMatcher::new(&[]).unwrap(),
+        exclude: PathMatcher::new(&[]).unwrap(),
+        verify: false,
+    };
+    let e = crate::restore::restore(&r, &s.tree, &ro).unwrap_err();
+    assert!(matches!(e, RepoError::LockLost(_)), "restore: {e}");
+    drop(guard);
+    // Once released, a new lock works again.
+    let fresh = Repository::open(inner.clone(), b"pw").unwrap();
+    let _g = acquire_with(&fresh, true, &timing).unwrap();
+    fresh.check_lock().unwrap();
 }

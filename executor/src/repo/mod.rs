@@ -61,6 +61,8 @@ pub enum RepoError {
     },
     #[error("{0}")]
     Locked(String),
+    #[error("lost the repository lock: {0}")]
+    LockLost(String),
     #[error("{0}")]
     Usage(String),
 }
@@ -114,6 +116,8 @@ pub struct Repository {
     key: Arc<Key>,
     config: Config,
     key_id: String,
+    /// Locks held on this repository (shared by its clones), for [`Repository::check_lock`].
+    leases: Arc<crate::lock::Leases>,
 }
 
 impl Repository {
@@ -155,6 +159,7 @@ impl Repository {
             key: Arc::new(key),
             config,
             key_id,
+            leases: Arc::default(),
         })
     }
 
@@ -199,6 +204,7 @@ impl Repository {
                 key: Arc::new(key),
                 config,
                 key_id: name,
+                leases: Arc::default(),
             });
         }
         Err(RepoError::WrongPassword)
@@ -216,6 +222,17 @@ impl Repository {
     pub fn version(&self) -> u32 {
         self.config.version
     }
+    pub fn leases(&self) -> &crate::lock::Leases {
+        &self.leases
+    }
+
+    /// `Err(LockLost)` once a lock held on this repository could not be kept (refresh kept
+    /// failing, or someone removed it): long operations call this at safe points and
+    /// before anything that deletes.
+    pub fn check_lock(&self) -> Result<()> {
+        self.leases.check()
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

@@ -114,8 +114,10 @@ pub fn restore(repo: &IndexedRepository, tree: &Id, opts: &RestoreOptions) -> Re
     let root = r.root.open_dir(c".").map_err(usage)?;
     r.tree(&root_tree, &root, 0, b"");
     drop(root);
+    repo.check_lock()?;
     let t1 = std::time::Instant::now();
     r.write_content();
+    repo.check_lock()?;
     let t2 = std::time::Instant::now();
     // After the content: writes would change file mtimes, and a read-only directory would
     // refuse them.
@@ -182,6 +184,10 @@ impl Restorer<'_> {
         dir_idx: usize,
         rel: &[u8],
     ) -> bool {
+        // A lost lock stops the walk; `restore` then fails with it.
+        if self.repo.check_lock().is_err() {
+            return false;
+        }
         let mut any = false;
         let mut dirs_meta = Vec::new();
         for node in &tree.nodes {
@@ -424,6 +430,9 @@ impl Restorer<'_> {
                         let Some((pack, blobs)) = packs.get(i) else {
                             break;
                         };
+                        if repo.check_lock().is_err() {
+                            break;
+                        }
                         let errs = restore_pack(repo, &out, pack, blobs);
                         if !errs.is_empty() {
                             errors.lock().expect("poisoned").extend(errs);

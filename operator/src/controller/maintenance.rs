@@ -401,6 +401,8 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
     }
     let mut retained = 0u64;
     for id in &remove {
+        // Nothing more is deleted once our exclusive lock is lost.
+        repo.check_lock().map_err(|e| fail(e.to_string()))?;
         // Permanently where the storage allows: on an Object Lock bucket a forgotten
         // snapshot's versions go once their lock expired, and are counted while it holds.
         let removal = repo
@@ -426,6 +428,10 @@ pub fn run_blocking(job: &MaintenanceJob) -> Result<MaintenanceReport, Maintenan
                     .transpose()
                     .map_err(fail)?,
                 version: repo.version(),
+                // The safe defaults: a 24 h grace period by the storage's own times, and
+                // packs of unknown age (REST) kept. Hosts write to this repository, and a
+                // backup whose lock was taken for stale may still be writing.
+                ..PlanOptions::default()
             },
             dry_run: false,
         };
