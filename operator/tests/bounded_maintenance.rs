@@ -50,6 +50,7 @@ fn job(dir: &Path) -> MaintenanceJob {
             ..Default::default()
         },
         prune: PruneOptions::default(),
+        trust: Some(fleetsnap::snapshot_times::Tolerance::default()),
     }
 }
 
