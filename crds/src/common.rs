@@ -34,6 +34,9 @@ pub mod reasons {
     /// An older Host has the same hostname or resolves to the same repository path; this
     /// one is refused and nothing is applied to it.
     pub const DUPLICATE_HOST: &str = "DuplicateHost";
+    /// A Restore of one host's backups onto another that cannot be given a read-only
+    /// credential for the source's repository, or whose minting failed.
+    pub const CROSS_HOST_CREDENTIALS: &str = "CrossHostCredentials";
 }
 
 /// Three-valued status of a condition, as in `metav1.Condition`.
