@@ -548,7 +548,8 @@ async fn restore_on_host(
             )
         }
         _ => {
-            let own = derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+            let own =
+                derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
             script_stdin(
                 own.aws
                     .as_ref()
@@ -665,8 +666,9 @@ mod tests {
                     key: "password".into(),
                 },
                 append_only: maintenance,
-                maintenance_credentials_secret_ref: maintenance
-                    .then(|| SecretRef { name: "maint".into() }),
+                maintenance_credentials_secret_ref: maintenance.then(|| SecretRef {
+                    name: "maint".into(),
+                }),
                 object_lock: None,
             },
         )
@@ -675,7 +677,11 @@ mod tests {
     #[test]
     fn cross_host_restores_never_get_the_source_hosts_keys() {
         // Own backups: the target's own credentials, whatever the repository.
-        for r in [repo(false, true, true), repo(false, true, false), repo(true, false, false)] {
+        for r in [
+            repo(false, true, true),
+            repo(false, true, false),
+            repo(true, false, false),
+        ] {
             assert_eq!(read_access(&r, "db1", "db1", "ns"), ReadAccess::TargetOwn);
         }
         // Another host's backups with per-host keys and maintenance keys: a read-only
@@ -711,7 +717,10 @@ mod tests {
         local.spec.local = Some(LocalBackend {
             path: "/srv/backup".into(),
         });
-        assert_eq!(read_access(&local, "db2", "db1", "ns"), ReadAccess::TargetOwn);
+        assert_eq!(
+            read_access(&local, "db2", "db1", "ns"),
+            ReadAccess::TargetOwn
+        );
         // A source hostname that would escape its path segment is refused, not expanded.
         assert!(matches!(
             read_access(&repo(false, true, true), "db2", "../db1", "ns"),
@@ -721,12 +730,18 @@ mod tests {
 
     #[test]
     fn sts_endpoint_prefers_the_operator_side_override() {
-        assert_eq!(sts_endpoint("http://minio:9000/", None), "http://minio:9000");
+        assert_eq!(
+            sts_endpoint("http://minio:9000/", None),
+            "http://minio:9000"
+        );
         assert_eq!(
             sts_endpoint("http://minio:9000", Some("http://127.0.0.1:9000/")),
             "http://127.0.0.1:9000"
         );
-        assert_eq!(sts_endpoint("http://minio:9000", Some(" ")), "http://minio:9000");
+        assert_eq!(
+            sts_endpoint("http://minio:9000", Some(" ")),
+            "http://minio:9000"
+        );
     }
 
     #[test]
@@ -741,7 +756,10 @@ mod tests {
             script_stdin(Some((&ak, &sk, Some(&tok))), &pw),
             b"AK\nSK\nTOK\npass\nword"
         );
-        assert_eq!(script_stdin(Some((&ak, &sk, None)), &pw), b"AK\nSK\n\npass\nword");
+        assert_eq!(
+            script_stdin(Some((&ak, &sk, None)), &pw),
+            b"AK\nSK\n\npass\nword"
+        );
         assert_eq!(script_stdin(None, &pw), b"\n\n\npass\nword");
         // The script reads exactly those three lines before the password.
         assert_eq!(RESTORE_SCRIPT.matches("IFS= read -r").count(), 3);

@@ -118,9 +118,12 @@ pub async fn assume_role(req: AssumeRole<'_>) -> Result<TemporaryCredentials, St
                 DisplayErrorContext(&e)
             ),
         })?;
-    let c = out
-        .credentials
-        .ok_or_else(|| format!("STS AssumeRole at {}: no credentials returned", req.endpoint))?;
+    let c = out.credentials.ok_or_else(|| {
+        format!(
+            "STS AssumeRole at {}: no credentials returned",
+            req.endpoint
+        )
+    })?;
     let expiration = DateTime::<Utc>::from_timestamp(c.expiration.secs(), 0);
     Ok(TemporaryCredentials {
         access_key_id: SecretBytes::new(c.access_key_id.into_bytes()),

@@ -92,9 +92,11 @@ fn fleetsnap_with(env: &TestEnv, host: &str, exports: &str, args: &str) -> (bool
 
 /// `NAME=value` of the captured environment.
 fn captured_var<'a>(capture: &'a str, name: &str) -> Option<&'a str> {
-    capture
-        .lines()
-        .find_map(|l| l.strip_prefix("ENV: ")?.strip_prefix(name)?.strip_prefix('='))
+    capture.lines().find_map(|l| {
+        l.strip_prefix("ENV: ")?
+            .strip_prefix(name)?
+            .strip_prefix('=')
+    })
 }
 
 /// The `exp` claim of a JWT (MinIO's session tokens are JWTs), in Unix seconds.
@@ -136,7 +138,10 @@ fn cross_host_restore_gets_no_write_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = env.hosts();
     let (a, b) = (hosts[0].as_str(), hosts[1].as_str());
-    assert_eq!(a, "host1", "the repository URL below assumes host1 is the source");
+    assert_eq!(
+        a, "host1",
+        "the repository URL below assumes host1 is the source"
+    );
 
     kube::install_crds(env);
     kube::create_namespace(env, NS);
@@ -184,8 +189,11 @@ fn cross_host_restore_gets_no_write_credentials() {
     for h in [a, b] {
         env.ssh_ok(h, "mkdir -p /opt/xrestore").unwrap();
         env.scp(&fleetsnap(), h, REAL).unwrap();
-        env.ssh_ok(h, &format!("chmod 755 {REAL}; rm -rf {CAPTURE_DIR} {TARGET}"))
-            .unwrap();
+        env.ssh_ok(
+            h,
+            &format!("chmod 755 {REAL}; rm -rf {CAPTURE_DIR} {TARGET}"),
+        )
+        .unwrap();
     }
     let stand_in = dir.path().join("fleetsnap-stand-in");
     std::fs::write(&stand_in, STAND_IN).unwrap();
@@ -279,9 +287,7 @@ spec:
     let on_b = env
         .ssh_ok(
             b,
-            &format!(
-                "cd {TARGET}/srv/xr-data && find . -type f | sort | xargs sha256sum"
-            ),
+            &format!("cd {TARGET}/srv/xr-data && find . -type f | sort | xargs sha256sum"),
         )
         .unwrap();
     assert_eq!(on_a, on_b, "restored files differ");
@@ -316,13 +322,11 @@ spec:
     // (3) With that credential B reads A's repository but cannot write into it.
     let temp_exports = format!("{ak}\n{sk}\n{token}\n");
     let (ok, out) = fleetsnap_with(env, b, &temp_exports, "--no-lock snapshots");
-    assert!(ok, "the temporary credential cannot read A's repository: {out}");
-    let (ok, out) = fleetsnap_with(
-        env,
-        b,
-        &temp_exports,
-        "backup --host host1 /etc/hostname",
+    assert!(
+        ok,
+        "the temporary credential cannot read A's repository: {out}"
     );
+    let (ok, out) = fleetsnap_with(env, b, &temp_exports, "backup --host host1 /etc/hostname");
     assert!(
         !ok,
         "host B wrote a snapshot into A's repository with the credential it was given: {out}"
