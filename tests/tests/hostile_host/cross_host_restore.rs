@@ -335,6 +335,26 @@ spec:
         out.contains("AccessDenied") || out.contains("Access Denied") || out.contains("403"),
         "the write must be refused by the storage, not fail otherwise: {out}"
     );
+    eprintln!(
+        "backup into A's repository with B's credential: {}",
+        out.lines()
+            .find(|l| l.contains("AccessDenied")
+                || l.contains("Access Denied")
+                || l.contains("403"))
+            .unwrap_or_default()
+    );
+    // Nor does any secret show in the operator's log or the Restore's status.
+    let log = op.log_text();
+    let status = r["status"].to_string();
+    for (what, secret) in [
+        ("A's secret key", a_keys.1.as_str()),
+        ("the maintenance secret key", maint.1.as_str()),
+        ("the temporary secret key", sk),
+        ("the session token", token),
+    ] {
+        assert!(!log.contains(secret), "{what} is in the operator log");
+        assert!(!status.contains(secret), "{what} is in the Restore status");
+    }
     let exp = jwt_exp(token).expect("MinIO session tokens carry an exp claim");
     let lifetime = exp - restore_started;
     eprintln!("temporary credential lifetime: {lifetime} s (expires at {exp})");
