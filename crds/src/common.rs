@@ -37,6 +37,9 @@ pub mod reasons {
     /// Snapshots whose claimed time the storage's write time contradicts (forged or from a
     /// badly wrong clock): retention kept them without counting them.
     pub const SUSPICIOUS_SNAPSHOTS: &str = "SuspiciousSnapshots";
+    /// A Restore of one host's backups onto another that cannot be given a read-only
+    /// credential for the source's repository, or whose minting failed.
+    pub const CROSS_HOST_CREDENTIALS: &str = "CrossHostCredentials";
 }
 
 /// Three-valued status of a condition, as in `metav1.Condition`.

@@ -262,6 +262,18 @@ fn conflict_message(id: &Id, l: &LockFile) -> String {
     )
 }
 
+/// What a reader that may not write (`--no-lock`) still does: refuse while another process
+/// holds an exclusive lock (a prune may be deleting the data it is about to read), without
+/// writing a lock of its own.
+pub fn check_no_exclusive(repo: &Repository) -> Result<()> {
+    for (id, l) in other_locks(repo, None)? {
+        if l.exclusive {
+            return Err(RepoError::Locked(conflict_message(&id, &l)));
+        }
+    }
+    Ok(())
+}
+
 pub fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
     acquire_with(repo, exclusive, &LockTiming::default())
 }

@@ -27,6 +27,17 @@ fn open(g: &Global) -> CliResult<Repository> {
     Ok(Repository::open(be, &pw)?)
 }
 
+/// The shared lock a read-only command holds. With `--no-lock` none is written (the
+/// identity may lack write access), but an exclusive lock held by another process is still
+/// honoured.
+fn read_lock(g: &Global, r: &Repository) -> CliResult<Option<lock::LockGuard>> {
+    if g.no_lock {
+        lock::check_no_exclusive(r)?;
+        return Ok(None);
+    }
+    Ok(Some(lock::acquire(r, false)?))
+}
+
 fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
@@ -139,7 +150,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         }
         Command::Snapshots { filter: f, ids } => {
             let r = open(g)?;
-            let _l = lock::acquire(&r, false)?;
+            let _l = read_lock(g, &r)?;
             let flt = filter(&f);
             let mut snaps: Vec<_> = r
                 .snapshots()?
@@ -187,7 +198,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         } => {
             let mode = crate::stats::Mode::parse(&mode).map_err(usage)?;
             let r = open(g)?;
-            let _l = lock::acquire(&r, false)?;
+            let _l = read_lock(g, &r)?;
             let r = r.load_index()?;
             let flt = filter(&f);
             let mut snaps: Vec<_> = r
@@ -224,7 +235,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             filter: f,
         } => {
             let r = open(g)?;
-            let _l = lock::acquire(&r, false)?;
+            let _l = read_lock(g, &r)?;
             let r = r.load_index()?;
             let (_, s) = r.find_snapshot(&snapshot, &filter(&f))?;
             ls(&r, &s.tree, "", g.json)?;
@@ -235,7 +246,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             filter: f,
         } => {
             let r = open(g)?;
-            let _l = lock::acquire(&r, false)?;
+            let _l = read_lock(g, &r)?;
             let r = r.load_index()?;
             let (_, s) = r.find_snapshot(&snapshot, &filter(&f))?;
             dump(&r, &s.tree, &path)?;
@@ -249,7 +260,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
             filter: f,
         } => {
             let r = open(g)?;
-            let _l = lock::acquire(&r, false)?;
+            let _l = read_lock(g, &r)?;
             let r = r.load_index()?;
             let (id, s) = if snapshot == "latest" && !include.is_empty() {
                 let all = r

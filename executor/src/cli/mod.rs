@@ -45,6 +45,12 @@ pub struct Global {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Do not write a lock file, as restic's `--no-lock`: for the read-only commands
+    /// (snapshots, ls, dump, restore, stats) with an identity that may read the repository
+    /// but not write into it, such as the operator's read-only cross-host restore
+    /// credential. Commands that change the repository always lock.
+    #[arg(long, global = true)]
+    pub no_lock: bool,
     /// Backend and password supplied by the caller (`run --config`), bypassing the URL,
     /// environment and password options so secrets never pass through argv or env.
     #[arg(skip)]

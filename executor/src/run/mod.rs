@@ -180,6 +180,7 @@ fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
         password_file: None,
         password_command: None,
         json: false,
+        no_lock: false,
         preset: Some(cli::Preset {
             backend: backend.clone(),
             password: secrets.password.clone(),

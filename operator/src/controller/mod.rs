@@ -16,6 +16,7 @@ pub mod pool;
 pub mod repository_status;
 pub mod restore;
 pub mod retention_policy;
+pub mod sts;
 pub mod summary;
 pub mod units;
 pub mod verify_policy;

@@ -5,6 +5,13 @@
 //! into a root-only temporary directory that the script removes on exit; they never appear
 //! in argv, and the AWS keys live only in the environment of the root-owned restore
 //! process (readable by root alone).
+//!
+//! A Restore of one host's backups onto another never hands the target the source's
+//! per-host keys: those could write into the source's repository (forge snapshots, say
+//! future-dated ones that make retention delete the real history). The target gets a
+//! read-only STS session scoped to the source's prefix and limited to the restore's time
+//! instead, minted with the repository's maintenance credentials, and restores without
+//! writing a lock ([`read_access`] decides, [`super::sts`] mints).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,32 +28,53 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::Context;
 use super::derive;
-use super::error::{Error, Failure};
+use super::error::{Error, Failure, Retry};
 use super::identity;
 use super::jobs::{self, condition};
+use super::sts;
 use super::summary::to_time;
 use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::layout::JobId;
-use crate::host::model::{Credentials, PolicyKind};
+use crate::host::model::{Credentials, PolicyKind, SecretBytes};
 use crate::host::plan::{Action as HostAction, JobInputs, fact_query, plan_job};
 use crate::host::shell::{HostShell, StdoutLimit, run_script_limited};
 use crate::limits::RESTORE_STDOUT_TAIL;
 
 pub const KIND: &str = "Restore";
+const RESTORE_FAILED: &str = "RestoreFailed";
 
-/// stdin: AWS key id line, AWS secret line (both empty without static keys), then the
-/// repository password to EOF (raw bytes, newlines allowed).
+/// stdin: AWS key id line, AWS secret line, AWS session token line (all three empty
+/// without static keys; the token empty for long-lived keys), then the repository password
+/// to EOF (raw bytes, newlines allowed).
+///
+/// The secrets directory carries the shell's PID, so a later run can tell a directory whose
+/// shell was killed before its EXIT trap ran (SIGKILL, a lost SSH session) from one in use,
+/// and removes the former first.
 const RESTORE_SCRIPT: &str = r#"set -eu
 umask 077
-d=$(mktemp -d /run/fleetsnap-restore.XXXXXX)
+for old in /run/fleetsnap-restore.*; do
+  [ -d "$old" ] || continue
+  pid=${old#/run/fleetsnap-restore.}; pid=${pid%%.*}
+  case $pid in
+  ''|*[!0-9]*) rm -rf -- "$old" ;;
+  *) kill -0 "$pid" 2>/dev/null || rm -rf -- "$old" ;;
+  esac
+done
+d=$(mktemp -d "/run/fleetsnap-restore.$$.XXXXXX")
 trap 'rm -rf -- "$d"' EXIT
 IFS= read -r ak || true
 IFS= read -r sk || true
+IFS= read -r tok || true
 cat > "$d/password"
 repo=$1; snap=$2; target=$3; host=$4; shift 4
+unset AWS_SESSION_TOKEN
 if [ -n "$ak" ]; then
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  if [ -n "$tok" ]; then
+    AWS_SESSION_TOKEN=$tok
+    export AWS_SESSION_TOKEN
+  fi
 fi
 mkdir -p -- "$target"
 set -- --host "$host" "$@"
@@ -61,6 +89,95 @@ pub enum Step {
     /// Refuse without touching the host.
     Refuse(String),
     Run,
+}
+
+/// Which credential the target host reads the source's repository with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// What the target host is given for its own backups: its own per-host keys, the
+    /// repository's shared keys, its own credential chain, or (local, REST) nothing beyond
+    /// what every host of the repository already holds. Nothing new reaches the target.
+    TargetOwn,
+    /// Per-host keys and another host's backups: a read-only, time-limited STS session on
+    /// the source's prefix, minted with the maintenance credentials in `secret`.
+    ReadOnlySession {
+        secret: String,
+        bucket: String,
+        prefix: String,
+    },
+    /// No credential that is safe to hand over: the message says what to configure.
+    Refuse(String),
+}
+
+/// The decision table: same host → its own; another host's backups with per-host S3 keys →
+/// a read-only session if maintenance credentials exist, else refused; anything else → the
+/// target's own (shared keys the target already holds, or no keys at all).
+pub fn read_access(
+    repo: &BackupRepository,
+    target_hostname: &str,
+    source_hostname: &str,
+    namespace: &str,
+) -> ReadAccess {
+    if source_hostname == target_hostname {
+        return ReadAccess::TargetOwn;
+    }
+    let Some(s3) = &repo.spec.s3 else {
+        return ReadAccess::TargetOwn;
+    };
+    if s3.credentials_secret_ref.is_some() || s3.per_host_credentials.is_none() {
+        return ReadAccess::TargetOwn;
+    }
+    let prefix = match repo.spec.host_path(source_hostname, namespace) {
+        Ok(p) => p,
+        Err(e) => return ReadAccess::Refuse(format!("source.hostname: {e}")),
+    };
+    match &repo.spec.maintenance_credentials_secret_ref {
+        Some(m) => ReadAccess::ReadOnlySession {
+            secret: m.name.clone(),
+            bucket: s3.bucket.clone(),
+            prefix,
+        },
+        None => ReadAccess::Refuse(format!(
+            "restoring {source_hostname:?}'s backups onto {target_hostname:?} would hand \
+             {target_hostname:?} the per-host keys of {source_hostname:?}, which can write into \
+             its repository; set maintenanceCredentialsSecretRef on BackupRepository {:?} (keys \
+             of a non-root storage user that may call STS AssumeRole and read {prefix:?}) so \
+             the operator can mint a read-only, time-limited credential for that prefix",
+            repo.metadata.name.as_deref().unwrap_or_default()
+        )),
+    }
+}
+
+/// Where the operator reaches STS: the S3 endpoint as the operator sees it (MinIO serves
+/// STS at its S3 endpoint), which `FLEETSNAP_MAINTENANCE_S3_ENDPOINT` overrides as for
+/// operator-side maintenance.
+pub fn sts_endpoint(s3_endpoint: &str, override_endpoint: Option<&str>) -> String {
+    match override_endpoint {
+        Some(o) if !o.trim().is_empty() => o.trim().trim_end_matches('/').to_string(),
+        _ => s3_endpoint.trim_end_matches('/').to_string(),
+    }
+}
+
+/// What the restore script reads from stdin, in order.
+pub fn script_stdin(
+    aws: Option<(&SecretBytes, &SecretBytes, Option<&SecretBytes>)>,
+    password: &SecretBytes,
+) -> Vec<u8> {
+    let mut stdin = Vec::new();
+    if let Some((ak, sk, token)) = aws {
+        stdin.extend_from_slice(ak.expose());
+        stdin.push(b'\n');
+        stdin.extend_from_slice(sk.expose());
+        stdin.push(b'\n');
+        if let Some(t) = token {
+            stdin.extend_from_slice(t.expose());
+        }
+        stdin.push(b'\n');
+    } else {
+        stdin.extend_from_slice(b"\n\n\n");
+    }
+    stdin.extend_from_slice(password.expose());
+    stdin
 }
 
 pub fn next_step(restore: &Restore) -> Step {
@@ -156,7 +273,7 @@ async fn finish(
     ctx: &Context,
     restore: &Restore,
     mut status: RestoreStatus,
-    result: Result<Summary, String>,
+    result: Result<Summary, (&'static str, String)>,
     t0: Option<Instant>,
 ) -> Result<Action, Error> {
     let gen_ = restore.metadata.generation;
@@ -196,14 +313,14 @@ async fn finish(
             )
             .await;
         }
-        Err(msg) => {
+        Err((reason, msg)) => {
             status.phase = Some(RestorePhase::Failed);
             status.error = Some(msg.clone());
             condition(
                 &mut status.conditions,
                 condition_types::READY,
                 Some(false),
-                "RestoreFailed",
+                reason,
                 msg.clone(),
                 gen_,
             );
@@ -219,7 +336,9 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
     status.observed_generation = restore.metadata.generation;
     match next_step(restore) {
         Step::Done => return Ok(Action::await_change()),
-        Step::Refuse(msg) => return finish(ctx, restore, status, Err(msg), None).await,
+        Step::Refuse(msg) => {
+            return finish(ctx, restore, status, Err((RESTORE_FAILED, msg)), None).await;
+        }
         Step::Run => {}
     }
     let host = ctx
@@ -260,6 +379,18 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
         write(ctx, restore, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    let source_hostname = source_hostname(restore, &host);
+    let access = read_access(&repo, host.effective_hostname(), &source_hostname, ns);
+    if let ReadAccess::Refuse(msg) = access {
+        return finish(
+            ctx,
+            restore,
+            status,
+            Err((reasons::CROSS_HOST_CREDENTIALS, msg)),
+            None,
+        )
+        .await;
+    }
     status.phase = Some(RestorePhase::Running);
     status.start_time = Some(to_time(Utc::now()));
     condition(
@@ -272,7 +403,7 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
     );
     write(ctx, restore, &status).await?;
     let t0 = Instant::now();
-    match restore_on_host(ctx, restore, &host, &repo, ns).await {
+    match restore_on_host(ctx, restore, &host, &repo, ns, &source_hostname, &access).await {
         Ok(summary) => {
             info!(files = summary.files, bytes = summary.bytes, snapshot = ?summary.snapshot_id, "restore succeeded");
             finish(ctx, restore, status, Ok(summary), Some(t0)).await
@@ -283,12 +414,15 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
             warn!(reason = f.reason, message = %f.message, "host unreachable; restore retried");
             Ok(Action::requeue(Duration::from_secs(30)))
         }
+        Err(f) if f.reason == reasons::CROSS_HOST_CREDENTIALS => {
+            finish(ctx, restore, status, Err((f.reason, f.message)), Some(t0)).await
+        }
         Err(f) => {
             finish(
                 ctx,
                 restore,
                 status,
-                Err(format!("{}: {}", f.reason, f.message)),
+                Err((RESTORE_FAILED, format!("{}: {}", f.reason, f.message))),
                 Some(t0),
             )
             .await
@@ -296,23 +430,75 @@ async fn run(restore: &Restore, ctx: &Context, ns: &str) -> Result<Action, Error
     }
 }
 
-/// Credentials for reading the source host's repository: with per-host keys the source
-/// host's own (read access to its own prefix), else the repository's shared ones.
-fn source_credentials(
+/// The host whose backups are restored: `source.hostname`, by default the target's own.
+fn source_hostname(restore: &Restore, target: &Host) -> String {
+    restore
+        .spec
+        .source
+        .hostname
+        .clone()
+        .unwrap_or_else(|| target.effective_hostname().to_string())
+}
+
+/// A read-only session on `prefix`, from the maintenance keys in Secret `secret`.
+async fn mint_read_only(
     ctx: &Context,
     repo: &BackupRepository,
-    target: &Host,
-    source_hostname: &str,
-    ns: &str,
+    secret: &str,
+    bucket: &str,
+    prefix: &str,
     secrets: &derive::Secrets,
-) -> Result<Credentials, Failure> {
-    let source_host = ctx
-        .hosts
-        .state()
-        .into_iter()
-        .find(|h| h.namespace().as_deref() == Some(ns) && h.effective_hostname() == source_hostname)
-        .unwrap_or_else(|| Arc::new(target.clone()));
-    derive::credentials(repo, &source_host, secrets).map_err(|e| Failure::from_derive(&e))
+    target: &str,
+) -> Result<sts::TemporaryCredentials, Failure> {
+    let refused = |message: String| Failure {
+        reason: reasons::CROSS_HOST_CREDENTIALS,
+        message,
+        retry: Retry::OnChange,
+    };
+    let s3 = repo
+        .spec
+        .s3
+        .as_ref()
+        .ok_or_else(|| refused("the repository has no s3 backend".into()))?;
+    let key = |k: &str| fleetsnap_crds::common::SecretKeyRef {
+        name: secret.to_string(),
+        key: k.into(),
+    };
+    let get = |k: &str| derive::secret_value(secrets, &key(k)).map_err(|e| refused(e.message));
+    let (ak, sk) = (get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?);
+    let override_ = std::env::var("FLEETSNAP_MAINTENANCE_S3_ENDPOINT").ok();
+    let endpoint = sts_endpoint(&s3.endpoint, override_.as_deref());
+    let duration = sts::session_duration(ctx.host_timeout);
+    let policy = sts::read_only_policy(bucket, prefix);
+    let call = sts::assume_role(sts::AssumeRole {
+        endpoint: &endpoint,
+        region: &s3.region,
+        access_key_id: &ak,
+        secret_access_key: &sk,
+        policy,
+        duration,
+        session_name: format!("fleetsnap-restore-{target}")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
+            .take(64)
+            .collect(),
+    });
+    let creds = match tokio::time::timeout(Duration::from_secs(60), call).await {
+        Err(_) => return Err(refused(format!("STS AssumeRole at {endpoint} timed out"))),
+        Ok(r) => r.map_err(|e| {
+            refused(format!(
+                "cannot mint a read-only credential for {prefix:?} with the maintenance \
+                 credentials (Secret {secret:?}): {e}"
+            ))
+        })?,
+    };
+    info!(
+        prefix,
+        lifetime_seconds = duration.as_secs(),
+        expires = ?creds.expiration,
+        "read-only cross-host restore credential minted"
+    );
+    Ok(creds)
 }
 
 async fn restore_on_host(
@@ -321,43 +507,77 @@ async fn restore_on_host(
     host: &Host,
     repo: &BackupRepository,
     ns: &str,
+    source_hostname: &str,
+    access: &ReadAccess,
 ) -> Result<Summary, Failure> {
-    let source_hostname = restore
-        .spec
-        .source
-        .hostname
-        .clone()
-        .unwrap_or_else(|| host.effective_hostname().to_string());
-    let mut names = derive::referenced_secrets(host, repo);
-    if let Some(h) =
-        ctx.hosts.state().into_iter().find(|h| {
-            h.namespace().as_deref() == Some(ns) && h.effective_hostname() == source_hostname
-        })
-    {
-        names.extend(derive::referenced_secrets(&h, repo));
+    let mut names = vec![
+        host.spec.ssh_key_secret_ref.name.clone(),
+        repo.spec.password_secret_ref.name.clone(),
+    ];
+    match access {
+        ReadAccess::TargetOwn => names.extend(derive::referenced_secrets(host, repo)),
+        ReadAccess::ReadOnlySession { secret, .. } => names.push(secret.clone()),
+        ReadAccess::Refuse(msg) => {
+            return Err(Failure {
+                reason: reasons::CROSS_HOST_CREDENTIALS,
+                message: msg.clone(),
+                retry: Retry::OnChange,
+            });
+        }
     }
+    names.sort();
+    names.dedup();
     let secrets = jobs::read_secrets(ctx, ns, &names).await?;
     let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
-    let creds = source_credentials(ctx, repo, host, &source_hostname, ns, &secrets)?;
+    let password = derive::secret_value(&secrets, &repo.spec.password_secret_ref)
+        .map_err(|e| Failure::from_derive(&e))?;
     let url =
-        derive::repository_url(repo, &source_hostname, ns).map_err(|e| Failure::from_derive(&e))?;
-    let mut stdin = Vec::new();
-    if let Some(aws) = &creds.aws {
-        stdin.extend_from_slice(aws.access_key_id.expose());
-        stdin.push(b'\n');
-        stdin.extend_from_slice(aws.secret_access_key.expose());
-        stdin.push(b'\n');
-    } else {
-        stdin.extend_from_slice(b"\n\n");
-    }
-    stdin.extend_from_slice(creds.repository_password.expose());
+        derive::repository_url(repo, source_hostname, ns).map_err(|e| Failure::from_derive(&e))?;
+    let mut extra = Vec::new();
+    let stdin = match access {
+        ReadAccess::ReadOnlySession {
+            secret,
+            bucket,
+            prefix,
+        } => {
+            let t =
+                mint_read_only(ctx, repo, secret, bucket, prefix, &secrets, &target.name).await?;
+            // A read-only identity cannot write a lock; the executor still honours an
+            // exclusive one.
+            extra.push("--no-lock".to_string());
+            script_stdin(
+                Some((
+                    &t.access_key_id,
+                    &t.secret_access_key,
+                    Some(&t.session_token),
+                )),
+                &password,
+            )
+        }
+        _ => {
+            let own =
+                derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+            script_stdin(
+                own.aws
+                    .as_ref()
+                    .map(|a| (&a.access_key_id, &a.secret_access_key, None)),
+                &password,
+            )
+        }
+    };
+    // The install plan below keeps only the executor steps; it needs no storage keys.
+    let creds = Credentials {
+        repository_password: password,
+        aws: None,
+    };
     let args: Vec<String> = [
         url,
         restore.spec.source.snapshot.clone(),
         restore.spec.target_directory.clone(),
-        source_hostname,
+        source_hostname.to_string(),
     ]
     .into_iter()
+    .chain(extra)
     .chain(include_args(restore))
     .collect();
     // The executor must be on the host even when no policy installed it yet: plan a
@@ -433,8 +653,134 @@ async fn restore_on_host(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetsnap_crds::common::LocalObjectRef;
+    use fleetsnap_crds::common::{LocalObjectRef, SecretKeyRef, SecretRef};
+    use fleetsnap_crds::repository::{
+        BackupRepositorySpec, LocalBackend, PerHostCredentials, S3Backend,
+    };
     use fleetsnap_crds::restore::{RestoreSource, RestoreSpec};
+
+    /// An S3 repository; `shared` or `per_host` keys, `maintenance` keys or not.
+    fn repo(shared: bool, per_host: bool, maintenance: bool) -> BackupRepository {
+        BackupRepository::new(
+            "minio",
+            BackupRepositorySpec {
+                s3: Some(S3Backend {
+                    endpoint: "http://minio:9000".into(),
+                    region: "us-east-1".into(),
+                    bucket: "backups".into(),
+                    path_style: true,
+                    credentials_secret_ref: shared.then(|| SecretRef { name: "s3".into() }),
+                    per_host_credentials: per_host.then(|| PerHostCredentials {
+                        secret_name_template: "s3-{host}".into(),
+                    }),
+                }),
+                local: None,
+                rest: None,
+                path_template: "{namespace}/hosts/{hostname}".into(),
+                password_secret_ref: SecretKeyRef {
+                    name: "pw".into(),
+                    key: "password".into(),
+                },
+                append_only: maintenance,
+                maintenance_credentials_secret_ref: maintenance.then(|| SecretRef {
+                    name: "maint".into(),
+                }),
+                object_lock: None,
+            },
+        )
+    }
+
+    #[test]
+    fn cross_host_restores_never_get_the_source_hosts_keys() {
+        // Own backups: the target's own credentials, whatever the repository.
+        for r in [
+            repo(false, true, true),
+            repo(false, true, false),
+            repo(true, false, false),
+        ] {
+            assert_eq!(read_access(&r, "db1", "db1", "ns"), ReadAccess::TargetOwn);
+        }
+        // Another host's backups with per-host keys and maintenance keys: a read-only
+        // session on exactly the source's prefix, minted with the maintenance Secret.
+        assert_eq!(
+            read_access(&repo(false, true, true), "db2", "db1", "ns"),
+            ReadAccess::ReadOnlySession {
+                secret: "maint".into(),
+                bucket: "backups".into(),
+                prefix: "ns/hosts/db1".into(),
+            }
+        );
+        // ... without maintenance keys: refused, naming what to configure.
+        match read_access(&repo(false, true, false), "db2", "db1", "ns") {
+            ReadAccess::Refuse(m) => {
+                assert!(m.contains("maintenanceCredentialsSecretRef"), "{m}");
+                assert!(m.contains("\"db1\"") && m.contains("\"db2\""), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Shared keys (every host holds them already), the host's own credential chain, and
+        // local or REST backends: nothing new reaches the target.
+        assert_eq!(
+            read_access(&repo(true, false, true), "db2", "db1", "ns"),
+            ReadAccess::TargetOwn
+        );
+        assert_eq!(
+            read_access(&repo(false, false, false), "db2", "db1", "ns"),
+            ReadAccess::TargetOwn
+        );
+        let mut local = repo(false, false, false);
+        local.spec.s3 = None;
+        local.spec.local = Some(LocalBackend {
+            path: "/srv/backup".into(),
+        });
+        assert_eq!(
+            read_access(&local, "db2", "db1", "ns"),
+            ReadAccess::TargetOwn
+        );
+        // A source hostname that would escape its path segment is refused, not expanded.
+        assert!(matches!(
+            read_access(&repo(false, true, true), "db2", "../db1", "ns"),
+            ReadAccess::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn sts_endpoint_prefers_the_operator_side_override() {
+        assert_eq!(
+            sts_endpoint("http://minio:9000/", None),
+            "http://minio:9000"
+        );
+        assert_eq!(
+            sts_endpoint("http://minio:9000", Some("http://127.0.0.1:9000/")),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            sts_endpoint("http://minio:9000", Some(" ")),
+            "http://minio:9000"
+        );
+    }
+
+    #[test]
+    fn script_stdin_has_three_key_lines_then_the_password() {
+        let (ak, sk, tok, pw) = (
+            SecretBytes::new("AK"),
+            SecretBytes::new("SK"),
+            SecretBytes::new("TOK"),
+            SecretBytes::new("pass\nword"),
+        );
+        assert_eq!(
+            script_stdin(Some((&ak, &sk, Some(&tok))), &pw),
+            b"AK\nSK\nTOK\npass\nword"
+        );
+        assert_eq!(
+            script_stdin(Some((&ak, &sk, None)), &pw),
+            b"AK\nSK\n\npass\nword"
+        );
+        assert_eq!(script_stdin(None, &pw), b"\n\n\npass\nword");
+        // The script reads exactly those three lines before the password.
+        assert_eq!(RESTORE_SCRIPT.matches("IFS= read -r").count(), 3);
+        assert!(RESTORE_SCRIPT.contains("export AWS_SESSION_TOKEN"));
+    }
 
     fn restore(target: &str, allow: bool, phase: Option<RestorePhase>) -> Restore {
         let mut r = Restore::new(

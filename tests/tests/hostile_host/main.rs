@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use fleetsnap_tests::{Options, TestEnv, workspace_bin};
 
+mod cross_host_restore;
+
 /// The environment every attack runs in: MinIO, the API server, two systemd hosts.
 pub fn env() -> &'static TestEnv {
     let env = TestEnv::shared(Options {
