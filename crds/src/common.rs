@@ -34,6 +34,13 @@ pub mod reasons {
     /// An older Host has the same hostname or resolves to the same repository path; this
     /// one is refused and nothing is applied to it.
     pub const DUPLICATE_HOST: &str = "DuplicateHost";
+    /// `appendOnly` is set but the storage does not enforce it: an S3 bucket with neither
+    /// versioning nor Object Lock (or whose configuration the maintenance identity cannot
+    /// read), where a host can overwrite and so destroy existing repository files.
+    pub const APPEND_ONLY_NOT_ENFORCED: &str = "AppendOnlyNotEnforced";
+    /// A repository file's current content differs from the content first stored under its
+    /// name (a versioned bucket keeps the original as an older version): a host overwrote it.
+    pub const TAMPERED: &str = "Tampered";
 }
 
 /// Three-valued status of a condition, as in `metav1.Condition`.

@@ -2,6 +2,7 @@
 //! `Host.status` reachability and OS facts fresh). Both share one SSH pool, so the bound on
 //! concurrently worked hosts and the one-connection-per-host rule hold across them.
 
+pub mod append_only;
 pub mod backup_policy;
 pub mod derive;
 pub mod error;
@@ -15,8 +16,10 @@ pub mod maintenance;
 pub mod pool;
 pub mod repository_status;
 pub mod restore;
+pub mod storage_probe;
 pub mod retention_policy;
 pub mod summary;
+pub mod tamper;
 pub mod units;
 pub mod verify_policy;
 

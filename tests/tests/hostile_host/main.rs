@@ -33,3 +33,5 @@ pub fn env() -> &'static TestEnv {
 pub fn fleetsnap() -> PathBuf {
     workspace_bin("fleetsnap").unwrap()
 }
+
+mod overwrite;
