@@ -240,7 +240,7 @@ pub fn overwritten(versions: &[ObjectVersion]) -> Vec<Overwritten> {
         }
         // Oldest first; the listing's `latest` flag wins over timestamps for the newest.
         stored.sort_by_key(|e| (e.latest, e.modified));
-        let (oldest, newest) = (stored[0], stored[stored.len() - 1]);
+        let (oldest, newest) = (*stored[0], *stored[stored.len() - 1]);
         let same = |a: &ObjectVersion, b: &ObjectVersion| {
             a.size == b.size && a.etag.is_some() && a.etag == b.etag
         };

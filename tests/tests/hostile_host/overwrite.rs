@@ -317,7 +317,7 @@ fn overwrite_on_versioned_bucket_is_detected_and_recoverable() {
         + r#"---
 apiVersion: fleetsnap.io/v1alpha1
 kind: VerifyPolicy
-metadata: {name: verify}
+metadata: {name: tamper-verify}
 spec:
   hostSelector: {matchLabels: {group: tamper}}
   repositoryRef: {name: versioned}
@@ -327,7 +327,7 @@ spec:
     let op = Launch::admin(env, ns).start(env, "hostile-tamper");
     let fail = |e: anyhow::Error| -> ! { op.fail(e) };
 
-    let c = ready_when(env, ns, "verifypolicy/verify", |c| c["reason"] == "Tampered")
+    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| c["reason"] == "Tampered")
         .unwrap_or_else(|e| fail(e));
     let msg = c["message"].as_str().unwrap();
     assert_eq!(c["status"], "False", "{c:#}");
@@ -356,7 +356,7 @@ spec:
 
     // The documented recovery (docs/operations.md): copy each original version back with
     // the maintenance (admin) identity, then restic check.
-    let status = get_json(env, ns, "verifypolicy/verify").unwrap();
+    let status = get_json(env, ns, "verifypolicy/tamper-verify").unwrap();
     let report = status["status"]["errors"]
         .as_array()
         .unwrap()
@@ -390,7 +390,7 @@ spec:
     step(t0, "recovered: restic 0.19.1 check passes, the snapshot is back");
 
     // The next verify run lists again and the report clears.
-    let c = ready_when(env, ns, "verifypolicy/verify", |c| c["reason"] != "Tampered")
+    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| c["reason"] != "Tampered")
         .unwrap_or_else(|e| fail(e));
     step(t0, &format!("after recovery: Ready={} {}", c["status"], c["reason"]));
 }
