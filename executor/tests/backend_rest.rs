@@ -133,16 +133,12 @@ fn append_only_server_refuses_overwrites_of_every_file_kind() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    let files: Vec<(String, Vec<u8>)> = [
-        ("data", 1u64),
-        ("index", 2),
-        ("snapshots", 3),
-        ("keys", 4),
-    ]
-    .iter()
-    .map(|(dir, n)| (format!("{dir}/{}", id(*n)), pattern(1000 + *n as usize, *n)))
-    .chain([("config".to_string(), b"original config".to_vec())])
-    .collect();
+    let files: Vec<(String, Vec<u8>)> =
+        [("data", 1u64), ("index", 2), ("snapshots", 3), ("keys", 4)]
+            .iter()
+            .map(|(dir, n)| (format!("{dir}/{}", id(*n)), pattern(1000 + *n as usize, *n)))
+            .chain([("config".to_string(), b"original config".to_vec())])
+            .collect();
     for (path, body) in &files {
         assert_eq!(post(&agent, path, body), 200, "first write of {path}");
     }

@@ -234,7 +234,8 @@ pub fn overwritten(versions: &[ObjectVersion]) -> Vec<Overwritten> {
         if entries.iter().any(|e| e.delete_marker && e.latest) {
             continue;
         }
-        let mut stored: Vec<&&ObjectVersion> = entries.iter().filter(|e| !e.delete_marker).collect();
+        let mut stored: Vec<&&ObjectVersion> =
+            entries.iter().filter(|e| !e.delete_marker).collect();
         if stored.len() < 2 {
             continue;
         }
@@ -1383,15 +1384,85 @@ mod tests {
                 .collect()
         };
         let table: Vec<(&str, Vec<ObjectVersion>, Vec<(&str, &str, usize)>)> = vec![
-            ("one version each", vec![ov("config", "a", "e1", 1, true), ov("snapshots/1", "b", "e2", 1, true)], vec![]),
-            ("config overwritten", vec![ov("config", "new", "junk", 5, true), ov("config", "orig", "e1", 1, false)], vec![("config", "orig", 2)]),
-            ("snapshot overwritten twice", vec![ov("snapshots/1", "v3", "j2", 9, true), ov("snapshots/1", "v1", "e", 1, false), ov("snapshots/1", "v2", "j1", 5, false)], vec![("snapshots/1", "v1", 3)]),
-            ("identical re-upload (S3 retry)", vec![ov("data/ab/1", "v2", "e", 5, true), ov("data/ab/1", "v1", "e", 1, false)], vec![]),
-            ("copied back to the original", vec![ov("config", "v3", "e1", 9, true), ov("config", "v2", "junk", 5, false), ov("config", "v1", "e1", 1, false)], vec![]),
-            ("lock files come and go", vec![ov("locks/1", "v2", "l2", 5, true), ov("locks/1", "v1", "l1", 1, false), marker("locks/2", "m", 6, true)], vec![]),
-            ("pruned on a lock bucket: hidden behind a marker", vec![marker("data/ab/2", "m", 9, true), ov("data/ab/2", "v1", "e", 1, false)], vec![]),
-            ("deleted then written again with other content", vec![ov("index/3", "v2", "other", 9, true), marker("index/3", "m", 5, false), ov("index/3", "v1", "e", 1, false)], vec![("index/3", "v1", 2)]),
-            ("same ETag, other size", vec![ov("keys/4", "v2", "e", 5, true), ObjectVersion { size: 99, ..ov("keys/4", "v1", "e", 1, false) }], vec![("keys/4", "v1", 2)]),
+            (
+                "one version each",
+                vec![
+                    ov("config", "a", "e1", 1, true),
+                    ov("snapshots/1", "b", "e2", 1, true),
+                ],
+                vec![],
+            ),
+            (
+                "config overwritten",
+                vec![
+                    ov("config", "new", "junk", 5, true),
+                    ov("config", "orig", "e1", 1, false),
+                ],
+                vec![("config", "orig", 2)],
+            ),
+            (
+                "snapshot overwritten twice",
+                vec![
+                    ov("snapshots/1", "v3", "j2", 9, true),
+                    ov("snapshots/1", "v1", "e", 1, false),
+                    ov("snapshots/1", "v2", "j1", 5, false),
+                ],
+                vec![("snapshots/1", "v1", 3)],
+            ),
+            (
+                "identical re-upload (S3 retry)",
+                vec![
+                    ov("data/ab/1", "v2", "e", 5, true),
+                    ov("data/ab/1", "v1", "e", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "copied back to the original",
+                vec![
+                    ov("config", "v3", "e1", 9, true),
+                    ov("config", "v2", "junk", 5, false),
+                    ov("config", "v1", "e1", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "lock files come and go",
+                vec![
+                    ov("locks/1", "v2", "l2", 5, true),
+                    ov("locks/1", "v1", "l1", 1, false),
+                    marker("locks/2", "m", 6, true),
+                ],
+                vec![],
+            ),
+            (
+                "pruned on a lock bucket: hidden behind a marker",
+                vec![
+                    marker("data/ab/2", "m", 9, true),
+                    ov("data/ab/2", "v1", "e", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "deleted then written again with other content",
+                vec![
+                    ov("index/3", "v2", "other", 9, true),
+                    marker("index/3", "m", 5, false),
+                    ov("index/3", "v1", "e", 1, false),
+                ],
+                vec![("index/3", "v1", 2)],
+            ),
+            (
+                "same ETag, other size",
+                vec![
+                    ov("keys/4", "v2", "e", 5, true),
+                    ObjectVersion {
+                        size: 99,
+                        ..ov("keys/4", "v1", "e", 1, false)
+                    },
+                ],
+                vec![("keys/4", "v1", 2)],
+            ),
             ("nothing stored", vec![], vec![]),
         ];
         for (name, listing, want) in table {

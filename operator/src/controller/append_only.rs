@@ -187,23 +187,101 @@ mod tests {
     #[test]
     fn only_a_bucket_that_keeps_the_original_enforces_append_only() {
         use Versioning::*;
-        let table: Vec<(&str, serde_json::Value, bool, Option<Result<BucketProtection, String>>, Option<bool>, &str)> = vec![
-            ("not append-only: nothing promised", s3(), false, Some(p(Off, false)), None, ""),
-            ("plain bucket", s3(), true, Some(p(Off, false)), Some(false), "bucket fleet has no versioning and no Object Lock"),
-            ("suspended versioning", s3(), true, Some(p(Suspended, false)), Some(false), "versioning suspended"),
-            ("versioning", s3(), true, Some(p(Enabled, false)), Some(true), "keeps the original as an older version"),
-            ("object lock", s3(), true, Some(p(Enabled, true)), Some(true), "Object Lock"),
-            ("object lock, versioning reported off", s3(), true, Some(p(Off, true)), Some(true), "Object Lock"),
-            ("not read yet", s3(), true, None, Some(false), "not been read yet"),
-            ("cannot read", s3(), true, Some(Err("AccessDenied: no (HTTP 403)".into())), Some(false), "s3:GetBucketVersioning"),
-            ("rest", json!({"rest": {"url": "https://r:8000/"}}), true, None, Some(true), "--append-only"),
-            ("local", json!({"local": {"path": "/srv"}}), true, None, Some(false), "cannot be append-only"),
+        let table: Vec<(
+            &str,
+            serde_json::Value,
+            bool,
+            Option<Result<BucketProtection, String>>,
+            Option<bool>,
+            &str,
+        )> = vec![
+            (
+                "not append-only: nothing promised",
+                s3(),
+                false,
+                Some(p(Off, false)),
+                None,
+                "",
+            ),
+            (
+                "plain bucket",
+                s3(),
+                true,
+                Some(p(Off, false)),
+                Some(false),
+                "bucket fleet has no versioning and no Object Lock",
+            ),
+            (
+                "suspended versioning",
+                s3(),
+                true,
+                Some(p(Suspended, false)),
+                Some(false),
+                "versioning suspended",
+            ),
+            (
+                "versioning",
+                s3(),
+                true,
+                Some(p(Enabled, false)),
+                Some(true),
+                "keeps the original as an older version",
+            ),
+            (
+                "object lock",
+                s3(),
+                true,
+                Some(p(Enabled, true)),
+                Some(true),
+                "Object Lock",
+            ),
+            (
+                "object lock, versioning reported off",
+                s3(),
+                true,
+                Some(p(Off, true)),
+                Some(true),
+                "Object Lock",
+            ),
+            (
+                "not read yet",
+                s3(),
+                true,
+                None,
+                Some(false),
+                "not been read yet",
+            ),
+            (
+                "cannot read",
+                s3(),
+                true,
+                Some(Err("AccessDenied: no (HTTP 403)".into())),
+                Some(false),
+                "s3:GetBucketVersioning",
+            ),
+            (
+                "rest",
+                json!({"rest": {"url": "https://r:8000/"}}),
+                true,
+                None,
+                Some(true),
+                "--append-only",
+            ),
+            (
+                "local",
+                json!({"local": {"path": "/srv"}}),
+                true,
+                None,
+                Some(false),
+                "cannot be append-only",
+            ),
         ];
         for (name, backend, ao, probe, want, text) in table {
             let got = verdict(&repo(backend, ao), probe.as_ref());
             match (got, want) {
                 (None, None) => {}
-                (Some(Verdict::Enforced(m)), Some(true)) | (Some(Verdict::NotEnforced(m)), Some(false)) => {
+                (Some(Verdict::Enforced(m)), Some(true))
+                | (Some(Verdict::NotEnforced(m)), Some(false)) => {
                     assert!(m.contains(text), "{name}: {m}");
                 }
                 (got, want) => panic!("{name}: got {got:?}, want enforced={want:?}"),
@@ -214,7 +292,10 @@ mod tests {
             panic!()
         };
         assert!(m.contains("enable versioning (better: Object Lock)"), "{m}");
-        assert!(m.contains("overwrite and so destroy snapshot, index"), "{m}");
+        assert!(
+            m.contains("overwrite and so destroy snapshot, index"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -224,19 +305,29 @@ mod tests {
         };
         let t0 = Instant::now();
         assert!(c.fresh("ns/r", Some(1), t0).is_none());
-        c.record("ns/r", Some(1), t0, p(Versioning::Off, false));
-        assert!(c.fresh("ns/r", Some(1), t0 + Duration::from_secs(599)).is_some());
+        let _ = c.record("ns/r", Some(1), t0, p(Versioning::Off, false));
+        assert!(
+            c.fresh("ns/r", Some(1), t0 + Duration::from_secs(599))
+                .is_some()
+        );
         assert!(c.fresh("ns/r", Some(1), t0 + REPROBE).is_none());
         assert!(c.fresh("ns/r", Some(2), t0).is_none(), "spec changed");
         // A failure keeps the known answer for the same generation, retried after RETRY.
         let kept = c.record("ns/r", Some(1), t0, Err("timeout".into()));
         assert_eq!(kept, p(Versioning::Off, false));
-        assert!(c.fresh("ns/r", Some(1), t0 + RETRY - Duration::from_secs(1)).is_some());
+        assert!(
+            c.fresh("ns/r", Some(1), t0 + RETRY - Duration::from_secs(1))
+                .is_some()
+        );
         assert!(c.fresh("ns/r", Some(1), t0 + RETRY).is_none());
         // Without a known answer the failure is the answer, for RETRY.
         let e = c.record("ns/x", None, t0, Err("denied".into()));
         assert!(e.is_err());
-        assert!(c.fresh("ns/x", None, t0 + Duration::from_secs(59)).unwrap().is_err());
+        assert!(
+            c.fresh("ns/x", None, t0 + Duration::from_secs(59))
+                .unwrap()
+                .is_err()
+        );
         assert!(c.fresh("ns/x", None, t0 + RETRY).is_none());
         c.forget("ns/x");
         assert!(c.fresh("ns/x", None, t0).is_none());

@@ -793,8 +793,14 @@ mod tests {
         let hole = Verdict::NotEnforced("bucket b has no versioning and no Object Lock".into());
         let s = repository_status(&Default::default(), Some(1), &[], &[], Some(&hole), &u, now);
         let (st, reason, msg) = ready(&s);
-        assert_eq!((st, reason.as_str()), (ConditionStatus::False, "AppendOnlyNotEnforced"));
-        assert!(msg.contains("bucket b has no versioning and no Object Lock"), "{msg}");
+        assert_eq!(
+            (st, reason.as_str()),
+            (ConditionStatus::False, "AppendOnlyNotEnforced")
+        );
+        assert!(
+            msg.contains("bucket b has no versioning and no Object Lock"),
+            "{msg}"
+        );
         let stalled = s.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
         assert_eq!(stalled.status, ConditionStatus::True);
         // A missing Secret is reported first: the probe needs it.
@@ -805,7 +811,10 @@ mod tests {
         let s = repository_status(&s, Some(1), &[], &[], Some(&ok), &u, now);
         let (st, _, msg) = ready(&s);
         assert_eq!(st, ConditionStatus::True);
-        assert!(msg.ends_with("append-only: bucket b has Object Lock"), "{msg}");
+        assert!(
+            msg.ends_with("append-only: bucket b has Object Lock"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -813,6 +822,10 @@ mod tests {
         let local = repo(json!({"local": {"path": "/srv"}, "appendOnly": true,
             "maintenanceCredentialsSecretRef": {"name": "m"}}));
         let p = spec_problems(&local);
-        assert!(p.iter().any(|m| m.contains("local repository cannot be append-only")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("local repository cannot be append-only")),
+            "{p:?}"
+        );
     }
 }

@@ -126,9 +126,7 @@ pub async fn bucket_protection(access: S3Access) -> Result<BucketProtection, Str
 /// Every object version below one host's repository.
 pub async fn object_versions(access: S3Access) -> Result<Vec<ObjectVersion>, String> {
     on_thread("fleetsnap-versions", move || {
-        open(&access)?
-            .object_versions()
-            .map_err(|e| e.to_string())
+        open(&access)?.object_versions().map_err(|e| e.to_string())
     })
     .await
 }

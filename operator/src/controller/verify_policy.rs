@@ -18,11 +18,11 @@ use super::error::Error;
 use super::host_job::{self, MAX_RESYNC};
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
+use super::tamper::{self, ScanCache};
 use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
 use crate::host::record::RunRecord;
-use super::tamper::{self, ScanCache};
 use crate::metrics::{PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "VerifyPolicy";
@@ -520,7 +520,9 @@ async fn tampering(
                     });
                 }
             }
-            Err(e) => tracing::warn!(host, error = %e, "cannot list the repository's object versions"),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot list the repository's object versions")
+            }
         }
     }
     out

@@ -36,7 +36,10 @@ impl HostRepo {
         let env = env();
         make_bucket(env, bucket, kind).unwrap();
         let prefix = format!("hosts/{host}");
-        let keys = (format!("{bucket}-{host}"), format!("{bucket}-{host}-secret-42"));
+        let keys = (
+            format!("{bucket}-{host}"),
+            format!("{bucket}-{host}-secret-42"),
+        );
         add_user(env, dir, &keys, &host_policy(bucket, &prefix)).unwrap();
         HostRepo {
             env,
@@ -88,9 +91,12 @@ impl HostRepo {
         std::fs::write(src.join("precious"), "history that must survive").unwrap();
         self.restic_as(&self.keys, &["backup", src.to_str().unwrap()])
             .unwrap();
-        let snaps: Vec<Value> =
-            serde_json::from_str(&self.restic_as(&self.keys, &["snapshots", "--json"]).unwrap())
-                .unwrap();
+        let snaps: Vec<Value> = serde_json::from_str(
+            &self
+                .restic_as(&self.keys, &["snapshots", "--json"])
+                .unwrap(),
+        )
+        .unwrap();
         snaps[0]["id"].as_str().unwrap().to_string()
     }
 
@@ -182,12 +188,7 @@ spec:
 }
 
 /// The Ready condition of `what` once `pred` holds for it.
-fn ready_when(
-    env: &TestEnv,
-    ns: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Result<Value> {
+fn ready_when(env: &TestEnv, ns: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
     wait::until(&format!("{what} Ready as wanted"), WAIT, || {
         let obj = get_json(env, ns, what)?;
         Ok(condition(&obj, "Ready").filter(|c| pred(c)).cloned())
@@ -204,7 +205,12 @@ fn append_only_refused_without_versioning() {
     setup_namespace(env, dir, ns);
     let sfx = std::process::id();
     let plain = HostRepo::new(dir, &format!("ao-plain-{sfx}"), Bucket::Plain, "host1");
-    let versioned = HostRepo::new(dir, &format!("ao-versioned-{sfx}"), Bucket::Versioned, "host1");
+    let versioned = HostRepo::new(
+        dir,
+        &format!("ao-versioned-{sfx}"),
+        Bucket::Versioned,
+        "host1",
+    );
     let locked = HostRepo::new(dir, &format!("ao-locked-{sfx}"), Bucket::Locked, "host1");
     step(t0, "buckets and per-host users");
 
@@ -234,9 +240,20 @@ fn append_only_refused_without_versioning() {
             &format!("testenv/{}/{}/config", plain.bucket, plain.prefix),
         ])
         .unwrap();
-    assert_eq!(versions.lines().count(), 1, "a plain bucket keeps no original: {versions}");
-    assert!(plain.restic_as(&plain.admin_keys(), &["cat", "config"]).is_err());
-    step(t0, "host overwrote snapshot, index, key and config on the plain bucket");
+    assert_eq!(
+        versions.lines().count(),
+        1,
+        "a plain bucket keeps no original: {versions}"
+    );
+    assert!(
+        plain
+            .restic_as(&plain.admin_keys(), &["cat", "config"])
+            .is_err()
+    );
+    step(
+        t0,
+        "host overwrote snapshot, index, key and config on the plain bucket",
+    );
 
     let repos = repository_yaml(env, "plain", &plain.bucket)
         + &repository_yaml(env, "versioned", &versioned.bucket)
@@ -258,7 +275,10 @@ fn append_only_refused_without_versioning() {
         "{msg}"
     );
     step(t0, "plain bucket: Ready=False AppendOnlyNotEnforced");
-    for (name, how) in [("versioned", "has versioning"), ("locked", "has Object Lock")] {
+    for (name, how) in [
+        ("versioned", "has versioning"),
+        ("locked", "has Object Lock"),
+    ] {
         let c = ready_when(env, ns, &format!("backuprepository/{name}"), |c| {
             c["status"] == "True"
         })
@@ -269,7 +289,10 @@ fn append_only_refused_without_versioning() {
     step(t0, "versioned and locked buckets: Ready=True");
     // Secrets stay out of status and log.
     let log = op.log_text();
-    assert!(!log.contains(env.var("MINIO_ROOT_PASSWORD")), "secret in the operator log");
+    assert!(
+        !log.contains(env.var("MINIO_ROOT_PASSWORD")),
+        "secret in the operator log"
+    );
 }
 
 #[test]
@@ -312,8 +335,12 @@ fn overwrite_on_versioned_bucket_is_detected_and_recoverable() {
             ("AWS_SECRET_ACCESS_KEY", &repo.keys.1),
         ],
     );
-    let objects = kube::host_yaml(host, "group: tamper", env.ssh_port(host), env.var("HOST_KEY"))
-        + &repository_yaml(env, "versioned", &repo.bucket)
+    let objects = kube::host_yaml(
+        host,
+        "group: tamper",
+        env.ssh_port(host),
+        env.var("HOST_KEY"),
+    ) + &repository_yaml(env, "versioned", &repo.bucket)
         + r#"---
 apiVersion: fleetsnap.io/v1alpha1
 kind: VerifyPolicy
@@ -327,8 +354,10 @@ spec:
     let op = Launch::admin(env, ns).start(env, "hostile-tamper");
     let fail = |e: anyhow::Error| -> ! { op.fail(e) };
 
-    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| c["reason"] == "Tampered")
-        .unwrap_or_else(|e| fail(e));
+    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| {
+        c["reason"] == "Tampered"
+    })
+    .unwrap_or_else(|e| fail(e));
     let msg = c["message"].as_str().unwrap();
     assert_eq!(c["status"], "False", "{c:#}");
     assert!(
@@ -337,7 +366,10 @@ spec:
             && msg.contains(&format!("{snapshot_key} (original version ")),
         "{msg}"
     );
-    step(t0, "VerifyPolicy Ready=False Tampered, naming config and the snapshot");
+    step(
+        t0,
+        "VerifyPolicy Ready=False Tampered, naming config and the snapshot",
+    );
     let events = kube::event_names(env, ns, "reason=Tampered");
     assert!(!events.trim().is_empty(), "no Tampered Event");
     let metrics = wait::until("fleetsnap_tampered_objects 2", WAIT, || {
@@ -361,7 +393,12 @@ spec:
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["message"].as_str().unwrap_or("").starts_with("Tampered: "))
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Tampered: ")
+        })
         .cloned()
         .unwrap_or_else(|| fail(anyhow!("no Tampered entry in {status:#}")));
     assert_eq!(report["host"], host);
@@ -387,10 +424,18 @@ spec:
     .unwrap();
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["id"], snap.as_str());
-    step(t0, "recovered: restic 0.19.1 check passes, the snapshot is back");
+    step(
+        t0,
+        "recovered: restic 0.19.1 check passes, the snapshot is back",
+    );
 
     // The next verify run lists again and the report clears.
-    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| c["reason"] != "Tampered")
-        .unwrap_or_else(|e| fail(e));
-    step(t0, &format!("after recovery: Ready={} {}", c["status"], c["reason"]));
+    let c = ready_when(env, ns, "verifypolicy/tamper-verify", |c| {
+        c["reason"] != "Tampered"
+    })
+    .unwrap_or_else(|e| fail(e));
+    step(
+        t0,
+        &format!("after recovery: Ready={} {}", c["status"], c["reason"]),
+    );
 }
