@@ -279,8 +279,10 @@ fn bucket_protection_and_overwrites_against_minio() {
     }
 
     let b = backend(&minio, "versioned", "hosts/h1", S3Options::default());
-    b.write(FileType::Config, "config", b"original config").unwrap();
-    b.write(FileType::Snapshot, &id(1), b"original snapshot").unwrap();
+    b.write(FileType::Config, "config", b"original config")
+        .unwrap();
+    b.write(FileType::Snapshot, &id(1), b"original snapshot")
+        .unwrap();
     b.write(FileType::Pack, &id(2), &pattern(1000, 2)).unwrap();
     b.write(FileType::Lock, &id(3), b"lock 1").unwrap();
     let original = b.versions(FileType::Config, "config").unwrap();
@@ -290,7 +292,10 @@ fn bucket_protection_and_overwrites_against_minio() {
     b.write(FileType::Pack, &id(2), &pattern(1000, 2)).unwrap();
     b.write(FileType::Lock, &id(3), b"lock 2").unwrap();
     let listing = b.object_versions().unwrap();
-    assert!(listing.iter().all(|v| !v.key.starts_with("hosts/")), "{listing:?}");
+    assert!(
+        listing.iter().all(|v| !v.key.starts_with("hosts/")),
+        "{listing:?}"
+    );
     let found = overwritten(&listing);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].key, "config");
@@ -299,7 +304,8 @@ fn bucket_protection_and_overwrites_against_minio() {
     // A plain bucket has one version per key whatever happened: nothing to find, nothing
     // to recover.
     let p = backend(&minio, "plain", "hosts/h1", S3Options::default());
-    p.write(FileType::Config, "config", b"original config").unwrap();
+    p.write(FileType::Config, "config", b"original config")
+        .unwrap();
     p.write(FileType::Config, "config", b"junk").unwrap();
     assert!(overwritten(&p.object_versions().unwrap()).is_empty());
     assert_eq!(p.read(FileType::Config, "config").unwrap(), b"junk");

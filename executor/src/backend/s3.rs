@@ -1383,7 +1383,12 @@ mod tests {
                 .map(|o| (o.key, o.original_version, o.versions))
                 .collect()
         };
-        let table: Vec<(&str, Vec<ObjectVersion>, Vec<(&str, &str, usize)>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<ObjectVersion>,
+            Vec<(&'static str, &'static str, usize)>,
+        );
+        let table: Vec<Case> = vec![
             (
                 "one version each",
                 vec![

@@ -184,17 +184,20 @@ mod tests {
         })
     }
 
+    /// Name, backend, appendOnly, probe, enforced (None: no verdict), message part.
+    type Case = (
+        &'static str,
+        serde_json::Value,
+        bool,
+        Option<Result<BucketProtection, String>>,
+        Option<bool>,
+        &'static str,
+    );
+
     #[test]
     fn only_a_bucket_that_keeps_the_original_enforces_append_only() {
         use Versioning::*;
-        let table: Vec<(
-            &str,
-            serde_json::Value,
-            bool,
-            Option<Result<BucketProtection, String>>,
-            Option<bool>,
-            &str,
-        )> = vec![
+        let table: Vec<Case> = vec![
             (
                 "not append-only: nothing promised",
                 s3(),

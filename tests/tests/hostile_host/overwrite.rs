@@ -372,7 +372,7 @@ spec:
     );
     let events = kube::event_names(env, ns, "reason=Tampered");
     assert!(!events.trim().is_empty(), "no Tampered Event");
-    let metrics = wait::until("fleetsnap_tampered_objects 2", WAIT, || {
+    wait::until("fleetsnap_tampered_objects 2", WAIT, || {
         let text = op.scrape()?;
         Ok(text
             .lines()
@@ -384,7 +384,6 @@ spec:
             .then_some(text))
     })
     .unwrap_or_else(|e| fail(e));
-    drop(metrics);
 
     // The documented recovery (docs/operations.md): copy each original version back with
     // the maintenance (admin) identity, then restic check.
