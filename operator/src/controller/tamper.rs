@@ -47,10 +47,19 @@ pub fn is_report(message: &str) -> bool {
     message.starts_with(PREFIX)
 }
 
+/// One host's listings: the one after the latest run, and the last one that succeeded.
+#[derive(Clone, Debug, Default)]
+struct Scan {
+    run: Option<DateTime<Utc>>,
+    result: Option<Result<Vec<Overwritten>, String>>,
+    last_ok: Option<Vec<Overwritten>>,
+}
+
 /// The last listing per `namespace/policy/host`, keyed by the verify run it followed: a
-/// host's versions are listed once per run, not once per reconcile.
+/// host's versions are listed once per run, not once per reconcile. A failed listing keeps
+/// the last successful one as what is reported, so a storage hiccup never clears a report.
 pub struct ScanCache {
-    entries: Mutex<HashMap<String, (DateTime<Utc>, Result<Vec<Overwritten>, String>)>>,
+    entries: Mutex<HashMap<String, Scan>>,
 }
 
 impl ScanCache {
@@ -64,16 +73,24 @@ impl ScanCache {
     /// The listing made after the run that started at `run`, if there is one.
     pub fn get(&self, key: &str, run: DateTime<Utc>) -> Option<Result<Vec<Overwritten>, String>> {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(at, _)| *at == run)
-            .map(|(_, r)| r.clone())
+        let scan = map.get(key).filter(|s| s.run == Some(run))?;
+        scan.result.clone()
     }
 
     pub fn put(&self, key: &str, run: DateTime<Utc>, result: Result<Vec<Overwritten>, String>) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), (run, result));
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let scan = map.entry(key.to_string()).or_default();
+        if let Ok(found) = &result {
+            scan.last_ok = Some(found.clone());
+        }
+        scan.run = Some(run);
+        scan.result = Some(result);
+    }
+
+    /// What to report for a host now: the last successful listing.
+    pub fn reported(&self, key: &str) -> Option<Vec<Overwritten>> {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).and_then(|s| s.last_ok.clone())
     }
 }
 
@@ -118,5 +135,11 @@ mod tests {
         c.put("ns/v/h", t1, Ok(vec![o("config")]));
         assert_eq!(c.get("ns/v/h", t1), Some(Ok(vec![o("config")])));
         assert!(c.get("ns/v/h", t2).is_none(), "a new run lists again");
+        // A failed listing is retried after the next run, and the report stays.
+        c.put("ns/v/h", t2, Err("timeout".into()));
+        assert!(c.get("ns/v/h", t2).unwrap().is_err());
+        assert_eq!(c.reported("ns/v/h"), Some(vec![o("config")]));
+        c.put("ns/v/h", t2, Ok(vec![]));
+        assert_eq!(c.reported("ns/v/h"), Some(vec![]));
     }
 }

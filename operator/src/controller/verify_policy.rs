@@ -436,7 +436,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
 /// credentials (S3 only; maintenance keys, else the shared keys) and reports overwritten
 /// files: a `status.errors` entry per tampered host, and `fleetsnap_tampered_objects`. One
 /// listing per run ([`ScanCache`]); a listing that fails is logged and tried after the next
-/// run, never reported as tampering.
+/// run, and the last successful listing stays what is reported.
 async fn tampering(
     ctx: &Context,
     ns: &str,
@@ -449,80 +449,77 @@ async fn tampering(
     if repo.spec.s3.is_none() || ran.is_empty() {
         return Vec::new();
     }
-    let mut names: Vec<String> = [
-        repo.spec.maintenance_credentials_secret_ref.as_ref(),
-        repo.spec
-            .s3
-            .as_ref()
-            .and_then(|s| s.credentials_secret_ref.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|r| r.name.clone())
-    .collect();
-    if names.is_empty() {
-        return Vec::new();
-    }
-    names.dedup();
-    let secrets = match jobs::read_secrets(ctx, ns, &names).await {
-        Ok(s) => s,
-        Err(f) => {
-            tracing::warn!(error = %f.message, "cannot read the credentials to list object versions");
+    let cache = ScanCache::global();
+    let key = |host: &str| format!("{ns}/{policy}/{host}");
+    let mut secrets = None;
+    if ran.iter().any(|(h, t)| cache.get(&key(h), *t).is_none()) {
+        let mut names: Vec<String> = [
+            repo.spec.maintenance_credentials_secret_ref.as_ref(),
+            repo.spec
+                .s3
+                .as_ref()
+                .and_then(|s| s.credentials_secret_ref.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+        names.dedup();
+        if names.is_empty() {
+            // Per-host keys only: the operator has no identity of its own to list with.
             return Vec::new();
         }
-    };
+        match jobs::read_secrets(ctx, ns, &names).await {
+            Ok(s) => secrets = Some(s),
+            Err(f) => {
+                tracing::warn!(error = %f.message, "cannot read the credentials to list object versions")
+            }
+        }
+    }
     let mut out = Vec::new();
     for (host, started) in ran {
         let Some(h) = hosts.iter().find(|h| h.name_any() == *host) else {
             continue;
         };
-        let key = format!("{ns}/{policy}/{host}");
-        let cache = ScanCache::global();
-        let result = match cache.get(&key, *started) {
-            Some(r) => r,
-            None => {
-                let path = match repo.spec.host_path(h.effective_hostname(), ns) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(host, error = %e, "no repository path");
-                        continue;
-                    }
-                };
-                let r = match storage_probe::access(repo, Some(&path), &secrets) {
+        let key = key(host);
+        if cache.get(&key, *started).is_none()
+            && let Some(secrets) = &secrets
+        {
+            let r = match repo.spec.host_path(h.effective_hostname(), ns) {
+                Ok(path) => match storage_probe::access(repo, Some(&path), secrets) {
                     Some(Ok(a)) => storage_probe::object_versions(a)
                         .await
                         .map(|v| fleetsnap::backend::s3::overwritten(&v)),
                     Some(Err(e)) => Err(e),
                     None => continue,
-                };
-                cache.put(&key, *started, r.clone());
-                r
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &r {
+                tracing::warn!(host, error = %e, "cannot list the repository's object versions");
             }
+            cache.put(&key, *started, r);
+        }
+        let Some(found) = cache.reported(&key) else {
+            continue;
         };
         let labels = PolicyHostLabels {
             namespace: ns.to_string(),
             policy: policy.to_string(),
             host: host.clone(),
         };
-        match result {
-            Ok(found) => {
-                ctx.metrics
-                    .tampered_objects
-                    .get_or_create(&labels)
-                    .set(found.len() as f64);
-                if let Some(message) = tamper::message(&found) {
-                    tracing::warn!(host, files = found.len(), "repository files overwritten");
-                    out.push(VerifyError {
-                        host: host.clone(),
-                        message,
-                        packs: vec![],
-                        time: Some(to_time(*started)),
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(host, error = %e, "cannot list the repository's object versions")
-            }
+        ctx.metrics
+            .tampered_objects
+            .get_or_create(&labels)
+            .set(found.len() as f64);
+        if let Some(message) = tamper::message(&found) {
+            tracing::warn!(host, files = found.len(), "repository files overwritten");
+            out.push(VerifyError {
+                host: host.clone(),
+                message,
+                packs: vec![],
+                time: Some(to_time(*started)),
+            });
         }
     }
     out
