@@ -151,7 +151,9 @@ impl HostRepo {
 }
 
 fn setup_namespace(env: &TestEnv, dir: &Path, ns: &str) {
-    kube::install_crds(env);
+    // Once per test binary: two tests applying the CRDs at once race on their creation.
+    static CRDS: std::sync::Once = std::sync::Once::new();
+    CRDS.call_once(|| kube::install_crds(env));
     kube::create_namespace(env, ns);
     secret_from_files(env, ns, dir, "repo-password", &[("password", PASSWORD)]);
     secret_from_files(
