@@ -40,6 +40,13 @@ pub mod reasons {
     /// A Restore of one host's backups onto another that cannot be given a read-only
     /// credential for the source's repository, or whose minting failed.
     pub const CROSS_HOST_CREDENTIALS: &str = "CrossHostCredentials";
+    /// `appendOnly` is set but the storage does not enforce it: an S3 bucket with neither
+    /// versioning nor Object Lock (or whose configuration the maintenance identity cannot
+    /// read), where a host can overwrite and so destroy existing repository files.
+    pub const APPEND_ONLY_NOT_ENFORCED: &str = "AppendOnlyNotEnforced";
+    /// A repository file's current content differs from the content first stored under its
+    /// name (a versioned bucket keeps the original as an older version): a host overwrote it.
+    pub const TAMPERED: &str = "Tampered";
 }
 
 /// Three-valued status of a condition, as in `metav1.Condition`.

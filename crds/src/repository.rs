@@ -70,6 +70,9 @@ use crate::common::{Condition, SecretKeyRef, SecretRef};
     "!self.appendOnly || has(self.maintenanceCredentialsSecretRef)"
 ).message("appendOnly repositories need maintenanceCredentialsSecretRef: hosts cannot delete, so forget/prune runs in the operator with these separate credentials"))]
 #[x_kube(validation = kube::core::Rule::new(
+    "!(self.appendOnly && has(self.local))"
+).message("a local repository cannot be append-only: the host owns the directory and can overwrite or delete any file in it; use s3 (with versioning or Object Lock) or rest (a server run with --append-only)"))]
+#[x_kube(validation = kube::core::Rule::new(
     "has(self.s3) == has(oldSelf.s3) && has(self.local) == has(oldSelf.local) && has(self.rest) == has(oldSelf.rest)"
 ).message("the backend type is immutable: create a new BackupRepository to move to another backend"))]
 pub struct BackupRepositorySpec {
@@ -105,6 +108,11 @@ pub struct BackupRepositorySpec {
     pub password_secret_ref: SecretKeyRef,
     /// Hosts get credentials that can add data but not delete or overwrite it. Retention
     /// then has to run with `runOn: Operator`, using maintenanceCredentialsSecretRef.
+    /// The storage has to enforce it: on S3 the operator reads the bucket's versioning and
+    /// Object Lock configuration with the maintenance credentials and reports `Ready=False`
+    /// (`AppendOnlyNotEnforced`) on a bucket with neither, where a host's PutObject over an
+    /// existing file destroys it; a REST server must run with `--append-only`, which the
+    /// operator cannot check. Not allowed with `local`.
     #[serde(default)]
     pub append_only: bool,
     /// Credentials with delete rights, used only by the operator for forget/prune and never
@@ -248,8 +256,10 @@ pub struct BackupRepositoryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_maintenance: Option<Time>,
     /// Standard conditions: `Ready` (the spec is usable and every Secret it names resolves:
-    /// reason `InvalidSpec` or `SecretNotFound` otherwise; the backend itself is not
-    /// contacted), `Stalled` (True while a human has to fix one of those).
+    /// reason `InvalidSpec` or `SecretNotFound` otherwise; for an `appendOnly` S3 repository
+    /// also that the bucket enforces it, reason `AppendOnlyNotEnforced` otherwise, probed with
+    /// the maintenance credentials at most every 10 minutes and on every spec change),
+    /// `Stalled` (True while a human has to fix one of those).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -119,6 +119,71 @@ fn append_only_server_refuses_delete_clearly() {
     assert_eq!(b.read(FileType::Snapshot, &id(1)).unwrap(), b"snap");
 }
 
+/// What a compromised host can send an append-only server: a POST over every kind of
+/// existing file (one after another, then sixteen at once) and a DELETE. The server must
+/// refuse all of it and keep the content. Checked against the rclone testenv ships (Debian's
+/// 1.60.1); docs/backends.md names the versions this holds for.
+#[test]
+fn append_only_server_refuses_overwrites_of_every_file_kind() {
+    let server = Rclone::start(&["--append-only"]);
+    let b = backend::open(&server.url(None)).unwrap();
+    b.create().unwrap();
+    let base = format!("http://{}/", server.addr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |agent: &ureq::Agent, path: &str, body: &[u8]| -> u16 {
+        agent
+            .post(format!("{base}{path}"))
+            .send(body)
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let files: Vec<(String, Vec<u8>)> =
+        [("data", 1u64), ("index", 2), ("snapshots", 3), ("keys", 4)]
+            .iter()
+            .map(|(dir, n)| (format!("{dir}/{}", id(*n)), pattern(1000 + *n as usize, *n)))
+            .chain([("config".to_string(), b"original config".to_vec())])
+            .collect();
+    for (path, body) in &files {
+        assert_eq!(post(&agent, path, body), 200, "first write of {path}");
+    }
+    for (path, _) in &files {
+        assert_eq!(post(&agent, path, b"junk"), 403, "overwrite of {path}");
+        let del = agent
+            .delete(format!("{base}{path}"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        assert_eq!(del, 403, "delete of {path}");
+    }
+    // Concurrent overwrites: the existence check and the write must not race.
+    std::thread::scope(|s| {
+        for (path, _) in &files {
+            for i in 0..16u8 {
+                let (agent, post) = (&agent, &post);
+                s.spawn(move || {
+                    let code = post(agent, path, &[b'j', i]);
+                    assert_ne!(code / 100, 2, "concurrent overwrite {i} of {path}: {code}");
+                });
+            }
+        }
+    });
+    for (path, body) in &files {
+        let got = agent
+            .get(format!("{base}{path}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap();
+        assert_eq!(&got, body, "{path} changed");
+    }
+    let pack = &files[0].0["data/".len()..];
+    assert_eq!(b.read(FileType::Pack, pack).unwrap(), files[0].1);
+}
+
 #[test]
 fn basic_auth_and_no_password_in_messages() {
     let server = Rclone::start(&["--user", "host-1", "--pass", "s3cr3t/pw"]);

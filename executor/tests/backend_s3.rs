@@ -238,6 +238,89 @@ fn object_lock_refuses_deleting_a_locked_version() {
     assert_eq!(b.versions(FileType::Snapshot, &name).unwrap(), versions);
 }
 
+/// What `appendOnly` rests on, read from real buckets: a plain one, a versioned one, one
+/// with versioning suspended and one with Object Lock. Then an overwrite on the versioned
+/// bucket (what a host with put rights can do) is found in the version listing, with the
+/// version to copy back, while an identical re-upload and lock files are not.
+#[test]
+fn bucket_protection_and_overwrites_against_minio() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    use fleetsnap::backend::s3::{BucketProtection, Versioning, overwritten};
+    let minio = Minio::start();
+    let admin = minio.admin();
+    admin.create_bucket("plain");
+    admin.create_locked_bucket("locked");
+    for (bucket, status) in [
+        ("versioned", BucketVersioningStatus::Enabled),
+        ("suspended", BucketVersioningStatus::Enabled),
+        ("suspended", BucketVersioningStatus::Suspended),
+    ] {
+        if bucket == "versioned" || status == BucketVersioningStatus::Enabled {
+            let _ = admin
+                .rt
+                .block_on(admin.client.create_bucket().bucket(bucket).send());
+        }
+        admin
+            .rt
+            .block_on(
+                admin
+                    .client
+                    .put_bucket_versioning()
+                    .bucket(bucket)
+                    .versioning_configuration(
+                        VersioningConfiguration::builder().status(status).build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+    }
+    let want = |versioning, object_lock| BucketProtection {
+        versioning,
+        object_lock,
+    };
+    for (bucket, expected) in [
+        ("plain", want(Versioning::Off, false)),
+        ("versioned", want(Versioning::Enabled, false)),
+        ("suspended", want(Versioning::Suspended, false)),
+        ("locked", want(Versioning::Enabled, true)),
+    ] {
+        let b = backend(&minio, bucket, "", S3Options::default());
+        assert_eq!(b.bucket_protection().unwrap(), expected, "{bucket}");
+    }
+
+    let b = backend(&minio, "versioned", "hosts/h1", S3Options::default());
+    b.write(FileType::Config, "config", b"original config")
+        .unwrap();
+    b.write(FileType::Snapshot, &id(1), b"original snapshot")
+        .unwrap();
+    b.write(FileType::Pack, &id(2), &pattern(1000, 2)).unwrap();
+    b.write(FileType::Lock, &id(3), b"lock 1").unwrap();
+    let original = b.versions(FileType::Config, "config").unwrap();
+    assert_eq!(original.len(), 1);
+    // The attack, and what restic itself does: a retried pack upload, a lock rewritten.
+    b.write(FileType::Config, "config", b"junk").unwrap();
+    b.write(FileType::Pack, &id(2), &pattern(1000, 2)).unwrap();
+    b.write(FileType::Lock, &id(3), b"lock 2").unwrap();
+    let listing = b.object_versions().unwrap();
+    assert!(
+        listing.iter().all(|v| !v.key.starts_with("hosts/")),
+        "{listing:?}"
+    );
+    let found = overwritten(&listing);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "config");
+    assert_eq!(found[0].original_version, original[0]);
+    assert_eq!(found[0].versions, 2);
+    // A plain bucket has one version per key whatever happened: nothing to find, nothing
+    // to recover.
+    let p = backend(&minio, "plain", "hosts/h1", S3Options::default());
+    p.write(FileType::Config, "config", b"original config")
+        .unwrap();
+    p.write(FileType::Config, "config", b"junk").unwrap();
+    assert!(overwritten(&p.object_versions().unwrap()).is_empty());
+    assert_eq!(p.read(FileType::Config, "config").unwrap(), b"junk");
+}
+
 #[test]
 fn wrong_credentials_are_denied() {
     let minio = Minio::start();

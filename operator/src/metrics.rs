@@ -69,6 +69,8 @@ pub struct Metrics {
     pub verify_last_success: Family<PolicyHostLabels, FGauge>,
     pub verify_consecutive_failures: Family<PolicyHostLabels, FGauge>,
     pub verify_expected_interval: Family<PolicyLabels, FGauge>,
+    /// Repository files found overwritten (versioned bucket) by the VerifyPolicy's listing.
+    pub tampered_objects: Family<PolicyHostLabels, FGauge>,
     pub retention_last_success: Family<PolicyHostLabels, FGauge>,
     pub retention_suspicious_snapshots: Family<PolicyHostLabels, FGauge>,
     pub host_reachable: Family<HostLabels, FGauge>,
@@ -126,6 +128,10 @@ impl Metrics {
         let verify_consecutive_failures = g(
             "fleetsnap_verify_consecutive_failures",
             "Failed verifications since the last success",
+        );
+        let tampered_objects = g(
+            "fleetsnap_tampered_objects",
+            "Repository files whose current content differs from the first stored version",
         );
         let retention_last_success = g(
             "fleetsnap_retention_last_success_timestamp_seconds",
@@ -192,6 +198,7 @@ impl Metrics {
             verify_last_success,
             verify_consecutive_failures,
             verify_expected_interval,
+            tampered_objects,
             retention_last_success,
             retention_suspicious_snapshots,
             host_reachable,
@@ -256,6 +263,7 @@ impl Metrics {
                 self.verify_host_selected.remove(l);
                 self.verify_last_success.remove(l);
                 self.verify_consecutive_failures.remove(l);
+                self.tampered_objects.remove(l);
             }
         }
     }
@@ -399,6 +407,7 @@ mod tests {
             &m.verify_host_selected,
             &m.verify_last_success,
             &m.verify_consecutive_failures,
+            &m.tampered_objects,
             &m.retention_last_success,
             &m.retention_suspicious_snapshots,
         ] {

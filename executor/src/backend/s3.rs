@@ -19,7 +19,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockEnabled};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
+};
 use aws_smithy_http_client::tls;
 use tokio::runtime::Runtime;
 use tracing::{debug, debug_span, warn};
@@ -165,6 +167,95 @@ impl PurgeSteps {
     }
 }
 
+/// Whether the bucket keeps old versions of an object, from `GetBucketVersioning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled: an overwrite or delete destroys the original.
+    Off,
+    /// Enabled: an overwrite leaves the original as a noncurrent version.
+    Enabled,
+    /// Was enabled, now suspended: new writes replace the `null` version in place.
+    Suspended,
+}
+
+/// What the bucket's own configuration does to an overwrite, as seen by this identity. A
+/// plain value: the decision what it means for `appendOnly` is the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketProtection {
+    pub versioning: Versioning,
+    /// Object Lock is enabled on the bucket (which implies versioning).
+    pub object_lock: bool,
+}
+
+/// One stored version or delete marker below the repository, from `ListObjectVersions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// Key relative to the repository root, e.g. `config` or `snapshots/<id>`.
+    pub key: String,
+    pub version_id: String,
+    pub etag: Option<String>,
+    pub size: u64,
+    pub delete_marker: bool,
+    pub latest: bool,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// A repository file whose current content is not the content first stored under its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overwritten {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// The oldest stored version: what to copy back to recover.
+    pub original_version: String,
+    /// Stored versions of the key (delete markers not counted).
+    pub versions: usize,
+}
+
+/// Repository files that were overwritten with other content, from a version listing.
+///
+/// Restic never rewrites a file: data, index, snapshot and key files are named by the hash
+/// of their content, and `config` is written once. So a key whose newest stored version
+/// differs (ETag or size) from its oldest was overwritten. Not counted: lock files (written
+/// and deleted all the time), keys whose newest entry is a delete marker (our own prune
+/// hides versions Object Lock still holds that way), and identical re-uploads (an S3 retry,
+/// a backup that wrote the same blob again). A file copied back to its original content no
+/// longer counts, so a recovery clears the report. Sorted by key.
+pub fn overwritten(versions: &[ObjectVersion]) -> Vec<Overwritten> {
+    use std::collections::BTreeMap;
+    let mut by_key: BTreeMap<&str, Vec<&ObjectVersion>> = BTreeMap::new();
+    for v in versions {
+        if v.key.starts_with("locks/") {
+            continue;
+        }
+        by_key.entry(v.key.as_str()).or_default().push(v);
+    }
+    let mut out = Vec::new();
+    for (key, entries) in by_key {
+        if entries.iter().any(|e| e.delete_marker && e.latest) {
+            continue;
+        }
+        let mut stored: Vec<&&ObjectVersion> =
+            entries.iter().filter(|e| !e.delete_marker).collect();
+        if stored.len() < 2 {
+            continue;
+        }
+        // Oldest first; the listing's `latest` flag wins over timestamps for the newest.
+        stored.sort_by_key(|e| (e.latest, e.modified));
+        let (oldest, newest) = (*stored[0], *stored[stored.len() - 1]);
+        let same = |a: &ObjectVersion, b: &ObjectVersion| {
+            a.size == b.size && a.etag.is_some() && a.etag == b.etag
+        };
+        if !same(oldest, newest) {
+            out.push(Overwritten {
+                key: key.to_string(),
+                original_version: oldest.version_id.clone(),
+                versions: stored.len(),
+            });
+        }
+    }
+    out
+}
+
 impl S3Backend {
     pub fn open(loc: S3Location, opts: S3Options) -> BackendResult<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -270,6 +361,116 @@ impl S3Backend {
     ) -> BackendError {
         let (kind, message) = classify(e);
         BackendError::new(kind, op, what, self.location(), message)
+    }
+
+    /// The bucket's versioning and Object Lock configuration (`GetBucketVersioning`,
+    /// `GetObjectLockConfiguration`). A bucket without a lock configuration is an answer
+    /// (`object_lock: false`); being refused either call is an error, since then nothing is
+    /// known about what an overwrite does.
+    pub fn bucket_protection(&self) -> BackendResult<BucketProtection> {
+        let _span = debug_span!("backend.bucket_protection", backend = "s3").entered();
+        let what = "the bucket's versioning";
+        let v = self
+            .rt
+            .block_on(
+                self.client
+                    .get_bucket_versioning()
+                    .bucket(&self.loc.bucket)
+                    .send(),
+            )
+            .map_err(|e| self.err("read", what, &e))?;
+        let versioning = match v.status() {
+            Some(BucketVersioningStatus::Enabled) => Versioning::Enabled,
+            Some(BucketVersioningStatus::Suspended) => Versioning::Suspended,
+            _ => Versioning::Off,
+        };
+        let lock = self.rt.block_on(
+            self.client
+                .get_object_lock_configuration()
+                .bucket(&self.loc.bucket)
+                .send(),
+        );
+        let object_lock = match lock {
+            Ok(out) => {
+                out.object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    == Some(&ObjectLockEnabled::Enabled)
+            }
+            Err(e) => {
+                let code = e.as_service_error().and_then(|se| se.code()).unwrap_or("");
+                if code == "ObjectLockConfigurationNotFoundError" {
+                    false
+                } else {
+                    return Err(self.err("read", "the bucket's Object Lock configuration", &e));
+                }
+            }
+        };
+        Ok(BucketProtection {
+            versioning,
+            object_lock,
+        })
+    }
+
+    /// Every stored version and delete marker below the repository (`ListObjectVersions`),
+    /// keys relative to the repository root.
+    pub fn object_versions(&self) -> BackendResult<Vec<ObjectVersion>> {
+        let _span = debug_span!("backend.object_versions", backend = "s3").entered();
+        let prefix = self.with_prefix("");
+        let what = "the repository's object versions";
+        let rel = |key: &str| key.strip_prefix(prefix.as_str()).unwrap_or(key).to_string();
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = self
+                    .client
+                    .list_object_versions()
+                    .bucket(&self.loc.bucket)
+                    .prefix(&prefix)
+                    .set_key_marker(key_marker.take())
+                    .set_version_id_marker(version_marker.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.err("list versions of", what, &e))?;
+                for v in page.versions() {
+                    let (Some(key), Some(id)) = (v.key(), v.version_id()) else {
+                        continue;
+                    };
+                    out.push(ObjectVersion {
+                        key: rel(key),
+                        version_id: id.to_string(),
+                        etag: v.e_tag().map(str::to_owned),
+                        size: v.size().unwrap_or(0).max(0) as u64,
+                        delete_marker: false,
+                        latest: v.is_latest().unwrap_or(false),
+                        modified: v.last_modified().and_then(system_time),
+                    });
+                }
+                for m in page.delete_markers() {
+                    let (Some(key), Some(id)) = (m.key(), m.version_id()) else {
+                        continue;
+                    };
+                    out.push(ObjectVersion {
+                        key: rel(key),
+                        version_id: id.to_string(),
+                        etag: None,
+                        size: 0,
+                        delete_marker: true,
+                        latest: m.is_latest().unwrap_or(false),
+                        modified: m.last_modified().and_then(system_time),
+                    });
+                }
+                if !page.is_truncated().unwrap_or(false) {
+                    break;
+                }
+                key_marker = page.next_key_marker().map(str::to_owned);
+                version_marker = page.next_version_id_marker().map(str::to_owned);
+                if key_marker.is_none() && version_marker.is_none() {
+                    break;
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Version IDs of one repository file, newest first. Only meaningful on versioned
@@ -1196,5 +1397,131 @@ mod tests {
         let only_markers = PurgeSteps::new(&[m("x", true), m("y", false)]);
         assert!(only_markers.versions.is_empty() && only_markers.hidden);
         assert_eq!(only_markers.markers, ["x", "y"]);
+    }
+
+    /// A stored version `n` seconds after the epoch with content tag `etag`.
+    fn ov(key: &str, id: &str, etag: &str, at: u64, latest: bool) -> ObjectVersion {
+        ObjectVersion {
+            key: key.into(),
+            version_id: id.into(),
+            etag: Some(etag.into()),
+            size: etag.len() as u64,
+            delete_marker: false,
+            latest,
+            modified: Some(std::time::UNIX_EPOCH + Duration::from_secs(at)),
+        }
+    }
+
+    fn marker(key: &str, id: &str, at: u64, latest: bool) -> ObjectVersion {
+        ObjectVersion {
+            etag: None,
+            size: 0,
+            delete_marker: true,
+            ..ov(key, id, "", at, latest)
+        }
+    }
+
+    #[test]
+    fn overwrites_are_found_and_everything_restic_does_itself_is_not() {
+        let keys = |l: &[ObjectVersion]| -> Vec<(String, String, usize)> {
+            overwritten(l)
+                .into_iter()
+                .map(|o| (o.key, o.original_version, o.versions))
+                .collect()
+        };
+        type Case = (
+            &'static str,
+            Vec<ObjectVersion>,
+            Vec<(&'static str, &'static str, usize)>,
+        );
+        let table: Vec<Case> = vec![
+            (
+                "one version each",
+                vec![
+                    ov("config", "a", "e1", 1, true),
+                    ov("snapshots/1", "b", "e2", 1, true),
+                ],
+                vec![],
+            ),
+            (
+                "config overwritten",
+                vec![
+                    ov("config", "new", "junk", 5, true),
+                    ov("config", "orig", "e1", 1, false),
+                ],
+                vec![("config", "orig", 2)],
+            ),
+            (
+                "snapshot overwritten twice",
+                vec![
+                    ov("snapshots/1", "v3", "j2", 9, true),
+                    ov("snapshots/1", "v1", "e", 1, false),
+                    ov("snapshots/1", "v2", "j1", 5, false),
+                ],
+                vec![("snapshots/1", "v1", 3)],
+            ),
+            (
+                "identical re-upload (S3 retry)",
+                vec![
+                    ov("data/ab/1", "v2", "e", 5, true),
+                    ov("data/ab/1", "v1", "e", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "copied back to the original",
+                vec![
+                    ov("config", "v3", "e1", 9, true),
+                    ov("config", "v2", "junk", 5, false),
+                    ov("config", "v1", "e1", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "lock files come and go",
+                vec![
+                    ov("locks/1", "v2", "l2", 5, true),
+                    ov("locks/1", "v1", "l1", 1, false),
+                    marker("locks/2", "m", 6, true),
+                ],
+                vec![],
+            ),
+            (
+                "pruned on a lock bucket: hidden behind a marker",
+                vec![
+                    marker("data/ab/2", "m", 9, true),
+                    ov("data/ab/2", "v1", "e", 1, false),
+                ],
+                vec![],
+            ),
+            (
+                "deleted then written again with other content",
+                vec![
+                    ov("index/3", "v2", "other", 9, true),
+                    marker("index/3", "m", 5, false),
+                    ov("index/3", "v1", "e", 1, false),
+                ],
+                vec![("index/3", "v1", 2)],
+            ),
+            (
+                "same ETag, other size",
+                vec![
+                    ov("keys/4", "v2", "e", 5, true),
+                    ObjectVersion {
+                        size: 99,
+                        ..ov("keys/4", "v1", "e", 1, false)
+                    },
+                ],
+                vec![("keys/4", "v1", 2)],
+            ),
+            ("nothing stored", vec![], vec![]),
+        ];
+        for (name, listing, want) in table {
+            let want: Vec<(String, String, usize)> = want
+                .into_iter()
+                .map(|(k, v, n)| (k.to_string(), v.to_string(), n))
+                .collect();
+            assert_eq!(keys(&listing), want, "{name}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! `Host.status` reachability and OS facts fresh). Both share one SSH pool, so the bound on
 //! concurrently worked hosts and the one-connection-per-host rule hold across them.
 
+pub mod append_only;
 pub mod backup_policy;
 pub mod derive;
 pub mod error;
@@ -17,7 +18,9 @@ pub mod repository_status;
 pub mod restore;
 pub mod retention_policy;
 pub mod sts;
+pub mod storage_probe;
 pub mod summary;
+pub mod tamper;
 pub mod units;
 pub mod verify_policy;
 

@@ -1,7 +1,9 @@
 //! BackupRepository status: whether the spec is usable and its Secrets resolve, who uses
-//! the repository, and what is known about it from the policies' own status. Only what the
-//! operator already knows or can learn from the API: no storage call is made, so a large
-//! fleet costs a few list calls per repository and resync, never one per host.
+//! the repository, what is known about it from the policies' own status, and for an
+//! `appendOnly` repository whether the storage enforces it. The only storage calls are that
+//! bucket probe (two requests, cached for ten minutes per repository: see
+//! [`super::append_only`]), so a large fleet costs a few list calls per repository and
+//! resync, never one per host.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use kube::{Api, ResourceExt};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Context;
+use super::append_only::{self, ProbeCache, Verdict};
 use super::derive::{self, Secrets};
 use super::error::Error;
 use super::host_job::HostJob;
@@ -98,6 +101,13 @@ pub fn spec_problems(repo: &BackupRepository) -> Vec<String> {
         && s3.per_host_credentials.is_some()
     {
         out.push("s3: set credentialsSecretRef or perHostCredentials, not both".into());
+    }
+    if spec.append_only && spec.local.is_some() {
+        out.push(
+            "a local repository cannot be append-only: the host owns the directory and can \
+             overwrite or delete any file in it"
+                .into(),
+        );
     }
     if spec.append_only && spec.maintenance_credentials_secret_ref.is_none() {
         out.push(
@@ -262,12 +272,14 @@ fn listed(problems: &[String]) -> String {
 }
 
 /// The new status. Spec problems win over Secret problems (a fixed spec may name other
-/// Secrets); `previous` keeps condition transition times.
+/// Secrets), and both over an append-only promise the storage does not keep; `previous`
+/// keeps condition transition times.
 pub fn repository_status(
     previous: &BackupRepositoryStatus,
     generation: Option<i64>,
     spec: &[String],
     secrets: &[String],
+    append_only: Option<&Verdict>,
     usage: &Usage,
     now: DateTime<Utc>,
 ) -> BackupRepositoryStatus {
@@ -275,16 +287,23 @@ pub fn repository_status(
         (false, super::error::INVALID_SPEC, listed(spec))
     } else if !secrets.is_empty() {
         (false, reasons::SECRET_NOT_FOUND, listed(secrets))
-    } else {
+    } else if let Some(Verdict::NotEnforced(m)) = append_only {
         (
-            true,
-            reasons::SUCCEEDED,
-            format!(
-                "spec usable and every Secret resolves; {} of {} host(s) backed up into it",
-                usage.initialized.len(),
-                usage.hosts.len()
-            ),
+            false,
+            reasons::APPEND_ONLY_NOT_ENFORCED,
+            format!("appendOnly is not enforced: {m}"),
         )
+    } else {
+        let mut m = format!(
+            "spec usable and every Secret resolves; {} of {} host(s) backed up into it",
+            usage.initialized.len(),
+            usage.hosts.len()
+        );
+        if let Some(Verdict::Enforced(how)) = append_only {
+            m.push_str("; append-only: ");
+            m.push_str(how);
+        }
+        (true, reasons::SUCCEEDED, m)
     };
     let mut conditions = previous.conditions.clone();
     let cond = |t: &str, s: ConditionStatus, r: &str, m: String| {
@@ -399,12 +418,18 @@ async fn observe(repo: &BackupRepository, ctx: &Context, ns: &str) -> Result<Act
             .collect();
         secret_problems.extend(missing_per_host(&per_host, &existing));
     }
+    let verdict = if spec.is_empty() && secret_problems.is_empty() {
+        append_only_verdict(repo, ns, &secrets).await
+    } else {
+        None
+    };
     let previous = repo.status.clone().unwrap_or_default();
     let status = repository_status(
         &previous,
         repo.metadata.generation,
         &spec,
         &secret_problems,
+        verdict.as_ref(),
         &usage,
         Utc::now(),
     );
@@ -426,6 +451,38 @@ async fn observe(repo: &BackupRepository, ctx: &Context, ns: &str) -> Result<Act
         debug!("repository status unchanged");
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Whether the storage keeps the append-only promise; for S3 from the bucket's
+/// configuration, read with the maintenance credentials (cached: [`ProbeCache`]).
+async fn append_only_verdict(
+    repo: &BackupRepository,
+    ns: &str,
+    secrets: &Secrets,
+) -> Option<Verdict> {
+    if !repo.spec.append_only {
+        return None;
+    }
+    let probe = match super::storage_probe::access(repo, None, secrets) {
+        None => None,
+        Some(access) => {
+            let key = format!("{ns}/{}", repo.name_any());
+            let generation = repo.metadata.generation;
+            let cache = ProbeCache::global();
+            match cache.fresh(&key, generation, Instant::now()) {
+                Some(r) => Some(r),
+                None => {
+                    let result = match access {
+                        Ok(a) => super::storage_probe::bucket_protection(a).await,
+                        Err(e) => Err(e),
+                    };
+                    debug!(?result, "bucket protection probed");
+                    Some(cache.record(&key, generation, Instant::now(), result))
+                }
+            }
+        }
+    };
+    append_only::verdict(repo, probe.as_ref())
 }
 
 pub fn error_policy(repo: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -690,7 +747,7 @@ mod tests {
             let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
             (c.status, c.reason.clone(), c.message.clone())
         };
-        let ok = repository_status(&Default::default(), Some(3), &[], &[], &u, now);
+        let ok = repository_status(&Default::default(), Some(3), &[], &[], None, &u, now);
         assert_eq!(ready(&ok).0, ConditionStatus::True);
         assert!(ready(&ok).2.contains("1 of 2 host(s)"));
         assert_eq!((ok.hosts, ok.initialized_hosts, ok.policies), (2, 1, 1));
@@ -699,7 +756,7 @@ mod tests {
         assert_eq!(stalled.status, ConditionStatus::False);
 
         let secrets = vec!["Secret \"pw\" does not exist (passwordSecretRef)".to_string()];
-        let missing = repository_status(&ok, Some(3), &[], &secrets, &u, now);
+        let missing = repository_status(&ok, Some(3), &[], &secrets, None, &u, now);
         assert_eq!(ready(&missing).0, ConditionStatus::False);
         assert_eq!(ready(&missing).1, "SecretNotFound");
         let stalled = missing
@@ -712,16 +769,63 @@ mod tests {
             (ConditionStatus::True, "SecretNotFound")
         );
         let spec = vec!["pathTemplate \"x\": bad".to_string()];
-        let invalid = repository_status(&ok, Some(3), &spec, &secrets, &u, now);
+        let invalid = repository_status(&ok, Some(3), &spec, &secrets, None, &u, now);
         assert_eq!(ready(&invalid).1, "InvalidSpec");
         // Same inputs, same status: nothing to write on resync.
         assert_eq!(
-            repository_status(&invalid, Some(3), &spec, &secrets, &u, now),
+            repository_status(&invalid, Some(3), &spec, &secrets, None, &u, now),
             invalid
         );
         // Long lists are cut, with a count.
         let many: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
-        let msg = ready(&repository_status(&ok, None, &many, &[], &u, now)).2;
+        let msg = ready(&repository_status(&ok, None, &many, &[], None, &u, now)).2;
         assert!(msg.ends_with("; and 3 more"), "{msg}");
+    }
+
+    #[test]
+    fn an_unenforced_append_only_promise_is_not_ready_after_spec_and_secrets() {
+        let now = Utc::now();
+        let u = Usage::default();
+        let ready = |s: &BackupRepositoryStatus| {
+            let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+            (c.status, c.reason.clone(), c.message.clone())
+        };
+        let hole = Verdict::NotEnforced("bucket b has no versioning and no Object Lock".into());
+        let s = repository_status(&Default::default(), Some(1), &[], &[], Some(&hole), &u, now);
+        let (st, reason, msg) = ready(&s);
+        assert_eq!(
+            (st, reason.as_str()),
+            (ConditionStatus::False, "AppendOnlyNotEnforced")
+        );
+        assert!(
+            msg.contains("bucket b has no versioning and no Object Lock"),
+            "{msg}"
+        );
+        let stalled = s.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(stalled.status, ConditionStatus::True);
+        // A missing Secret is reported first: the probe needs it.
+        let secrets = vec!["Secret \"maint\" does not exist".to_string()];
+        let s = repository_status(&s, Some(1), &[], &secrets, Some(&hole), &u, now);
+        assert_eq!(ready(&s).1, "SecretNotFound");
+        let ok = Verdict::Enforced("bucket b has Object Lock".into());
+        let s = repository_status(&s, Some(1), &[], &[], Some(&ok), &u, now);
+        let (st, _, msg) = ready(&s);
+        assert_eq!(st, ConditionStatus::True);
+        assert!(
+            msg.ends_with("append-only: bucket b has Object Lock"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn local_append_only_is_a_spec_problem() {
+        let local = repo(json!({"local": {"path": "/srv"}, "appendOnly": true,
+            "maintenanceCredentialsSecretRef": {"name": "m"}}));
+        let p = spec_problems(&local);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("local repository cannot be append-only")),
+            "{p:?}"
+        );
     }
 }

@@ -18,6 +18,7 @@ use super::error::Error;
 use super::host_job::{self, MAX_RESYNC};
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
+use super::tamper::{self, ScanCache};
 use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
@@ -208,6 +209,8 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     let mut coverage: Option<i32> = None;
     let mut requeue = MAX_RESYNC;
     let mut stalled_reason = None;
+    // Hosts with a verify run, and when it started: their object versions are listed next.
+    let mut ran: Vec<(String, DateTime<Utc>)> = Vec::new();
     for (host, r) in results {
         let labels = PolicyHostLabels {
             namespace: ns.clone(),
@@ -239,6 +242,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                     .set(summary::consecutive_failures(obs) as f64);
                 if let Some(last) = obs.last_run() {
                     last_run = last_run.max(Some(last.started));
+                    ran.push((host.clone(), last.started));
                 }
                 if let Some(e) = host_error(&host, obs, &c.failure_log) {
                     errors.push(e);
@@ -268,6 +272,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
+    let tampered = tampering(ctx, &ns, &name, repo, &hosts, &ran).await;
     status.last_run = last_run.map(to_time);
     if all_verified && let Some(v) = last_verified {
         status.last_verified = Some(to_time(v));
@@ -277,17 +282,36 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         status.last_subset = Some(format!("{n}/{m}"));
     }
     status.coverage_percent = coverage;
-    status.hosts_failing = errors.len() as i32;
 
     // One Event per newly failing host, naming the packs; one when it recovers.
     let before: BTreeSet<&str> = previous
         .errors
         .iter()
-        .filter(|e| !host_job::is_note::<VerifyPolicy>(e))
+        .filter(|e| !host_job::is_note::<VerifyPolicy>(e) && !tamper::is_report(&e.message))
         .map(|e| e.host.as_str())
         .collect();
     let after: BTreeSet<&str> = errors.iter().map(|e| e.host.as_str()).collect();
     let obj = policy.object_ref(&());
+    // Tampering is its own finding, with its own Event, whatever the verify run said.
+    let tampered_before: BTreeSet<&str> = previous
+        .errors
+        .iter()
+        .filter(|e| tamper::is_report(&e.message))
+        .map(|e| e.host.as_str())
+        .collect();
+    for e in tampered
+        .iter()
+        .filter(|e| !tampered_before.contains(e.host.as_str()))
+    {
+        jobs::event(
+            ctx,
+            &obj,
+            true,
+            reasons::TAMPERED,
+            format!("{}: {}", e.host, e.message),
+        )
+        .await;
+    }
     for e in errors.iter().filter(|e| !before.contains(e.host.as_str())) {
         jobs::event(
             ctx,
@@ -308,6 +332,14 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
+    let first_tampered = tampered.first().cloned();
+    let tampered_hosts = tampered.len();
+    errors.extend(tampered);
+    status.hosts_failing = errors
+        .iter()
+        .map(|e| e.host.as_str())
+        .collect::<BTreeSet<_>>()
+        .len() as i32;
     status.errors = errors;
     match (&stalled_reason, status.errors.first()) {
         (Some((reason, msg)), _) => {
@@ -336,6 +368,18 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
             Some(false),
             reasons::NO_HOSTS_SELECTED,
             "no Host matches the policy's selector",
+            gen_,
+        );
+    } else if let Some(first) = first_tampered {
+        condition(
+            &mut status.conditions,
+            condition_types::READY,
+            Some(false),
+            reasons::TAMPERED,
+            format!(
+                "{tampered_hosts} host(s) with overwritten repository files; {}: {}",
+                first.host, first.message
+            ),
             gen_,
         );
     } else if let Some(first) = status.errors.first() {
@@ -390,6 +434,99 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
     host_job::write(ctx, policy, &round.written, &status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
+}
+
+/// After a host's verify run, lists its repository's object versions with the operator's
+/// credentials (S3 only; maintenance keys, else the shared keys) and reports overwritten
+/// files: a `status.errors` entry per tampered host, and `fleetsnap_tampered_objects`. One
+/// listing per run ([`ScanCache`]); a listing that fails is logged and tried after the next
+/// run, and the last successful listing stays what is reported.
+async fn tampering(
+    ctx: &Context,
+    ns: &str,
+    policy: &str,
+    repo: &fleetsnap_crds::BackupRepository,
+    hosts: &[std::sync::Arc<fleetsnap_crds::Host>],
+    ran: &[(String, DateTime<Utc>)],
+) -> Vec<VerifyError> {
+    use super::storage_probe;
+    if repo.spec.s3.is_none() || ran.is_empty() {
+        return Vec::new();
+    }
+    let cache = ScanCache::global();
+    let key = |host: &str| format!("{ns}/{policy}/{host}");
+    let mut secrets = None;
+    if ran.iter().any(|(h, t)| cache.get(&key(h), *t).is_none()) {
+        let mut names: Vec<String> = [
+            repo.spec.maintenance_credentials_secret_ref.as_ref(),
+            repo.spec
+                .s3
+                .as_ref()
+                .and_then(|s| s.credentials_secret_ref.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+        names.dedup();
+        if names.is_empty() {
+            // Per-host keys only: the operator has no identity of its own to list with.
+            return Vec::new();
+        }
+        match jobs::read_secrets(ctx, ns, &names).await {
+            Ok(s) => secrets = Some(s),
+            Err(f) => {
+                tracing::warn!(error = %f.message, "cannot read the credentials to list object versions")
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (host, started) in ran {
+        let Some(h) = hosts.iter().find(|h| h.name_any() == *host) else {
+            continue;
+        };
+        let key = key(host);
+        if cache.get(&key, *started).is_none()
+            && let Some(secrets) = &secrets
+        {
+            let r = match repo.spec.host_path(h.effective_hostname(), ns) {
+                Ok(path) => match storage_probe::access(repo, Some(&path), secrets) {
+                    Some(Ok(a)) => storage_probe::object_versions(a)
+                        .await
+                        .map(|v| fleetsnap::backend::s3::overwritten(&v)),
+                    Some(Err(e)) => Err(e),
+                    None => continue,
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &r {
+                tracing::warn!(host, error = %e, "cannot list the repository's object versions");
+            }
+            cache.put(&key, *started, r);
+        }
+        let Some(found) = cache.reported(&key) else {
+            continue;
+        };
+        let labels = PolicyHostLabels {
+            namespace: ns.to_string(),
+            policy: policy.to_string(),
+            host: host.clone(),
+        };
+        ctx.metrics
+            .tampered_objects
+            .get_or_create(&labels)
+            .set(found.len() as f64);
+        if let Some(message) = tamper::message(&found) {
+            tracing::warn!(host, files = found.len(), "repository files overwritten");
+            out.push(VerifyError {
+                host: host.clone(),
+                message,
+                packs: vec![],
+                time: Some(to_time(*started)),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

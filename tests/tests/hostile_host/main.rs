@@ -37,3 +37,4 @@ pub fn fleetsnap() -> PathBuf {
 }
 
 mod forged_times;
+mod overwrite;
