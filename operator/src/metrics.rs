@@ -437,7 +437,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `fleetsnap_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        assert_eq!(names.len(), 18, "{names:?}");
+        assert_eq!(names.len(), 19, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
             let present = text.lines().any(|l| {

@@ -391,6 +391,9 @@ impl Backend for LockWritesFail {
     fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
         self.inner.read(t, name)
     }
+    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
+        self.inner.read_prefix(t, name, max)
+    }
     fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
         self.inner.read_range(t, n, o, l)
     }
