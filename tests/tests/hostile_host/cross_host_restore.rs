@@ -133,6 +133,7 @@ fn now_unix() -> i64 {
 
 #[test]
 fn cross_host_restore_gets_no_write_credentials() {
+    let _hosts = crate::exclusive();
     let env = env();
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();

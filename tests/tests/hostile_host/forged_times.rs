@@ -289,6 +289,7 @@ fn forget_dry_run(repo: &Repo, keys: &(String, String)) -> BTreeSet<String> {
 
 #[test]
 fn forged_snapshot_times_cannot_evict_history() {
+    let _hosts = crate::shared();
     let env = env();
     let t0 = Instant::now();
     let (repo, expected) = attacked_repo(env, t0);
@@ -495,6 +496,7 @@ spec:
 /// that the statement gets revisited.
 #[test]
 fn this_minio_lets_a_writer_choose_last_modified() {
+    let _hosts = crate::shared();
     let env = env();
     let host = env.hosts()[1].clone();
     let bucket = format!("mtime-{}", std::process::id());

@@ -31,6 +31,20 @@ pub fn env() -> &'static TestEnv {
     env
 }
 
+/// Tests share the two hosts. Most only add objects in their own namespace and bucket and
+/// run side by side (`shared`); one that swaps the executor on a host for a stand-in must
+/// have the hosts to itself (`exclusive`), or another operator could switch the link back
+/// between its install and its run.
+static HOSTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOSTS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HOSTS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The workspace's executor binary.
 pub fn fleetsnap() -> PathBuf {
     workspace_bin("fleetsnap").unwrap()

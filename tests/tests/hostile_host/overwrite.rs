@@ -199,6 +199,7 @@ fn ready_when(env: &TestEnv, ns: &str, what: &str, pred: impl Fn(&Value) -> bool
 
 #[test]
 fn append_only_refused_without_versioning() {
+    let _hosts = crate::shared();
     let t0 = Instant::now();
     let env = env();
     let ns = "hostile-ao";
@@ -299,6 +300,7 @@ fn append_only_refused_without_versioning() {
 
 #[test]
 fn overwrite_on_versioned_bucket_is_detected_and_recoverable() {
+    let _hosts = crate::shared();
     let t0 = Instant::now();
     let env = env();
     let ns = "hostile-tamper";
