@@ -247,7 +247,8 @@ fn attacked_repo(env: &'static TestEnv, t0: Instant) -> (Repo, BTreeSet<String>)
     }
     step(t0, "history has its storage write times");
     let expected: BTreeSet<String> = forget_dry_run(&repo, &repo.root_keys());
-    assert!(expected.len() >= 12, "{expected:?}");
+    // 7 daily, overlapping weekly and monthly keepers, the oldest: 11 or so, by the date.
+    assert!(expected.len() >= 10, "{expected:?}");
 
     // The attack: plain restic, the host's own keys.
     let mut forged: Vec<String> = (0..FUTURE)
