@@ -147,3 +147,32 @@ spec:
 "#
     )
 }
+
+/// A BackupRepository `name` on the testenv MinIO bucket `bucket` (as the hosts reach it),
+/// with per-host keys in Secrets `s3-<host>`, the password in `repo-password` and the
+/// operator's keys in `maintenance`: the setup every append-only suite starts from.
+pub fn per_host_repository_yaml(
+    env: &TestEnv,
+    name: &str,
+    bucket: &str,
+    append_only: bool,
+) -> String {
+    format!(
+        r#"---
+apiVersion: fleetsnap.io/v1alpha1
+kind: BackupRepository
+metadata: {{name: {name}}}
+spec:
+  s3:
+    endpoint: {endpoint}
+    bucket: {bucket}
+    pathStyle: true
+    perHostCredentials: {{secretNameTemplate: "s3-{{host}}"}}
+  pathTemplate: "hosts/{{hostname}}"
+  passwordSecretRef: {{name: repo-password, key: password}}
+  appendOnly: {append_only}
+  maintenanceCredentialsSecretRef: {{name: maintenance}}
+"#,
+        endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
+    )
+}

@@ -229,23 +229,7 @@ fn cross_host_restore_gets_no_write_credentials() {
         NS,
         dir.path(),
         "repo.yaml",
-        &format!(
-            r#"apiVersion: fleetsnap.io/v1alpha1
-kind: BackupRepository
-metadata: {{name: minio}}
-spec:
-  s3:
-    endpoint: {endpoint}
-    bucket: {BUCKET}
-    pathStyle: true
-    perHostCredentials: {{secretNameTemplate: "s3-{{host}}"}}
-  pathTemplate: "hosts/{{hostname}}"
-  passwordSecretRef: {{name: repo-password, key: password}}
-  appendOnly: true
-  maintenanceCredentialsSecretRef: {{name: maintenance}}
-"#,
-            endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
-        ),
+        &fleetsnap_tests::kube::per_host_repository_yaml(env, "minio", BUCKET, true),
     );
     let mut launch = Launch::admin(env, NS);
     launch.executor = stand_in;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fleetsnap_tests::kube::{
     apply_yaml, condition, create_namespace, event_names, get_json, host_yaml, install_crds,
-    secret_from_files,
+    per_host_repository_yaml, secret_from_files,
 };
 use fleetsnap_tests::minio::{Bucket, add_user, host_policy, make_bucket};
 use fleetsnap_tests::operator::Launch;
@@ -421,19 +421,7 @@ fn operator_retention(repo: &Repo, t0: Instant) -> fleetsnap_tests::operator::Op
         dir,
         "objects.yaml",
         &format!(
-            r#"apiVersion: fleetsnap.io/v1alpha1
-kind: BackupRepository
-metadata: {{name: minio}}
-spec:
-  s3:
-    endpoint: {endpoint}
-    bucket: {bucket}
-    pathStyle: true
-    perHostCredentials: {{secretNameTemplate: "s3-{{host}}"}}
-  pathTemplate: "hosts/{{hostname}}"
-  passwordSecretRef: {{name: repo-password, key: password}}
-  maintenanceCredentialsSecretRef: {{name: maintenance}}
----
+            r#"{repo}---
 apiVersion: fleetsnap.io/v1alpha1
 kind: RetentionPolicy
 metadata: {{name: central}}
@@ -445,8 +433,7 @@ spec:
   schedule: {{onCalendar: "*-*-* *:*:00"}}
   runOn: Operator
 "#,
-            endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
-            bucket = repo.bucket,
+            repo = per_host_repository_yaml(env, "minio", &repo.bucket, false),
         ),
     );
     let op = Launch::admin(env, NS).start(env, "times");
@@ -465,7 +452,8 @@ spec:
             "{} snapshots kept uncounted",
             FUTURE + DAYS as usize
         )) && msg.contains(host.as_str())
-            && msg.contains("in the future")
+            && msg.contains("longer than any backup runs")
+            && msg.contains("and 72 more")
             && msg.len() <= 4096,
         "{msg}"
     );

@@ -169,24 +169,7 @@ fn setup_namespace(env: &TestEnv, dir: &Path, ns: &str) {
 }
 
 fn repository_yaml(env: &TestEnv, name: &str, bucket: &str) -> String {
-    format!(
-        r#"---
-apiVersion: fleetsnap.io/v1alpha1
-kind: BackupRepository
-metadata: {{name: {name}}}
-spec:
-  s3:
-    endpoint: {endpoint}
-    bucket: {bucket}
-    pathStyle: true
-    perHostCredentials: {{secretNameTemplate: "s3-{{host}}"}}
-  pathTemplate: "hosts/{{hostname}}"
-  passwordSecretRef: {{name: repo-password, key: password}}
-  appendOnly: true
-  maintenanceCredentialsSecretRef: {{name: maintenance}}
-"#,
-        endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
-    )
+    fleetsnap_tests::kube::per_host_repository_yaml(env, name, bucket, true)
 }
 
 /// The Ready condition of `what` once `pred` holds for it.
