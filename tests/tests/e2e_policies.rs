@@ -218,7 +218,9 @@ spec:
 fn restic_cmd(env: &TestEnv, host: &str) -> Command {
     let repo = format!("s3:{}/{BUCKET}/hosts/{host}", env.var("S3_ENDPOINT"));
     let mut c = Command::new(env.tool("restic"));
-    c.args(["-r", &repo, "--no-cache"])
+    // --retry-lock: the policies' own timers (verify at :30) hold the repository's lock
+    // now and then; a listing must wait for them, not fail.
+    c.args(["-r", &repo, "--no-cache", "--retry-lock", "2m"])
         .env("TZ", "UTC")
         .env("RESTIC_PASSWORD", PASSWORD)
         .env("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER"))
