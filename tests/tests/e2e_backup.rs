@@ -378,8 +378,13 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
         .filter(|n| n.starts_with("fleetsnap_"))
-        // Verify and retention series exist once such policies do; this test has none.
-        .filter(|n| !n.starts_with("fleetsnap_verify_") && !n.starts_with("fleetsnap_retention_"))
+        // Verify (tamper listing included) and retention series exist once such policies
+        // do; this test has none.
+        .filter(|n| {
+            !n.starts_with("fleetsnap_verify_")
+                && !n.starts_with("fleetsnap_retention_")
+                && !n.starts_with("fleetsnap_tampered_")
+        })
     {
         let base = name.trim_end_matches("_total");
         assert!(
