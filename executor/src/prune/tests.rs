@@ -10,8 +10,8 @@ use crate::backend::{
 use crate::backup::{BackupOptions, Source};
 use crate::pattern::PathMatcher;
 
-/// What the test doubles below pass straight to the backend they wrap.
-macro_rules! forward_to_inner {
+/// What every test double below passes straight to the backend it wraps, but writes.
+macro_rules! forward_reads_to_inner {
     () => {
         fn location(&self) -> String {
             self.inner.location()
@@ -31,6 +31,13 @@ macro_rules! forward_to_inner {
         fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
             self.inner.read_range(t, n, o, l)
         }
+    };
+}
+
+/// Reads and writes forwarded: the doubles that only change removal.
+macro_rules! forward_to_inner {
+    () => {
+        forward_reads_to_inner!();
         fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
             self.inner.write(t, name, data)
         }
@@ -379,24 +386,7 @@ struct LockWritesFail {
 }
 
 impl Backend for LockWritesFail {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create(&self) -> BackendResult<()> {
-        self.inner.create()
-    }
-    fn list(&self, t: FileType) -> BackendResult<Vec<FileInfo>> {
-        self.inner.list(t)
-    }
-    fn read(&self, t: FileType, name: &str) -> BackendResult<Vec<u8>> {
-        self.inner.read(t, name)
-    }
-    fn read_prefix(&self, t: FileType, name: &str, max: u64) -> BackendResult<Vec<u8>> {
-        self.inner.read_prefix(t, name, max)
-    }
-    fn read_range(&self, t: FileType, n: &str, o: u64, l: u64) -> BackendResult<Vec<u8>> {
-        self.inner.read_range(t, n, o, l)
-    }
+    forward_reads_to_inner!();
     fn write(&self, t: FileType, name: &str, data: &[u8]) -> BackendResult<()> {
         if t == FileType::Lock && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(BackendError::new(

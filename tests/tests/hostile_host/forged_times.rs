@@ -264,19 +264,22 @@ fn attacked_repo(env: &'static TestEnv, t0: Instant) -> (Repo, BTreeSet<String>)
     (repo, expected)
 }
 
+/// The runbook's keep rules, as both command lines spell them.
+const KEEP_7_4_6: [&str; 6] = [
+    "--keep-daily",
+    "7",
+    "--keep-weekly",
+    "4",
+    "--keep-monthly",
+    "6",
+];
+
 /// The claimed times `restic forget --dry-run` keeps under 7/4/6 (restic's semantics).
 fn forget_dry_run(repo: &Repo, keys: &(String, String)) -> BTreeSet<String> {
     let out = repo
         .command(&repo.env.tool("restic"), keys)
         .args(["--no-cache", "forget", "--dry-run", "--json"])
-        .args([
-            "--keep-daily",
-            "7",
-            "--keep-weekly",
-            "4",
-            "--keep-monthly",
-            "6",
-        ])
+        .args(KEEP_7_4_6)
         .output()
         .unwrap();
     let groups: Vec<Value> =
@@ -313,14 +316,7 @@ fn forged_snapshot_times_cannot_evict_history() {
     let out = repo
         .command(&fleetsnap(), &repo.root_keys())
         .args(["--json", "forget", "--dry-run"])
-        .args([
-            "--keep-daily",
-            "7",
-            "--keep-weekly",
-            "4",
-            "--keep-monthly",
-            "6",
-        ])
+        .args(KEEP_7_4_6)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
