@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go-based test tools from their Go modules into the cache, one directory per
 # component and version:  $FLEETSNAP_CACHE/tools/<name>-<version>/
-#   tools.sh [all|NAME...]     NAME = kubernetes etcd minio mc restic helm
+#   tools.sh [all|NAME...]     NAME = kubernetes etcd minio mc restic helm toxiproxy
 # A component is rebuilt only when its directory lacks the ".ok" marker, so a warm run
 # takes well under a second. Prints "<name> <version> <seconds>s" for every build.
 set -euo pipefail
@@ -61,11 +61,19 @@ build_helm() {
      -o "$out/helm" helm.sh/helm/v3/cmd/helm)
 }
 
+build_toxiproxy() {   # fault-injecting TCP proxy for the fault campaign (server + CLI)
+  local out=$1 w=$1.work
+  wrapper_module "$w" github.com/Shopify/toxiproxy/v2 "$TOXIPROXY_VERSION"
+  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$out/toxiproxy-server" github.com/Shopify/toxiproxy/v2/cmd/server \
+     && go build -trimpath -ldflags "-s -w" -o "$out/toxiproxy-cli" github.com/Shopify/toxiproxy/v2/cmd/cli)
+}
+
 version_of() {
   case $1 in
     kubernetes) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;; mc) echo "$MC_VERSION" ;;
     restic) echo "$RESTIC_VERSION" ;; helm) echo "$HELM_VERSION" ;;
+    toxiproxy) echo "$TOXIPROXY_VERSION" ;;
     *) echo "tools.sh: unknown component '$1'" >&2; exit 2 ;;
   esac
 }
@@ -86,5 +94,5 @@ ensure() {
 # Prints the bin directory of a component (for PATH assembly by callers).
 if [ "${1:-}" = path ]; then echo "$CACHE/tools/$2-$(version_of "$2")"; exit 0; fi
 names=${*:-all}
-[ "$names" = all ] && names="etcd restic kubernetes minio mc helm"
+[ "$names" = all ] && names="etcd restic toxiproxy kubernetes minio mc helm"
 for n in $names; do ensure "$n"; done
