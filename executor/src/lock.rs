@@ -403,6 +403,30 @@ pub fn unlock(repo: &Repository, all: bool) -> Result<Vec<Id>> {
     Ok(removed)
 }
 
+/// Remove the locks this host left behind: written under our hostname and stale by restic's
+/// rule (the PID is gone, or it has not been refreshed for 30 minutes). The scheduled job
+/// runs this before it locks: a run killed by `RuntimeMaxSec=`, the OOM killer or a reboot
+/// would otherwise block every later run until someone types `unlock`. Locks of other hosts
+/// (the operator's maintenance) and locks we cannot read are left alone.
+pub fn remove_own_stale(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
+    let now = GoTime::now();
+    let host = crate::repo::hostname();
+    let mut removed = Vec::new();
+    for id in repo.list(FileType::Lock)? {
+        let Ok(l) = repo.load_unpacked::<LockFile>(FileType::Lock, &id) else {
+            continue;
+        };
+        if l.hostname == host && l.is_stale(now, &host) {
+            match repo.backend().remove(FileType::Lock, &id.to_hex()) {
+                Ok(()) => removed.push((id, l)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

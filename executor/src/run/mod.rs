@@ -189,6 +189,7 @@ fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
     match cfg.kind {
         JobKind::Backup => run_backup(cfg, backend, &secrets.password),
         JobKind::Retention => {
+            clear_own_stale_locks(&Repository::open(backend, &secrets.password)?)?;
             // Keep rules come from the policy; pruning is what makes retention free space.
             let mut argv = vec!["forget".to_string()];
             argv.extend(cfg.extra_args.iter().cloned());
@@ -203,6 +204,20 @@ fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
         }
         JobKind::Verify => run_verify(cfg, global, backend, &secrets.password),
     }
+}
+
+/// A killed run of this host's (its PID is gone) must not block every later run until a
+/// human unlocks: remove such locks, saying so, before taking ours.
+fn clear_own_stale_locks(repo: &Repository) -> Result<(), RunError> {
+    for (id, l) in crate::lock::remove_own_stale(repo)? {
+        eprintln!(
+            "fleetsnap run: removed stale lock {} (PID {}, created {}): that process is gone",
+            id.short(),
+            l.pid,
+            l.time
+        );
+    }
+    Ok(())
 }
 
 /// Run a regular subcommand with arguments from the config and our preset repository.
@@ -345,6 +360,7 @@ fn run_backup(
         let _host_init = host_init_lock(&cfg.cache_dir)?;
         open_or_init(backend, password)?
     };
+    clear_own_stale_locks(&repo)?;
     let _lock = crate::lock::acquire(&repo, false)?;
     let mut repo = repo.load_index()?;
     let host = if cfg.host.is_empty() {
@@ -531,6 +547,7 @@ fn run_verify(
     password: &[u8],
 ) -> Result<Outcome, RunError> {
     let (check_args, drill) = split_drill_args(&cfg.extra_args)?;
+    clear_own_stale_locks(&Repository::open(backend.clone(), password)?)?;
     let mut argv = vec!["check".to_string()];
     argv.extend(check_args);
     let code = dispatch(global, argv)?;

@@ -235,3 +235,51 @@ fn two_first_runs_on_one_host_initialise_the_repository_once() {
     assert_eq!(std::fs::read_dir(env.p("repo/keys")).unwrap().count(), 1);
     assert_eq!(env.open().snapshots().unwrap().len(), 2);
 }
+
+/// A lock as a killed run of `host` left it: exclusive, with the PID of a process that is gone.
+fn plant_lock(env: &Env, host: &str, pid: i64) -> crate::id::Id {
+    let be = backend::open(env.p("repo").to_str().unwrap()).unwrap();
+    let repo = Repository::open(be, b"pw").unwrap();
+    let mut l = crate::lock::LockFile::new(true);
+    l.hostname = host.to_string();
+    l.pid = pid;
+    repo.save_unpacked(crate::backend::FileType::Lock, &l)
+        .unwrap()
+}
+
+fn dead_pid() -> i64 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    c.wait().unwrap();
+    c.id() as i64
+}
+
+fn locks(env: &Env) -> usize {
+    std::fs::read_dir(env.p("repo/locks")).unwrap().count()
+}
+
+#[test]
+fn a_killed_runs_lock_does_not_block_the_next_run() {
+    let env = Env::new();
+    let backup = env.config("backup", serde_json::json!({}));
+    assert_eq!(env.run(&backup).0, 0);
+    let host = crate::repo::hostname();
+    // This host's dead run: removed by every kind of job, which then succeeds.
+    for kind in ["backup", "verify", "retention"] {
+        let extra = match kind {
+            "retention" => serde_json::json!({"extra_args": ["--keep-last", "5"]}),
+            _ => serde_json::json!({}),
+        };
+        let cfg = env.config(kind, extra);
+        plant_lock(&env, &host, dead_pid());
+        let (code, rec) = env.run(&cfg);
+        assert_eq!(code, 0, "{kind}: {rec:?}");
+        assert_eq!(locks(&env), 0, "{kind} left the dead lock");
+    }
+    // A live process of ours, and another host's lock: not ours to judge, so the run is
+    // refused as locked and both stay.
+    plant_lock(&env, &host, std::process::id() as i64);
+    plant_lock(&env, "operator-0", dead_pid());
+    let (code, rec) = env.run(&backup);
+    assert_eq!(code, crate::cli::EXIT_LOCKED, "{rec:?}");
+    assert_eq!(locks(&env), 2);
+}
