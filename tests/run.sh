@@ -10,13 +10,24 @@ T0=$(date +%s)
 step() { echo; echo "=== $* ($(( $(date +%s) - T0 ))s)"; }
 
 step "system packages"; tests/testenv/deps.sh
-step "Go-built test tools (kube-apiserver, kubectl, etcd, MinIO, mc, restic, helm)"; tests/testenv/tools.sh
-step "test-host image"; tests/testenv/image.sh
+# The Go tools and the host image build in the background while cargo checks and builds: on a
+# cold machine each side has long single-threaded stretches (Go links, rustc's last crates),
+# so overlapping them is the cheapest way to keep a cold run short. Their logs are printed
+# once they are done, and a failure there fails the run before any test starts.
+TOOLS_LOG=$(mktemp /tmp/fleetsnap-tools.XXXX)
+step "Go-built test tools and test-host image (background, log $TOOLS_LOG)"
+( tests/testenv/tools.sh && tests/testenv/image.sh ) >"$TOOLS_LOG" 2>&1 &
+TOOLS_PID=$!
 step "cargo fmt"; cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy -p fleetsnap-operator --all-targets --features host-tests -- -D warnings
-step "build"; cargo build --workspace
+# Features named through the workspace, not `-p`: a per-package build unifies dependency
+# features differently and would rebuild half the dependency tree.
+cargo clippy --workspace --all-targets --features fleetsnap-operator/host-tests -- -D warnings
+step "build"; cargo build --workspace --all-targets
+step "waiting for the Go-built tools and the host image"
+if ! wait "$TOOLS_PID"; then cat "$TOOLS_LOG"; echo "tools or image build failed" >&2; exit 1; fi
+cat "$TOOLS_LOG"
 step "tests (unit, integration, end-to-end)"; cargo test --workspace --no-fail-fast
 
 # The operator's host-layer suite drives one real host directly (no API server needed).
@@ -28,5 +39,5 @@ port=$(sed -n "s/^HOST1_PORT='\(.*\)'$/\1/p" "$D/env")
 FLEETSNAP_TEST_HOST=127.0.0.1:$port \
 FLEETSNAP_TEST_HOST_KEY_FILE=$(sed -n "s/^SSH_KEY='\(.*\)'$/\1/p" "$D/env") \
 FLEETSNAP_TEST_KNOWN_HOSTS=$D/known_hosts \
-  cargo test -p fleetsnap-operator --features host-tests --test host_apply
+  cargo test --workspace --features fleetsnap-operator/host-tests --test host_apply
 step "all tests passed"
