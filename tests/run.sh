@@ -18,6 +18,7 @@ TOOLS_LOG=$(mktemp /tmp/fleetsnap-tools.XXXX)
 step "Go-built test tools and test-host image (background, log $TOOLS_LOG)"
 ( tests/testenv/tools.sh && tests/testenv/image.sh ) >"$TOOLS_LOG" 2>&1 &
 TOOLS_PID=$!
+trap 'kill "$TOOLS_PID" 2>/dev/null || true' EXIT
 step "cargo fmt"; cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -33,7 +34,7 @@ step "tests (unit, integration, end-to-end)"; cargo test --workspace --no-fail-f
 # The operator's host-layer suite drives one real host directly (no API server needed).
 step "operator host layer against a real systemd host"
 D=$(mktemp -d /tmp/fleetsnap-hosttests.XXXX)
-trap 'tests/testenv/testenv.sh down --dir "$D" >/dev/null 2>&1 || true' EXIT
+trap 'tests/testenv/testenv.sh down --dir "$D" >/dev/null 2>&1 || true' EXIT   # tools are done by now
 tests/testenv/testenv.sh up --dir "$D" --hosts 1 --no-kube --no-s3
 port=$(sed -n "s/^HOST1_PORT='\(.*\)'$/\1/p" "$D/env")
 FLEETSNAP_TEST_HOST=127.0.0.1:$port \
