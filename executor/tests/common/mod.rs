@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod toxiproxy;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -136,6 +138,16 @@ impl Minio {
         }
     }
 
+    /// `127.0.0.1:<port>`, for a proxy's upstream.
+    pub fn addr(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_string()
+    }
+
+    /// The server's process id, to freeze it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self._guard.0.id()
+    }
+
     /// A raw SDK client with a runtime, for what the backend deliberately does not do
     /// (Object Lock bucket setup, checking how an object was uploaded).
     pub fn admin(&self) -> Admin {
@@ -227,6 +239,25 @@ impl Admin {
             .block_on(self.client.head_object().bucket(bucket).key(key).send())
             .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
         h.e_tag().unwrap_or_default().to_string()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted
+    /// (ListMultipartUploads), as `key upload-id`.
+    pub fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(self.client.list_multipart_uploads().bucket(bucket).send())
+            .unwrap_or_else(|e| panic!("list multipart uploads of {bucket}: {e:?}"));
+        out.uploads()
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} {}",
+                    u.key().unwrap_or_default(),
+                    u.upload_id().unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     pub fn keys(&self, bucket: &str) -> Vec<String> {
