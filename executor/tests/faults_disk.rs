@@ -48,7 +48,13 @@ impl Tmpfs {
         );
         fs::create_dir_all(&path).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&path)
             .output()
             .expect("run mount");
@@ -167,7 +173,11 @@ fn fails_full(c: &mut Command, what: &str, path: &Path, bound: Duration) -> Outp
             .find(|l| l.to_ascii_lowercase().contains("space"))
             .unwrap_or("(no line mentions space)")
     );
-    assert!(!o.status.success(), "{what}: expected a failure: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "{what}: expected a failure: {}",
+        text(&o)
+    );
     assert!(took < bound, "{what}: took {took:?}, bound {bound:?}");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(

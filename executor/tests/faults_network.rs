@@ -204,7 +204,8 @@ impl Outcome {
             !self.status.unwrap().success(),
             "{context}: expected a failure\n{self}"
         );
-        let lower = self.stderr.to_ascii_lowercase();
+        // check prints its findings on stdout, fatal errors go to stderr.
+        let lower = format!("{}\n{}", self.stdout, self.stderr).to_ascii_lowercase();
         assert!(
             words.iter().any(|w| lower.contains(w)),
             "{context}: the error does not say what went wrong (expected one of {words:?})\n{self}"
@@ -282,11 +283,7 @@ fn connection_cut_in_the_middle_of_an_upload() {
     let lab = Lab::new();
     let proxy = lab.proxy();
     let src = lab.source("src", 3, 6 << 20, 1);
-    proxy.add(
-        "cut",
-        Stream::Upstream,
-        Toxic::LimitData { bytes: 1 << 20 },
-    );
+    proxy.add("cut", Stream::Upstream, Toxic::LimitData { bytes: 1 << 20 });
     let o = lab.backup(&proxy.url(), &src, Duration::from_secs(90));
     report("upload cut after 1 MiB (limit_data upstream)", &o);
     o.expect_clear_failure(
@@ -419,11 +416,7 @@ fn one_hundred_kib_per_second() {
     let proxy = lab.proxy();
     // ~1.5 MiB at 100 KiB/s: about 15 s, several times TEST_TIMEOUT_S.
     let src = lab.source("src", 1, 1536 << 10, 6);
-    proxy.add(
-        "bw",
-        Stream::Upstream,
-        Toxic::Bandwidth { kib_per_s: 100 },
-    );
+    proxy.add("bw", Stream::Upstream, Toxic::Bandwidth { kib_per_s: 100 });
     let o = lab.backup(&proxy.url(), &src, Duration::from_secs(120));
     report("100 KiB/s upstream (bandwidth)", &o);
     o.expect_ok("backup at 100 KiB/s");
@@ -457,7 +450,8 @@ fn black_hole() {
 fn minio_paused_with_sigstop() {
     let lab = Lab::new();
     let proxy = lab.proxy();
-    let src = lab.source("src", 4, 5 << 20, 8);
+    // One pack of 16 MiB and a small rest: the freeze comes once the first is stored.
+    let src = lab.source("src", 1, 17 << 20, 8);
     // Slow the upload so the freeze lands while the backup is under way.
     proxy.add(
         "slow",

@@ -40,8 +40,12 @@ impl RestBackend {
             // Status codes carry meaning here (404, 403, 507), so they are not errors.
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            // Whole packs travel in one request; a stalled server is caught by recv timeouts.
+            // Whole packs travel in one request, so there is no total limit that suits every
+            // link; instead each socket read and write must make progress within 2 min. The
+            // write limit catches a server that stops reading a request body (frozen, or a
+            // full disk that never answers); without it the send would wait forever.
             .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
             .max_idle_connections_per_host(16)
             .build()
             .into();

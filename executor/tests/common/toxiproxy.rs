@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use super::{Guard, free_port, require_binary, wait_until};
 
-pub const TOXIPROXY_SERVER: &str =
-    "/var/cache/fleetsnap/tools/toxiproxy-v2.12.0/toxiproxy-server";
+pub const TOXIPROXY_SERVER: &str = "/var/cache/fleetsnap/tools/toxiproxy-v2.12.0/toxiproxy-server";
 
 /// Which direction a toxic acts on: `Upstream` is client → server (request bodies),
 /// `Downstream` is server → client (responses).
