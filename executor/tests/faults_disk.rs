@@ -362,3 +362,56 @@ fn full_run_record_directory() {
     let repo = p("repo");
     restic_checks(repo.to_str().unwrap(), &p("home"));
 }
+
+/// MinIO's own disk fills up (HTTP 507 `XMinioStorageFull`, or a 5xx the SDK retries): the
+/// backup fails saying the storage is full, nothing half-stored is referenced, and the
+/// next run succeeds once MinIO has space again.
+#[test]
+fn full_minio_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let disk = Tmpfs::mount(tmp.path().join("minio-data"), "48m");
+    let minio = Minio::start_with_data(Some(&disk.path));
+    minio.admin().create_bucket("full");
+    let repo = format!("s3:{}/full/repo", minio.endpoint);
+    ok(restic(&repo, &home).arg("init"), "restic init");
+    let src = source(&tmp.path().join("src"), 4, 16 << 20, 41);
+
+    let t0 = Instant::now();
+    let o = fleetsnap(&repo, &home)
+        .env("FLEETSNAP_S3_TIMEOUT", "10")
+        .env("FLEETSNAP_S3_MAX_ATTEMPTS", "3")
+        .arg("backup")
+        .arg(&src)
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    eprintln!(
+        "FAULT backup into a full MinIO: {} in {:.1}s: {}",
+        o.status,
+        took.as_secs_f64(),
+        err.lines().last().unwrap_or("")
+    );
+    assert!(!o.status.success(), "expected a failure: {}", text(&o));
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+    let lower = err.to_ascii_lowercase();
+    assert!(
+        ["storage", "space", "full", "quota"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "the error does not say the storage is full: {}",
+        text(&o)
+    );
+
+    disk.resize("256m");
+    restic_checks(&repo, &home);
+    ok(
+        fleetsnap(&repo, &home).arg("backup").arg(&src),
+        "backup once MinIO has space",
+    );
+    restic_checks(&repo, &home);
+    let incomplete = minio.admin().incomplete_uploads("full");
+    assert!(incomplete.is_empty(), "incomplete uploads: {incomplete:?}");
+}

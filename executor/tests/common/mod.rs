@@ -96,14 +96,26 @@ pub struct Minio {
 
 impl Minio {
     pub fn start() -> Minio {
+        Self::start_with_data(None)
+    }
+
+    /// MinIO storing its objects in `data` (e.g. a small tmpfs) instead of a fresh
+    /// temporary directory.
+    pub fn start_with_data(data: Option<&Path>) -> Minio {
         let bin = require_binary(
             "MinIO server",
             Path::new(MINIO),
             "build it with tests/testenv/tools.sh minio mc",
         );
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
+        let data = match data {
+            Some(d) => d.to_path_buf(),
+            None => {
+                let d = dir.path().join("data");
+                std::fs::create_dir(&d).unwrap();
+                d
+            }
+        };
         let log = dir.path().join("minio.log");
         let port = free_port();
         let console = free_port();
