@@ -141,6 +141,9 @@ impl Lab {
             // tool recognises as stale (same host, process gone), not a permanent block.
             let out = self.restic(&restic, &["unlock"]);
             out.expect_ok("restic unlock");
+            eprintln!(
+                "  lock left by the faulty run, removed as stale by restic unlock: {leftover:?}"
+            );
             assert!(
                 self.locks().is_empty(),
                 "locks {leftover:?} left by the faulty run are not stale to restic unlock"
@@ -484,4 +487,50 @@ fn minio_paused_with_sigstop() {
     frozen.expect_clear_failure("backup against a frozen MinIO", &["timed out", "timeout"]);
     proxy.remove("slow");
     lab.recovers(&proxy, &src);
+}
+
+/// A multipart upload whose parts are cut mid-body: the backend aborts the upload, so no
+/// incomplete upload keeps costing storage, and the same write succeeds once the fault is
+/// gone. Backups stay below the multipart threshold (packs are 16 MiB), so this drives the
+/// backend directly with a 5 MiB threshold.
+#[test]
+fn multipart_upload_cut_midway_is_aborted() {
+    use fleetsnap::backend::url::{Location, parse};
+    use fleetsnap::backend::{Backend, FileType, S3Backend, S3Options};
+
+    let lab = Lab::new();
+    let proxy = lab.proxy();
+    let loc = match parse(&format!("s3:{}/{BUCKET}/mp", proxy.url())).unwrap() {
+        Location::S3(l) => l,
+        other => panic!("not an s3 location: {other:?}"),
+    };
+    let b = S3Backend::open(
+        loc,
+        S3Options {
+            static_credentials: Some((MINIO_USER.into(), MINIO_PASSWORD.into())),
+            multipart_threshold: Some(5 << 20),
+            part_size: Some(5 << 20),
+            max_attempts: Some(TEST_ATTEMPTS),
+            attempt_timeout: Some(Duration::from_secs(TEST_TIMEOUT_S)),
+            ..S3Options::default()
+        },
+    )
+    .unwrap();
+    let data = pattern(12 << 20, 9);
+    let name = common::id(9);
+    proxy.add("cut", Stream::Upstream, Toxic::LimitData { bytes: 2 << 20 });
+    let t0 = Instant::now();
+    let err = b.write(FileType::Pack, &name, &data).unwrap_err();
+    eprintln!(
+        "FAULT multipart parts cut after 2 MiB: failed in {:.1}s: {err}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(err.to_string().contains("part"), "{err}");
+    let incomplete = lab.minio.admin().incomplete_uploads(BUCKET);
+    assert!(incomplete.is_empty(), "left incomplete: {incomplete:?}");
+    proxy.remove("cut");
+    b.write(FileType::Pack, &name, &data).unwrap();
+    assert_eq!(b.read(FileType::Pack, &name).unwrap(), data);
+    assert!(lab.minio.admin().incomplete_uploads(BUCKET).is_empty());
 }

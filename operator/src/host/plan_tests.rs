@@ -309,7 +309,9 @@ fn service_unit_bounds_one_run() {
         artifact: &a,
         credentials: &c,
     };
-    let err = desired_state(&job, true).err().expect("0 s refused");
+    let Err(err) = desired_state(&job, true) else {
+        panic!("maxRuntime 0 s must be refused");
+    };
     assert!(err.contains("maxRuntime"), "{err}");
 }
 
