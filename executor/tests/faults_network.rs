@@ -534,3 +534,70 @@ fn multipart_upload_cut_midway_is_aborted() {
     assert_eq!(b.read(FileType::Pack, &name).unwrap(), data);
     assert!(lab.minio.admin().incomplete_uploads(BUCKET).is_empty());
 }
+
+/// The REST backend (rclone serve restic) behind a black hole: every socket read must make
+/// progress within the REST timeout, so the run fails instead of hanging, and the next run
+/// succeeds once the fault is gone.
+#[test]
+fn rest_server_behind_a_black_hole() {
+    let restic = restic_bin();
+    let rclone = common::Rclone::start(&[]);
+    let toxi = Toxiproxy::start();
+    let proxy = toxi.proxy("rest", &rclone.addr.to_string());
+    let tmp = tempfile::tempdir().unwrap();
+    let direct = rclone.url(None);
+    let via_proxy = format!("rest:{}/", proxy.url());
+    let cmd = |bin: &Path, repo: &str, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.env("RESTIC_REPOSITORY", repo)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .env("RESTIC_CACHE_DIR", tmp.path().join("restic-cache"))
+            .env("HOME", tmp.path())
+            .env("FLEETSNAP_REST_TIMEOUT", TEST_TIMEOUT_S.to_string())
+            .env("FLEETSNAP_LOG", "warn")
+            .stdin(Stdio::null())
+            .args(args);
+        c
+    };
+    let fleetsnap = Path::new(env!("CARGO_BIN_EXE_fleetsnap"));
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), pattern(1 << 20, 12)).unwrap();
+    let log = |n: &str| tmp.path().join(n);
+    run_bounded(
+        cmd(&restic, &direct, &["init"]),
+        Duration::from_secs(60),
+        &log("init"),
+    )
+    .expect_ok("restic init on rclone");
+
+    proxy.add("hole", Stream::Downstream, Toxic::Timeout { ms: 0 });
+    let o = run_bounded(
+        cmd(fleetsnap, &via_proxy, &["backup", src.to_str().unwrap()]),
+        Duration::from_secs(120),
+        &log("backup"),
+    );
+    report("REST server behind a black hole (timeout=0 downstream)", &o);
+    o.expect_clear_failure("REST backup into a black hole", &["timed out", "timeout"]);
+    proxy.remove("hole");
+
+    let unlock = run_bounded(
+        cmd(&restic, &direct, &["unlock"]),
+        Duration::from_secs(60),
+        &log("unlock"),
+    );
+    unlock.expect_ok("restic unlock");
+    run_bounded(
+        cmd(fleetsnap, &via_proxy, &["backup", src.to_str().unwrap()]),
+        Duration::from_secs(60),
+        &log("backup2"),
+    )
+    .expect_ok("the next REST backup after removing the fault");
+    let check = run_bounded(
+        cmd(&restic, &direct, &["check", "--read-data"]),
+        Duration::from_secs(60),
+        &log("check"),
+    );
+    check.expect_ok("restic check --read-data on the REST repository");
+    assert!(check.stdout.contains("no errors were found"), "{check}");
+}
