@@ -359,6 +359,7 @@ mod tests {
                 on_calendar: "daily".into(),
                 randomized_delay: delay.map(Into::into),
                 persistent: true,
+                max_runtime: None,
             },
             resources: ResourceControls::default(),
             staleness_window: window.map(Into::into),

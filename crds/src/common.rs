@@ -224,7 +224,24 @@ pub struct Schedule {
     /// Run a missed job at the next boot when the host was off at the scheduled time (`Persistent=`).
     #[serde(default = "default_true")]
     pub persistent: bool,
+    /// Longest one run may take (the service's `TimeoutStartSec=`, the limit that applies to
+    /// a oneshot unit), e.g. `6h` or `90m`, between 1m and 168h; when it is up,
+    /// systemd stops the run (SIGTERM, then SIGKILL) and the service fails. The last line
+    /// of defence against a run that hangs (a frozen storage endpoint, a stuck dump command):
+    /// a job's next run cannot start while one still runs. Defaults to 12h, which fits a
+    /// first full backup of about 1 TB at 25 MB/s and ends a hung daily run before the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^([0-9]+(h|m|s))+$') && duration(self) >= duration('1m') && duration(self) <= duration('168h')"
+    ).message("maxRuntime must be a duration like '6h' or '90m', between 1m and 168h"))]
+    pub max_runtime: Option<String>,
 }
+
+/// How long a run may take when its schedule says nothing (see [`Schedule::max_runtime`]).
+pub const DEFAULT_MAX_RUNTIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+const MIN_MAX_RUNTIME: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_MAX_RUNTIME: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
 
 pub(crate) fn default_true() -> bool {
     true
@@ -241,6 +258,7 @@ pub enum ScheduleError {
     LooksLikeCron(String),
     BadDuration(String),
     DelayOutOfRange(String),
+    MaxRuntimeOutOfRange(String),
 }
 
 impl fmt::Display for ScheduleError {
@@ -257,6 +275,9 @@ impl fmt::Display for ScheduleError {
             }
             ScheduleError::DelayOutOfRange(s) => {
                 write!(f, "randomizedDelay {s:?} must be between 0 and 24h")
+            }
+            ScheduleError::MaxRuntimeOutOfRange(s) => {
+                write!(f, "maxRuntime {s:?} must be between 1m and 168h")
             }
         }
     }
@@ -314,6 +335,19 @@ impl Schedule {
             if self.persistent { "true" } else { "false" }.to_string(),
         ));
         Ok(out)
+    }
+
+    /// How long one run may take: `maxRuntime`, or [`DEFAULT_MAX_RUNTIME`]. Re-checks the
+    /// range admission enforces, since the value ends up in a unit file.
+    pub fn max_runtime(&self) -> Result<std::time::Duration, ScheduleError> {
+        let Some(text) = &self.max_runtime else {
+            return Ok(DEFAULT_MAX_RUNTIME);
+        };
+        let d = parse_duration(text)?;
+        if !(MIN_MAX_RUNTIME..=MAX_MAX_RUNTIME).contains(&d) {
+            return Err(ScheduleError::MaxRuntimeOutOfRange(text.clone()));
+        }
+        Ok(d)
     }
 
     /// The upper bound of the random spread, zero when none is configured.
@@ -518,7 +552,29 @@ mod tests {
             on_calendar: cal.into(),
             randomized_delay: delay.map(Into::into),
             persistent,
+            max_runtime: None,
         }
+    }
+
+    #[test]
+    fn max_runtime_defaults_and_range() {
+        let mut s = sched("daily", None, true);
+        assert_eq!(s.max_runtime(), Ok(DEFAULT_MAX_RUNTIME));
+        s.max_runtime = Some("1h30m".into());
+        assert_eq!(s.max_runtime(), Ok(std::time::Duration::from_secs(5400)));
+        for bad in ["30s", "169h"] {
+            s.max_runtime = Some(bad.into());
+            assert_eq!(
+                s.max_runtime(),
+                Err(ScheduleError::MaxRuntimeOutOfRange(bad.into())),
+                "{bad}"
+            );
+        }
+        s.max_runtime = Some("forever".into());
+        assert!(matches!(
+            s.max_runtime(),
+            Err(ScheduleError::BadDuration(_))
+        ));
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn policy(name: &str) -> PolicySpec {
         nice: Some(10),
         io_scheduling_class: Some(IoSchedulingClass::Idle),
         io_scheduling_priority: Some(7),
+        max_runtime_sec: Some(43_200),
         extra_args: vec![],
     }
 }
@@ -509,4 +510,79 @@ async fn oversized_run_record_and_output_flood_are_bounded() {
     // The connection is still good for the next command.
     let (code, out) = sh_out(&sh, "echo still-here", b"").await;
     assert_eq!((code, out.trim()), (Some(0), "still-here"));
+}
+
+/// A run that hangs is ended by systemd at the policy's maxRuntime (issue 17, S8): the
+/// service is `Type=oneshot`, for which `TimeoutStartSec=` is the bound that applies. The
+/// stand-in executor hangs forever; `systemctl start` must come back failed, with result
+/// `timeout`, within seconds of the 2 s limit, and leave no process behind.
+#[tokio::test]
+async fn a_hung_run_is_stopped_at_max_runtime() {
+    let _one = ONE_HOST_USER.lock().await;
+    let host = connect().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "it-hang";
+    let version = "0.0.1-hang";
+    let job = JobId::new(PolicyKind::Backup, name).unwrap();
+    let slug = job.slug();
+    remove_job(&host, &job).await.unwrap();
+    rm_rf(&host, &[&format!("/usr/local/lib/fleetsnap/{version}")]).await;
+
+    // `exec` so that the hanging process is the service's main process itself.
+    let body = "#!/bin/sh\nexec sleep 3600\n";
+    let path = tmp.path().join("fleetsnap-hang");
+    std::fs::write(&path, body).unwrap();
+    let a = ExecutorArtifact {
+        version: version.into(),
+        sha256: sha256_hex(body.as_bytes()),
+        local_path: path,
+    };
+    let mut p = policy(name);
+    p.max_runtime_sec = Some(2);
+    let creds = credentials();
+    let inputs = JobInputs {
+        artifact: &a,
+        policy: &p,
+        credentials: &creds,
+    };
+    reconcile_job(&host, &inputs).await.unwrap();
+    let unit = format!("fleetsnap-{slug}.service");
+    let (_, props) = sh_out(
+        &host,
+        &format!("systemctl show -p TimeoutStartUSec {unit}"),
+        b"",
+    )
+    .await;
+    assert!(props.contains("TimeoutStartUSec=2s"), "{props}");
+
+    let t0 = std::time::Instant::now();
+    let (code, out) = sh_out(&host, &format!("systemctl start {unit} 2>&1"), b"").await;
+    let took = t0.elapsed();
+    assert_ne!(code, Some(0), "a hung run must fail: {out}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "systemctl start took {took:?}: the limit did not stop the run"
+    );
+    let (_, result) = sh_out(
+        &host,
+        &format!("systemctl show -p Result -p ActiveState {unit}"),
+        b"",
+    )
+    .await;
+    assert!(result.contains("Result=timeout"), "{result}");
+    let (_, procs) = sh_out(
+        &host,
+        &format!("systemctl show -p MainPID {unit}; pgrep -f '[s]leep 3600' || true"),
+        b"",
+    )
+    .await;
+    assert_eq!(procs.trim(), "MainPID=0", "processes left: {procs}");
+    eprintln!(
+        "hung run stopped after {took:?}: {}",
+        result.replace('\n', " ")
+    );
+
+    remove_job(&host, &job).await.unwrap();
+    rm_rf(&host, &[&format!("/usr/local/lib/fleetsnap/{version}")]).await;
+    host.close().await.unwrap();
 }

@@ -34,14 +34,35 @@ struct V2Entry {
     size: u64,
 }
 
+/// Per socket read/write limit: 120 s, or `FLEETSNAP_REST_TIMEOUT` (seconds, 1..3600) for
+/// far-away servers and for tests that freeze one. A bad value is ignored with a warning.
+fn io_timeout_from_env() -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(120);
+    let Ok(v) = std::env::var("FLEETSNAP_REST_TIMEOUT") else {
+        return DEFAULT;
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (1..=3600).contains(&n) => Duration::from_secs(n),
+        _ => {
+            tracing::warn!(value = %v, "ignoring FLEETSNAP_REST_TIMEOUT: not a whole number in 1..=3600");
+            DEFAULT
+        }
+    }
+}
+
 impl RestBackend {
     pub fn open(loc: RestLocation) -> BackendResult<Self> {
+        let io_timeout = io_timeout_from_env();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             // Status codes carry meaning here (404, 403, 507), so they are not errors.
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            // Whole packs travel in one request; a stalled server is caught by recv timeouts.
-            .timeout_per_read(Some(Duration::from_secs(120)))
+            // Whole packs travel in one request, so there is no total limit that suits every
+            // link; instead each socket read and write must make progress within 2 min. The
+            // write limit catches a server that stops reading a request body (frozen, or a
+            // full disk that never answers); without it the send would wait forever.
+            .timeout_per_read(Some(io_timeout))
+            .timeout_per_write(Some(io_timeout))
             .max_idle_connections_per_host(16)
             .build()
             .into();
@@ -87,7 +108,11 @@ impl RestBackend {
             | E::BodyStalled => BackendErrorKind::Transient,
             _ => BackendErrorKind::Other,
         };
-        BackendError::new(kind, op, what, self.location(), e.to_string())
+        let message = match &e {
+            E::Timeout(_) => format!("timed out, the server did not answer in time ({e})"),
+            _ => e.to_string(),
+        };
+        BackendError::new(kind, op, what, self.location(), message)
     }
 
     fn status_err(

@@ -41,6 +41,24 @@ const DEFAULT_PART_SIZE: usize = 16 << 20;
 /// by the engine, so this stays small to bound memory and connections.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// Longest one attempt of a request may take when it carries no large body (everything but
+/// object and part uploads): from sending it until the response head is in. A server that
+/// accepts connections but never answers (frozen, black-holed) fails this attempt instead
+/// of hanging the backup, its lock and every later run.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Slowest upload still taken for progress. An upload attempt gets the base timeout plus
+/// its body's size at this rate (16 MiB part: 2 min + 4 min 16 s), so a slow but working
+/// link finishes a large part instead of having every attempt cut at the same point.
+const MIN_UPLOAD_RATE: u64 = 64 << 10;
+/// A body that moves no data for this long is abandoned (the SDK's stalled-stream
+/// protection, uploads and downloads). Catches a stall in the middle of a transfer much
+/// sooner than the size-scaled attempt timeout; never longer than the base timeout.
+const STALL_GRACE: Duration = Duration::from_secs(20);
+/// Total attempts per request, the first included (SDK standard mode: exponential backoff
+/// with jitter, 200 ms doubling up to 20 s, and a retry quota shared by the client so a dead
+/// endpoint is not hammered).
+const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+
 /// Settings that do not belong in the URL. `from_env` reads the usual variables; tests and
 /// the operator can fill fields directly.
 #[derive(Clone, Default)]
@@ -56,6 +74,8 @@ pub struct S3Options {
     pub part_size: Option<usize>,
     /// Total attempts per request including the first (SDK standard retry mode).
     pub max_attempts: Option<u32>,
+    /// Base per-attempt timeout ([`DEFAULT_ATTEMPT_TIMEOUT`]); uploads add time for their size.
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -70,6 +90,7 @@ impl std::fmt::Debug for S3Options {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
             .field("max_attempts", &self.max_attempts)
+            .field("attempt_timeout", &self.attempt_timeout)
             .finish()
     }
 }
@@ -86,11 +107,42 @@ impl S3Options {
                 }
             }
         });
+        // Seconds; for slow or far-away endpoints, and for tests that freeze a server.
+        let attempt_timeout =
+            env_number("FLEETSNAP_S3_TIMEOUT", 1..=3600).map(|s| Duration::from_secs(s.into()));
+        let max_attempts = env_number("FLEETSNAP_S3_MAX_ATTEMPTS", 1..=20);
         S3Options {
             path_style,
+            attempt_timeout,
+            max_attempts,
             ..Default::default()
         }
     }
+}
+
+/// A whole number from the environment within `range`; anything else is ignored with a
+/// warning that names the variable, and the default applies.
+fn env_number(var: &str, range: std::ops::RangeInclusive<u32>) -> Option<u32> {
+    let v = std::env::var(var).ok()?;
+    match v.trim().parse::<u32>() {
+        Ok(n) if range.contains(&n) => Some(n),
+        _ => {
+            warn!(value = %v, "ignoring {var}: not a whole number in {}..={}",
+                  range.start(), range.end());
+            None
+        }
+    }
+}
+
+/// Attempt timeout for an upload of `len` bytes: the base plus the body at
+/// [`MIN_UPLOAD_RATE`].
+fn upload_attempt_timeout(base: Duration, len: u64) -> Duration {
+    base + Duration::from_secs(len.div_ceil(MIN_UPLOAD_RATE))
+}
+
+/// Bound on a whole upload of `len` bytes, retries and backoff included.
+fn upload_operation_timeout(base: Duration, attempts: u32, len: u64) -> Duration {
+    base * attempts.max(1) + Duration::from_secs(len.div_ceil(MIN_UPLOAD_RATE))
 }
 
 pub struct S3Backend {
@@ -100,6 +152,11 @@ pub struct S3Backend {
     multipart_threshold: usize,
     part_size: usize,
     region: String,
+    /// Base per-attempt timeout; uploads get more (see [`S3Backend::upload_timeouts`]).
+    attempt_timeout: Duration,
+    max_attempts: u32,
+    /// How often a download whose body broke off is started again.
+    body_attempts: u32,
     /// How `remove_permanently` deletes here; found out on first use.
     delete_mode: Mutex<Option<DeleteMode>>,
 }
@@ -305,16 +362,28 @@ impl S3Backend {
             .map(|r| r.to_string())
             .unwrap_or_else(|| "us-east-1".into());
 
+        let max_attempts = opts.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1);
         let retry = RetryConfig::standard()
-            .with_max_attempts(opts.max_attempts.unwrap_or(6))
+            .with_max_attempts(max_attempts)
             .with_initial_backoff(Duration::from_millis(200))
             .with_max_backoff(Duration::from_secs(20));
+        let attempt_timeout = opts.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+        // No read timeout: the SDK measures it from the start of the request to the first
+        // byte of the response, so it would also bound the upload of a request body and cut
+        // large parts on slow links. The attempt timeout (scaled for uploads) and the
+        // stalled-stream protection bound the same waits without that flaw. No operation
+        // timeout either: attempts × attempt timeout plus backoff already bounds it.
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10).min(attempt_timeout))
+            .operation_attempt_timeout(attempt_timeout)
+            .build();
+        let stall = aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+            .grace_period(STALL_GRACE.min(attempt_timeout))
             .build();
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .retry_config(retry)
             .timeout_config(timeouts)
+            .stalled_stream_protection(stall)
             .force_path_style(opts.path_style.unwrap_or(loc.endpoint.is_some()));
         if let Some(ep) = &loc.endpoint {
             conf = conf.endpoint_url(ep);
@@ -332,8 +401,64 @@ impl S3Backend {
             part_size,
             loc,
             region,
+            attempt_timeout,
+            max_attempts,
+            body_attempts: max_attempts,
             delete_mode: Mutex::new(None),
         })
+    }
+
+    /// Per-request override for an upload of `len` bytes: its attempts may take as long as
+    /// the body needs at [`MIN_UPLOAD_RATE`], on top of the base timeout.
+    ///
+    /// A body smaller than the socket buffers on the way (several MiB) is "sent" at once
+    /// even to a frozen server, so neither stalled-stream protection nor a per-attempt limit
+    /// that assumes a slow link ends the wait for its answer quickly. The operation timeout
+    /// bounds the whole upload, retries included: every attempt's base time plus the body
+    /// once at the minimum rate.
+    fn upload_timeouts(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(upload_attempt_timeout(self.attempt_timeout, len))
+                .operation_timeout(upload_operation_timeout(
+                    self.attempt_timeout,
+                    self.max_attempts,
+                    len,
+                ))
+                .build(),
+        )
+    }
+
+    /// A download's body broke off after the response head (reset, closed connection,
+    /// stalled stream). The SDK only retries up to the response head, so the whole GET is
+    /// repeated here, with backoff, up to the client's attempt count; then the error names
+    /// the file and how often it was tried.
+    async fn body_failed(
+        &self,
+        what: &str,
+        attempt: &mut u32,
+        e: &dyn std::error::Error,
+    ) -> BackendResult<()> {
+        if *attempt >= self.body_attempts {
+            return Err(BackendError::new(
+                BackendErrorKind::Transient,
+                "read",
+                what,
+                self.location(),
+                format!(
+                    "download interrupted ({} of {} attempts): {}",
+                    attempt,
+                    self.body_attempts,
+                    chain(e)
+                ),
+            ));
+        }
+        let wait = Duration::from_millis(200u64 << (*attempt - 1).min(5));
+        warn!(what, attempt = *attempt, error = %chain(e), wait_ms = wait.as_millis() as u64,
+              "download interrupted, retrying");
+        tokio::time::sleep(wait).await;
+        *attempt += 1;
+        Ok(())
     }
 
     pub fn bucket(&self) -> &str {
@@ -705,6 +830,8 @@ impl S3Backend {
             .key(key)
             .content_length(data.len() as i64)
             .body(ByteStream::from(data.to_vec()))
+            .customize()
+            .config_override(self.upload_timeouts(data.len() as u64))
             .send()
             .await
             .map_err(|e| self.err("write", what, &e))?;
@@ -772,6 +899,8 @@ impl S3Backend {
                     .part_number(number)
                     .content_length(chunk.len() as i64)
                     .body(ByteStream::from(chunk.to_vec()))
+                    .customize()
+                    .config_override(self.upload_timeouts(chunk.len() as u64))
                     .send()
                     .await
                     .map_err(|e| self.err("write", format!("{what} (part {number})"), &e))?;
@@ -885,8 +1014,23 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             };
             (classify_service(status, code, msg), text)
         }
-        SdkError::TimeoutError(_) => (K::Transient, format!("timed out: {}", chain(e))),
-        SdkError::DispatchFailure(_) => (K::Transient, format!("connection failed: {}", chain(e))),
+        SdkError::TimeoutError(_) => (
+            K::Transient,
+            format!(
+                "timed out, the endpoint did not answer in time: {}",
+                chain(e)
+            ),
+        ),
+        SdkError::DispatchFailure(_) => {
+            let detail = chain(e);
+            // Stalled-stream protection reports through the connector: say what happened.
+            let what = if detail.contains("minimum throughput") {
+                "transfer stalled, no data moved within the grace period"
+            } else {
+                "connection failed"
+            };
+            (K::Transient, format!("{what}: {detail}"))
+        }
         SdkError::ResponseError(_) => (K::Transient, format!("bad response: {}", chain(e))),
         _ => (K::Other, chain(e)),
     }
@@ -1026,24 +1170,21 @@ impl Backend for S3Backend {
         let what = object_path(t, name, false);
         let _span = debug_span!("backend.read", backend = "s3", what = %what).entered();
         self.rt.block_on(async {
-            let resp = self
-                .client
-                .get_object()
-                .bucket(&self.loc.bucket)
-                .key(self.key(t, name))
-                .send()
-                .await
-                .map_err(|e| self.err("read", what.clone(), &e))?;
-            let body = resp.body.collect().await.map_err(|e| {
-                BackendError::new(
-                    BackendErrorKind::Transient,
-                    "read",
-                    what.clone(),
-                    self.location(),
-                    format!("download interrupted: {}", chain(&e)),
-                )
-            })?;
-            Ok(body.into_bytes().to_vec())
+            let mut attempt = 1;
+            loop {
+                let resp = self
+                    .client
+                    .get_object()
+                    .bucket(&self.loc.bucket)
+                    .key(self.key(t, name))
+                    .send()
+                    .await
+                    .map_err(|e| self.err("read", what.clone(), &e))?;
+                match resp.body.collect().await {
+                    Ok(body) => return Ok(body.into_bytes().to_vec()),
+                    Err(e) => self.body_failed(&what, &mut attempt, &e).await?,
+                }
+            }
         })
     }
 
@@ -1107,7 +1248,8 @@ impl Backend for S3Backend {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let buf = self.rt.block_on(async {
+        // One attempt: `Ok(None)` when the body broke off and the GET is to be repeated.
+        let get = async |attempt: &mut u32| -> BackendResult<Option<Vec<u8>>> {
             let resp = self
                 .client
                 .get_object()
@@ -1122,21 +1264,26 @@ impl Backend for S3Backend {
                     let status = e.raw_response().map(|r| r.status().as_u16());
                     if status == Some(416) {
                         // The range starts past the end: a truncated file, reported like one.
-                        return Ok(Vec::new());
+                        return Ok(Some(Vec::new()));
                     }
                     return Err(self.err("read", what.clone(), &e));
                 }
             };
-            let body = resp.body.collect().await.map_err(|e| {
-                BackendError::new(
-                    BackendErrorKind::Transient,
-                    "read",
-                    what.clone(),
-                    self.location(),
-                    format!("download interrupted: {}", chain(&e)),
-                )
-            })?;
-            Ok(body.into_bytes().to_vec())
+            match resp.body.collect().await {
+                Ok(body) => Ok(Some(body.into_bytes().to_vec())),
+                Err(e) => {
+                    self.body_failed(&what, attempt, &e).await?;
+                    Ok(None)
+                }
+            }
+        };
+        let buf = self.rt.block_on(async {
+            let mut attempt = 1;
+            loop {
+                if let Some(buf) = get(&mut attempt).await? {
+                    return Ok::<_, BackendError>(buf);
+                }
+            }
         })?;
         if (buf.len() as u64) < length {
             return Err(short_read_error(
@@ -1218,6 +1365,8 @@ impl Backend for S3Backend {
                 .key(&key)
                 .content_length(len as i64)
                 .body(body)
+                .customize()
+                .config_override(self.upload_timeouts(len))
                 .send()
                 .await
                 .map_err(|e| self.err("write", what.clone(), &e))?;
@@ -1288,6 +1437,20 @@ impl Backend for S3Backend {
 mod tests {
     use super::*;
     use BackendErrorKind as K;
+
+    #[test]
+    fn upload_timeouts_grow_with_the_body_and_stay_bounded() {
+        let base = DEFAULT_ATTEMPT_TIMEOUT;
+        // A 16 MiB part at 100 KiB/s takes 164 s: one attempt must have room for it.
+        let part = 16u64 << 20;
+        assert!(upload_attempt_timeout(base, part) > base + Duration::from_secs(164));
+        // A small request gets the base (plus a second).
+        assert!(upload_attempt_timeout(base, 100) <= base + Duration::from_secs(1));
+        // The whole upload, six attempts included, ends within 17 minutes.
+        let total = upload_operation_timeout(base, DEFAULT_MAX_ATTEMPTS, part);
+        assert!(total >= upload_attempt_timeout(base, part), "{total:?}");
+        assert!(total <= Duration::from_secs(17 * 60), "{total:?}");
+    }
 
     #[test]
     fn service_errors_map_to_engine_kinds() {

@@ -37,8 +37,10 @@ pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 struct OpenPack {
-    /// Created with the first blob.
+    /// Created with the first blob, in `dir`.
     file: Option<File>,
+    /// Where `file` lives, for an error that names the full disk.
+    dir: PathBuf,
     len: u64,
     hasher: Sha256,
     blobs: Vec<PackedBlob>,
@@ -46,7 +48,8 @@ struct OpenPack {
 
 /// An unlinked temporary file: `O_TMPFILE` in `dir` (the backend's choice, so it can link it)
 /// or in the system's temporary directory, else a named file that is unlinked at once.
-fn temp_file(dir: Option<&Path>) -> io::Result<File> {
+/// Returns the directory it is in; an error comes with the directory it failed in.
+fn temp_file(dir: Option<&Path>) -> std::result::Result<(File, PathBuf), (io::Error, PathBuf)> {
     let sys = std::env::temp_dir();
     for d in dir.into_iter().chain(Some(sys.as_path())) {
         if let Ok(f) = OpenOptions::new()
@@ -56,7 +59,7 @@ fn temp_file(dir: Option<&Path>) -> io::Result<File> {
             .custom_flags(libc::O_TMPFILE)
             .open(d)
         {
-            return Ok(f);
+            return Ok((f, d.to_path_buf()));
         }
     }
     let suffix: u64 = rand::random();
@@ -69,12 +72,15 @@ fn temp_file(dir: Option<&Path>) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(f)
+        .open(&path)
+        .map_err(|e| (e, sys.clone()))?;
+    std::fs::remove_file(&path).map_err(|e| (e, sys.clone()))?;
+    Ok((f, sys))
 }
 
-fn temp_error(e: io::Error) -> RepoError {
+/// A failed write of a temporary pack file in `dir`, naming that directory: with a local
+/// repository it is the repository's own `data/`, not the system's temporary directory.
+fn temp_error(e: io::Error, dir: &Path) -> RepoError {
     let kind = if e.raw_os_error() == Some(libc::ENOSPC) {
         BackendErrorKind::NoSpace
     } else {
@@ -84,7 +90,7 @@ fn temp_error(e: io::Error) -> RepoError {
         kind,
         "write",
         "temporary pack file",
-        std::env::temp_dir().display().to_string(),
+        dir.display().to_string(),
         e.to_string(),
     ))
 }
@@ -164,16 +170,20 @@ impl Shared {
             let mut p = self.open[Self::slot(t)].lock().expect("poisoned");
             if p.file.is_none() {
                 match temp_file(self.temp_dir.as_deref()) {
-                    Ok(f) => p.file = Some(f),
-                    Err(e) => return self.fail(temp_error(e)),
+                    Ok((f, dir)) => {
+                        p.file = Some(f);
+                        p.dir = dir;
+                    }
+                    Err((e, dir)) => return self.fail(temp_error(e, &dir)),
                 }
             }
             let file = p.file.as_mut().expect("just created");
             if let Err(e) = file.write_all(sealed) {
                 // The pack's layout is unknown after a short write: drop it (the backup
                 // fails and nothing of this pack is indexed).
+                let dir = std::mem::take(&mut p.dir);
                 *p = OpenPack::default();
-                return self.fail(temp_error(e));
+                return self.fail(temp_error(e, &dir));
             }
             let offset = p.len as u32;
             p.len += sealed.len() as u64;
@@ -203,6 +213,7 @@ impl Shared {
     fn ship(&self, p: OpenPack) {
         let OpenPack {
             file,
+            dir,
             len,
             mut hasher,
             blobs,
@@ -214,7 +225,7 @@ impl Shared {
         let mut trailer = self.key.seal(&pack::header_plaintext(&blobs));
         trailer.extend_from_slice(&((trailer.len() as u32).to_le_bytes()));
         if let Err(e) = file.write_all(&trailer) {
-            return self.fail(temp_error(e));
+            return self.fail(temp_error(e, &dir));
         }
         hasher.update(&trailer);
         let id = Id(hasher.finalize().into());

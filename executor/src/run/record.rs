@@ -89,12 +89,18 @@ impl RunRecord {
         rec.error = rec.error.map(|e| truncate_text(&e, MAX_ERROR));
         let mut json = serde_json::to_vec_pretty(&rec).expect("record serializes");
         json.push(b'\n');
-        {
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&json)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            // A full disk leaves a partial record behind: remove it, so that it neither
+            // holds on to the space nor looks like a record to anyone listing the directory.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &path)?;
         // The rename is only durable once the directory entry is.
         std::fs::File::open(dir)?.sync_all()?;
         prune_records(dir, KEEP_RECORDS)?;

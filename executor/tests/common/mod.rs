@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod toxiproxy;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,14 +96,26 @@ pub struct Minio {
 
 impl Minio {
     pub fn start() -> Minio {
+        Self::start_with_data(None)
+    }
+
+    /// MinIO storing its objects in `data` (e.g. a small tmpfs) instead of a fresh
+    /// temporary directory.
+    pub fn start_with_data(data: Option<&Path>) -> Minio {
         let bin = require_binary(
             "MinIO server",
             Path::new(MINIO),
             "build it with tests/testenv/tools.sh minio mc",
         );
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
+        let data = match data {
+            Some(d) => d.to_path_buf(),
+            None => {
+                let d = dir.path().join("data");
+                std::fs::create_dir(&d).unwrap();
+                d
+            }
+        };
         let log = dir.path().join("minio.log");
         let port = free_port();
         let console = free_port();
@@ -134,6 +148,16 @@ impl Minio {
             _dir: dir,
             endpoint,
         }
+    }
+
+    /// `127.0.0.1:<port>`, for a proxy's upstream.
+    pub fn addr(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_string()
+    }
+
+    /// The server's process id, to freeze it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self._guard.0.id()
     }
 
     /// A raw SDK client with a runtime, for what the backend deliberately does not do
@@ -227,6 +251,25 @@ impl Admin {
             .block_on(self.client.head_object().bucket(bucket).key(key).send())
             .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
         h.e_tag().unwrap_or_default().to_string()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted
+    /// (ListMultipartUploads), as `key upload-id`.
+    pub fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(self.client.list_multipart_uploads().bucket(bucket).send())
+            .unwrap_or_else(|e| panic!("list multipart uploads of {bucket}: {e:?}"));
+        out.uploads()
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} {}",
+                    u.key().unwrap_or_default(),
+                    u.upload_id().unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     pub fn keys(&self, bucket: &str) -> Vec<String> {

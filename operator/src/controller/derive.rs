@@ -272,6 +272,12 @@ pub fn backup_policy_spec(
         io_scheduling_class: Some(io_class(spec.resources.io_scheduling_class)),
         io_scheduling_priority: u8::try_from(spec.resources.io_scheduling_priority.clamp(0, 7))
             .ok(),
+        max_runtime_sec: Some(
+            spec.schedule
+                .max_runtime()
+                .map_err(invalid_schedule)?
+                .as_secs(),
+        ),
         extra_args: Vec::new(),
     })
 }
@@ -459,6 +465,7 @@ mod tests {
                     on_calendar: on_calendar.into(),
                     randomized_delay: Some("45m".into()),
                     persistent: true,
+                    max_runtime: None,
                 },
                 resources: ResourceControls::default(),
                 staleness_window: None,

@@ -168,6 +168,7 @@ pub fn job_spec(
         nice: Some(10),
         io_scheduling_class: Some(crate::host::model::IoSchedulingClass::Idle),
         io_scheduling_priority: None,
+        max_runtime_sec: Some(schedule.max_runtime().map_err(invalid)?.as_secs()),
         extra_args,
     })
 }

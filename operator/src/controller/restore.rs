@@ -589,6 +589,7 @@ async fn restore_on_host(
             on_calendar: "daily".into(),
             randomized_delay: None,
             persistent: false,
+            max_runtime: None,
         },
         host,
         repo,

@@ -751,6 +751,7 @@ mod tests {
                     on_calendar: cal.into(),
                     randomized_delay: None,
                     persistent: true,
+                    max_runtime: None,
                 },
                 run_on,
                 suspend: false,

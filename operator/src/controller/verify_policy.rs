@@ -546,6 +546,7 @@ mod tests {
                     on_calendar: "Sat *-*-* 05:00:00".into(),
                     randomized_delay: None,
                     persistent: true,
+                    max_runtime: None,
                 },
                 read_data,
                 restore_drill: drill,

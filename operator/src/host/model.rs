@@ -166,6 +166,9 @@ pub struct PolicySpec {
     pub io_scheduling_class: Option<IoSchedulingClass>,
     /// `IOSchedulingPriority=` (0..=7).
     pub io_scheduling_priority: Option<u8>,
+    /// Longest one run may take, in seconds (`TimeoutStartSec=`, which bounds a oneshot
+    /// service); `None` leaves systemd's default, which for a oneshot service is no limit.
+    pub max_runtime_sec: Option<u64>,
     /// Extra executor arguments (keep rules for retention, `--read-data-subset` for
     /// verify). Stored in the config file, never on the command line of the unit.
     pub extra_args: Vec<String>,

@@ -291,6 +291,10 @@ fn validate(inputs: &JobInputs<'_>) -> Result<JobId, String> {
     {
         return Err(format!("ioSchedulingPriority {prio} is outside 0..7"));
     }
+    if p.max_runtime_sec == Some(0) {
+        // systemd reads 0 as "no limit": the opposite of what a limit is for.
+        return Err("maxRuntime must be longer than 0 seconds".into());
+    }
     if inputs.credentials.repository_password.is_empty() {
         return Err("the repository password is empty".into());
     }

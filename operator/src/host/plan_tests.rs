@@ -32,6 +32,7 @@ fn policy(kind: PolicyKind) -> PolicySpec {
         nice: Some(10),
         io_scheduling_class: Some(IoSchedulingClass::Idle),
         io_scheduling_priority: Some(7),
+        max_runtime_sec: Some(43_200),
         extra_args: vec![],
     }
 }
@@ -270,6 +271,48 @@ fn service_unit_rendering() {
         assert!(s.contains("\nProtectHome=yes\n"));
         assert!(s.contains(&format!("/etc/fleetsnap/{kind}-nightly.json")));
     }
+}
+
+/// Every job unit carries the policy's bound on one run in the directive that bounds a
+/// oneshot service (TimeoutStartSec=), not in RuntimeMaxSec= (ignored for oneshot, with a
+/// warning on every load); without it a hung run would block the job forever, and 0 would
+/// mean exactly that.
+#[test]
+fn service_unit_bounds_one_run() {
+    let (a, c) = (artifact("0.1.0"), creds(false));
+    for kind in [
+        PolicyKind::Backup,
+        PolicyKind::Retention,
+        PolicyKind::Verify,
+    ] {
+        let mut p = policy(kind);
+        p.max_runtime_sec = Some(5400);
+        let s = unit_text(&plan(&a, &p, &c, &fresh_host(true)), ".service");
+        let service = s.split("[Service]").nth(1).expect("a [Service] section");
+        assert_eq!(
+            service
+                .lines()
+                .filter(|l| *l == "TimeoutStartSec=5400")
+                .count(),
+            1,
+            "{kind}: TimeoutStartSec=5400 once in [Service]:\n{s}"
+        );
+        assert!(
+            !service.lines().any(|l| l.starts_with("RuntimeMaxSec=")),
+            "{kind}: RuntimeMaxSec= has no effect on oneshot units:\n{s}"
+        );
+    }
+    let mut p = policy(PolicyKind::Backup);
+    p.max_runtime_sec = Some(0);
+    let job = JobInputs {
+        policy: &p,
+        artifact: &a,
+        credentials: &c,
+    };
+    let Err(err) = desired_state(&job, true) else {
+        panic!("maxRuntime 0 s must be refused");
+    };
+    assert!(err.contains("maxRuntime"), "{err}");
 }
 
 #[test]

@@ -190,7 +190,23 @@ pub fn service_unit(
     if let Some(p) = policy.io_scheduling_priority {
         u.push_str(&format!("IOSchedulingPriority={p}\n"));
     }
+    if let Some(secs) = policy.max_runtime_sec {
+        u.push_str(&max_runtime_lines(secs));
+    }
     u.into_bytes()
+}
+
+/// The bound on one run. A `Type=oneshot` service stays "activating" until its process
+/// exits, so the start timeout is what ends a hung run; systemd disables it for oneshot
+/// units by default. `RuntimeMaxSec=` is not written: systemd ignores it for oneshot
+/// services and warns about it on every load ("has no effect in combination with
+/// Type=oneshot"). When the time is up systemd sends SIGTERM, then SIGKILL after
+/// `TimeoutStopSec=` (90 s), and the service fails with result `timeout`.
+fn max_runtime_lines(secs: u64) -> String {
+    format!(
+        "\n# Longest one run may take (the policy's schedule.maxRuntime); for a oneshot\n\
+         # service this, not RuntimeMaxSec=, is the limit.\nTimeoutStartSec={secs}\n"
+    )
 }
 
 /// The service runs as root, but with a capability bounding set, so "root" only means
