@@ -256,6 +256,9 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
             subset.resolve(chrono::Local::now().date_naive())
         ));
         let errors = Mutex::new(Vec::new());
+        // A download that failed is no verdict on the pack: the first such error ends the
+        // check as incomplete instead of being counted as damage.
+        let unreadable: Mutex<Option<crate::backend::BackendError>> = Mutex::new(None);
         let next = AtomicUsize::new(0);
         // Two per core: while one pack is being downloaded, the other is being decrypted.
         let workers = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -265,28 +268,43 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(id) = chosen.get(i) else { break };
-                        if repo.check_lock().is_err() {
+                        if repo.check_lock().is_err()
+                            || unreadable.lock().expect("poisoned").is_some()
+                        {
                             break;
                         }
-                        let errs = read_pack(&repo, id, &indexed[id]);
-                        errors.lock().expect("poisoned").extend(errs);
+                        match read_pack(&repo, id, &indexed[id]) {
+                            Ok(errs) => errors.lock().expect("poisoned").extend(errs),
+                            Err(e) => {
+                                unreadable.lock().expect("poisoned").get_or_insert(e);
+                            }
+                        }
                     }
                 });
             }
         });
         repo.check_lock()?;
+        if let Some(e) = unreadable.into_inner().expect("poisoned") {
+            return Err(e.into());
+        }
         rep.errors.extend(errors.into_inner().expect("poisoned"));
         rep.packs_read = chosen.iter().map(|p| p.to_hex()).collect();
     }
     Ok(rep)
 }
 
-/// Verify one pack completely against its name, its header and the index.
-fn read_pack(repo: &IndexedRepository, id: &Id, indexed: &[PackedBlob]) -> Vec<String> {
+/// Verify one pack completely against its name, its header and the index. A pack that is
+/// missing is damage; one that could not be downloaded (`Err`) is not known to be.
+fn read_pack(
+    repo: &IndexedRepository,
+    id: &Id,
+    indexed: &[PackedBlob],
+) -> std::result::Result<Vec<String>, crate::backend::BackendError> {
     let name = format!("pack {}", id.short());
     let mut data = match repo.backend().read(FileType::Pack, &id.to_hex()) {
         Ok(d) => d,
-        Err(e) => return vec![format!("{name}: {e}")],
+        Err(e) if e.is_not_found() => return Ok(vec![format!("{name}: {e}")]),
+        Err(e) => return Err(e),
     };
     let mut errs = Vec::new();
     if Id::hash(&data) != *id {
@@ -347,14 +365,16 @@ fn read_pack(repo: &IndexedRepository, id: &Id, indexed: &[PackedBlob]) -> Vec<S
         }
         Err(e) => errs.push(format!("{name}: header: {e}")),
     }
-    errs
+    Ok(errs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::repo::RepoError;
     use crate::repo::testutil::*;
+    use std::sync::Arc;
 
     #[test]
     fn subset_parsing_and_rotation_cover_everything_once() {
@@ -414,6 +434,79 @@ mod tests {
                     .iter()
                     .any(|e| e.contains("ciphertext verification failed"))
             );
+        }
+    }
+
+    /// Pack downloads time out; everything else is served from the fixture.
+    struct PacksTimeOut(Arc<crate::repo::mem::MemBackend>);
+
+    impl Backend for PacksTimeOut {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        fn create(&self) -> crate::backend::BackendResult<()> {
+            self.0.create()
+        }
+        fn list(
+            &self,
+            t: FileType,
+        ) -> crate::backend::BackendResult<Vec<crate::backend::FileInfo>> {
+            self.0.list(t)
+        }
+        fn read(&self, t: FileType, name: &str) -> crate::backend::BackendResult<Vec<u8>> {
+            if t == FileType::Pack {
+                return Err(crate::backend::BackendError::new(
+                    crate::backend::BackendErrorKind::Transient,
+                    "read",
+                    format!("data/{name}"),
+                    self.location(),
+                    "timed out",
+                ));
+            }
+            self.0.read(t, name)
+        }
+        fn read_prefix(
+            &self,
+            t: FileType,
+            n: &str,
+            max: u64,
+        ) -> crate::backend::BackendResult<Vec<u8>> {
+            self.0.read_prefix(t, n, max)
+        }
+        fn read_range(
+            &self,
+            t: FileType,
+            n: &str,
+            o: u64,
+            l: u64,
+        ) -> crate::backend::BackendResult<Vec<u8>> {
+            self.0.read_range(t, n, o, l)
+        }
+        fn write(&self, t: FileType, name: &str, data: &[u8]) -> crate::backend::BackendResult<()> {
+            self.0.write(t, name, data)
+        }
+        fn remove(&self, t: FileType, name: &str) -> crate::backend::BackendResult<()> {
+            self.0.remove(t, name)
+        }
+    }
+
+    /// A pack that cannot be downloaded (a network fault) is no verdict on the repository:
+    /// the check fails as incomplete, with the backend's error, and names no pack as damaged
+    /// (the operator reports named packs as damage).
+    #[test]
+    fn an_unreadable_pack_fails_the_check_without_calling_it_damaged() {
+        let repo = Repository::open(
+            Arc::new(PacksTimeOut(fixture("repo-v2"))),
+            b"fixture-password",
+        )
+        .unwrap();
+        match check(repo, Some(Subset::All)) {
+            Err(RepoError::Backend(e)) => {
+                assert_eq!(e.kind, crate::backend::BackendErrorKind::Transient, "{e}");
+                assert!(!e.to_string().contains("pack "), "{e}");
+            }
+            Ok(rep) => panic!("a check that read no pack reported: {:?}", rep.errors),
+            Err(e) => panic!("{e}"),
         }
     }
 }
