@@ -604,6 +604,9 @@ fn racing_backups_and_prunes_lose_nothing() {
         }
     }
     eprintln!("6 rounds, {refused} runs refused a lock");
-    assert!(keep.len() > 2, "no backup of the race got through: {refused} refusals");
+    assert!(
+        keep.len() > 2,
+        "no backup of the race got through: {refused} refusals"
+    );
     f.assert_intact(&keep);
 }

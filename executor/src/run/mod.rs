@@ -5,6 +5,7 @@
 pub mod config;
 mod drill;
 pub mod record;
+mod terminate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
@@ -91,11 +92,16 @@ struct Outcome {
 /// Run the job described by the config at `path`; returns the process exit code.
 pub fn run_file(path: &Path) -> i32 {
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    run_file_with(path, creds.as_deref())
+    run_job(path, creds.as_deref(), true)
 }
 
-/// [`run_file`] with the credentials directory passed in (tests cannot safely set env).
+/// [`run_file`] with the credentials directory passed in (tests cannot safely set env), and
+/// without a SIGTERM handler (the caller's process is not a systemd job).
 pub fn run_file_with(path: &Path, creds: Option<&Path>) -> i32 {
+    run_job(path, creds, false)
+}
+
+fn run_job(path: &Path, creds: Option<&Path>, under_systemd: bool) -> i32 {
     let started = record::now();
     let t0 = Instant::now();
     let cfg = match JobConfig::load(path) {
@@ -113,6 +119,9 @@ pub fn run_file_with(path: &Path, creds: Option<&Path>) -> i32 {
         backend::url::redact(&cfg.repository),
         crate::VERSION
     );
+    if under_systemd {
+        watch_for_sigterm(&cfg, started, t0);
+    }
     let res = execute(&cfg, creds);
     let finished = record::now();
     let mut rec = RunRecord {
@@ -170,6 +179,45 @@ pub fn run_file_with(path: &Path, creds: Option<&Path>) -> i32 {
         }
     }
     rec.exit_code
+}
+
+/// When systemd stops the job (SIGTERM: `maxRuntime` elapsed, or a shutdown), write a run
+/// record that says so and exit; the lock left behind is this host's stale lock, which the
+/// next run removes.
+fn watch_for_sigterm(cfg: &JobConfig, started: chrono::DateTime<chrono::Utc>, t0: Instant) {
+    let (policy, kind, dir) = (cfg.policy.clone(), cfg.kind, cfg.run_record_dir.clone());
+    let res = terminate::on_sigterm_call(move || {
+        let secs = t0.elapsed().as_secs_f64();
+        let rec = RunRecord {
+            policy,
+            kind,
+            started,
+            finished: record::now(),
+            exit_code: terminate::EXIT_TERMINATED,
+            snapshot_id: None,
+            files_new: 0,
+            files_changed: 0,
+            files_unmodified: 0,
+            bytes_added: 0,
+            duration_seconds: secs,
+            error: Some(format!(
+                "stopped by SIGTERM after {secs:.0}s: the policy's maxRuntime elapsed, or the \
+                 host is shutting down; no snapshot was written"
+            )),
+        };
+        eprintln!(
+            "fleetsnap run: {}",
+            rec.error.as_deref().unwrap_or_default()
+        );
+        match rec.write(Path::new(&dir)) {
+            Ok(p) => eprintln!("fleetsnap run: record {}", p.display()),
+            Err(e) => eprintln!("fleetsnap run: cannot write the run record into {dir}: {e}"),
+        }
+        std::process::exit(terminate::EXIT_TERMINATED);
+    });
+    if let Err(e) = res {
+        eprintln!("fleetsnap run: cannot watch for SIGTERM ({e}); a stopped run leaves no record");
+    }
 }
 
 fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
