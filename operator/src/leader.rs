@@ -229,4 +229,19 @@ mod tests {
             "a released lease is free"
         );
     }
+
+    /// The standby's wall clock runs 20 s ahead of the leader's. The leader has just
+    /// renewed, so the lease is live and the standby must wait.
+    #[test]
+    fn standby_clock_ahead_does_not_take_over_a_fresh_lease() {
+        let leader_now = 1_000_000;
+        let skew = 20_000;
+        let fresh = spec(Some("leader"), Some(leader_now));
+        assert_eq!(
+            decide(Some(&fresh), "standby", leader_now + skew),
+            Decision::Standby {
+                holder: "leader".into()
+            }
+        );
+    }
 }
