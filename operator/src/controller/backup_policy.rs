@@ -32,7 +32,7 @@ use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::facts::HostFacts;
 use crate::host::layout::JobId;
 use crate::host::model::PolicyKind;
-use crate::host::observe::{JobObservation, TimerState, observe_job};
+use crate::host::observe::{JobObservation, observe_job};
 use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, plan_job};
 use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
 
@@ -582,6 +582,7 @@ mod tests {
     use super::*;
     use crate::host::facts::UnitFact;
     use crate::host::layout::JobId;
+    use crate::host::observe::TimerState;
 
     fn plan_with(actions: Vec<HostAction>, timer: &str) -> HostPlan {
         let job = JobId::new(PolicyKind::Backup, "p").unwrap();

@@ -22,7 +22,6 @@ use super::tamper::{self, ScanCache};
 use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
-use crate::host::record::RunRecord;
 use crate::metrics::{PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "VerifyPolicy";
@@ -534,6 +533,7 @@ async fn tampering(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::record::RunRecord;
     use fleetsnap_crds::common::{LocalObjectRef, Schedule};
     use fleetsnap_crds::verify_policy::{ReadData, RestoreDrill, RotationPeriod, VerifyPolicySpec};
 
