@@ -417,6 +417,9 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     for ev in summary::transitions(&previous.hosts, &status.hosts) {
         publish(ctx, policy, &ev).await;
     }
+    // Only here, after host work: the early status writes (a policy that cannot be
+    // applied) are not "a converged host whose status is lost".
+    crate::failpoint::hit(crate::failpoint::Point::BeforeStatusWrite);
     write_status(ctx, policy, &previous, status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
 }
@@ -437,7 +440,6 @@ async fn write_status(
         return Ok(());
     }
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    crate::failpoint::hit(crate::failpoint::Point::BeforeStatusWrite);
     let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
         "apiVersion": "fleetsnap.io/v1alpha1",
