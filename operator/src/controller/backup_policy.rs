@@ -677,6 +677,7 @@ mod tests {
             UnitFact {
                 enabled: "enabled".into(),
                 active: "active".into(),
+                needs_reload: false,
             },
         );
         suspend_plan(&mut plan, &facts);
