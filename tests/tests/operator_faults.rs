@@ -131,11 +131,15 @@ spec:
 "#,
         endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
     ));
-    yaml.push_str(&policy_yaml("/etc"));
+    yaml.push_str(&policy_yaml("/etc", NEVER));
     apply_yaml(env, ns, dir, "world.yaml", &yaml);
 }
 
-fn policy_yaml(path: &str) -> String {
+/// Calendars that never fire while a test runs (but are valid and installed).
+const NEVER: &str = "2099-01-01 00:00:00";
+const NEVER_EITHER: &str = "2098-01-01 00:00:00";
+
+fn policy_yaml(path: &str, calendar: &str) -> String {
     format!(
         r#"---
 apiVersion: fleetsnap.io/v1alpha1
@@ -145,7 +149,7 @@ spec:
   hostSelector: {{matchLabels: {{group: opf}}}}
   repositoryRef: {{name: minio}}
   paths: [{path}]
-  schedule: {{onCalendar: "2099-01-01 00:00:00", persistent: false}}
+  schedule: {{onCalendar: "{calendar}", persistent: false}}
 "#
     )
 }
@@ -426,7 +430,7 @@ fn apiserver_and_etcd_restarts_mid_reconcile_converge_without_repeating_work() {
         ns,
         dir.path(),
         "policy2.yaml",
-        &policy_yaml("/etc/systemd"),
+        &policy_yaml("/etc/systemd", NEVER),
     );
     env.etcd_stop().unwrap();
     let stopped = Instant::now();
@@ -565,6 +569,80 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
         );
         table.push((point, killed_after, took, left));
     }
+
+    // An update killed between installing the changed timer and daemon-reload: the files
+    // on disk are right, systemd still runs the old schedule. The restart must finish the
+    // install (reload, restart the timer), not call the host converged.
+    let ns = "opf-fp-update";
+    wipe(env, host);
+    world(env, ns, &[host], dir.path());
+    let op = launch(env, ns).start(env, "opf-fp-upd-first");
+    wait::until("first install", Duration::from_secs(90), || {
+        let s = converged_state(env, host)?;
+        Ok((is_complete(&s) && policy_converged(env, ns, &[host])?).then_some(()))
+    })
+    .unwrap_or_else(|e| op.fail(e));
+    drop(op);
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "update.yaml",
+        &policy_yaml("/etc", NEVER_EITHER),
+    );
+    let armed_env = |point: Option<&str>| Variant {
+        binary: Some(armed.clone()),
+        env: point
+            .map(|p| vec![("FLEETSNAP_FAILPOINT".to_string(), p.to_string())])
+            .unwrap_or_default(),
+        ..Variant::default()
+    };
+    let mut op =
+        launch(env, ns).start_variant(env, "opf-fp-upd", &armed_env(Some("before-daemon-reload")));
+    let status = op
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|e| op.fail(e));
+    assert_eq!(status.signal(), Some(9), "{status:?}\n{}", op.tail());
+    let loaded_calendar = || {
+        env.ssh_ok(
+            host,
+            &format!("systemctl show -p TimersCalendar --value fleetsnap-{SLUG}.timer"),
+        )
+    };
+    let left = converged_state(env, host).unwrap();
+    assert!(left.contains("loaded: yes"), "{left}");
+    assert!(
+        loaded_calendar().unwrap().contains("2099"),
+        "old schedule still loaded"
+    );
+    let restarted = Instant::now();
+    let op = launch(env, ns).start_variant(env, "opf-fp-upd", &armed_env(None));
+    wait::until(
+        "the interrupted update finished",
+        Duration::from_secs(90),
+        || {
+            Ok(
+                (is_complete(&converged_state(env, host)?) && loaded_calendar()?.contains("2098"))
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap_or_else(|e| {
+        let now = converged_state(env, host).unwrap_or_default();
+        op.fail(anyhow!(
+            "{e:#}\nnow:\n{now}\ncalendar: {:?}",
+            loaded_calendar()
+        ))
+    });
+    step(
+        t0,
+        &format!(
+            "update killed before daemon-reload: reloaded and on the new schedule {:.1?} after restart",
+            restarted.elapsed()
+        ),
+    );
+    drop(op);
+
     for (point, killed, took, left) in &table {
         eprintln!(
             "--- {point}: killed {killed:.1?}, converged {took:.1?}; host state at the kill:\n{left}"
