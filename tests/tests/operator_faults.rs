@@ -185,7 +185,7 @@ fn converged_state(env: &TestEnv, host: &str) -> Result<String> {
              *) h=$(sha256sum < \"$f\");; esac; printf '%s %s\\n' \"$(stat -c '%n %a %U' \"$f\")\" \"$h\"; done; \
              echo link: $(readlink /usr/local/bin/fleetsnap); \
              echo timer: $(systemctl is-enabled fleetsnap-{SLUG}.timer) $(systemctl is-active fleetsnap-{SLUG}.timer); \
-             echo loaded: $(systemctl show -p NeedDaemonReload --value fleetsnap-{SLUG}.service); \
+             echo loaded: $(systemctl show -p NeedDaemonReload --value fleetsnap-{SLUG}.timer fleetsnap-{SLUG}.service); \
              echo debris:; find /etc/systemd/system /etc/fleetsnap /usr/local/bin /usr/local/lib/fleetsnap /run -maxdepth 3 \
              \\( -name '*fleetsnap-tmp' -o -name '*.fleetsnap-new' -o -name '.fleetsnap.upload' \
              -o -name 'fleetsnap-restore.*' \\) -print 2>/dev/null; \
@@ -197,7 +197,7 @@ fn converged_state(env: &TestEnv, host: &str) -> Result<String> {
 /// A clean, complete install: the timer enabled and waiting, systemd's view current, and
 /// no debris.
 fn is_complete(state: &str) -> bool {
-    state.contains("\ntimer: enabled active\nloaded: no\ndebris:\n")
+    state.contains("\ntimer: enabled active\nloaded: no no\ndebris:\n")
         && state.ends_with("debris:\n")
         && state.contains("link: /usr/local/lib/fleetsnap/")
 }
@@ -629,7 +629,10 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
         )
     };
     let left = converged_state(env, host).unwrap();
-    assert!(left.contains("loaded: yes"), "{left}");
+    assert!(
+        left.contains("loaded: yes no"),
+        "the timer awaits a reload: {left}"
+    );
     assert!(
         loaded_calendar().unwrap().contains("2099"),
         "old schedule still loaded"
