@@ -157,6 +157,23 @@ fn refuse_armed_under_the_release_name() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM (how Kubernetes stops a pod) or SIGINT: stop, releasing the lease so a standby
+/// takes over at once instead of after a lease duration.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -187,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         info!(%identity, lease = %cli.lease_name, "waiting for leadership");
         tokio::select! {
             _ = lease.acquire() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown_signal() => break,
         }
         let settings = Settings {
             namespace: cli.namespace.clone(),
@@ -205,6 +222,10 @@ async fn main() -> anyhow::Result<()> {
             }
             _ = lease.hold() => {
                 error!("leadership lost; stopping all host work");
+            }
+            _ = shutdown_signal() => {
+                info!("shutting down");
+                break;
             }
         }
         if server.is_finished() {

@@ -54,7 +54,7 @@ impl Launch {
         self.start_variant(env, identity, &Variant::default())
     }
 
-    /// [`Launch::start`] with another binary, a wrapper program or extra environment. A
+    /// [`Launch::start`] with another binary or extra environment. A
     /// restart under the same identity appends to the same log.
     pub fn start_variant(&self, env: &TestEnv, identity: &str, variant: &Variant) -> Operator {
         let log = env.dir().join(format!("operator-{identity}.log"));
@@ -69,14 +69,7 @@ impl Launch {
             Some(b) => b.clone(),
             None => workspace_bin("fleetsnap-operator").unwrap(),
         };
-        let mut cmd = match variant.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&binary);
-                c
-            }
-            None => Command::new(&binary),
-        };
+        let mut cmd = Command::new(&binary);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--namespace", ns, "--leader-election-namespace", ns])
@@ -106,10 +99,26 @@ impl Launch {
 pub struct Variant {
     /// Another build of the operator (e.g. `fleetsnap-operator-failpoints`).
     pub binary: Option<PathBuf>,
-    /// A program (and its arguments) the operator runs under, e.g. `faketime -f +30s`.
-    pub wrapper: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+}
+
+impl Variant {
+    /// The operator's clock shifted by `offset` (libfaketime, e.g. `+30s`). Preloaded into
+    /// the operator itself rather than run under the `faketime` command, which forks: a
+    /// SIGKILL to the wrapper would leave the operator running.
+    pub fn clock(offset: &str) -> Variant {
+        Variant {
+            env: vec![
+                (
+                    "LD_PRELOAD".into(),
+                    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".into(),
+                ),
+                ("FAKETIME".into(), offset.into()),
+            ],
+            ..Variant::default()
+        }
+    }
 }
 
 /// A running operator replica; killed (SIGKILL) when dropped, however the test ends.
@@ -133,6 +142,14 @@ impl Operator {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Ask it to stop as Kubernetes does (SIGTERM); it should release its lease and exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
     }
 
     /// Wait until the process ends by itself (a failpoint, a crash) and reap it.

@@ -252,7 +252,7 @@ fn repeated(actions: &BTreeMap<String, usize>) -> Vec<(&String, &usize)> {
     actions.iter().filter(|(_, n)| **n > 1).collect()
 }
 
-/// Two replicas, the standby's clock 30 s ahead of the leader's (faketime). The old
+/// Two replicas, the standby's clock 30 s ahead of the leader's (libfaketime). The old
 /// decision compared the leader's `renewTime` with the standby's clock and took over at
 /// once; the standby must stand by for as long as the leader renews (here: four renewals,
 /// more than a lease duration), and take over within a lease duration plus a retry once
@@ -270,14 +270,7 @@ fn skewed_standby_never_takes_a_renewed_lease() {
         Ok((lease_holder(env, ns)? == "opf-leader-a").then_some(()))
     })
     .unwrap_or_else(|e| leader.fail(e));
-    let standby = launch.start_variant(
-        env,
-        "opf-leader-b",
-        &Variant {
-            wrapper: vec!["faketime".into(), "-f".into(), "+30s".into()],
-            ..Variant::default()
-        },
-    );
+    let standby = launch.start_variant(env, "opf-leader-b", &Variant::clock("+30s"));
     wait::until("standby waiting", Duration::from_secs(30), || {
         Ok(standby
             .log_text()
@@ -337,6 +330,20 @@ fn skewed_standby_never_takes_a_renewed_lease() {
         t0,
         &format!("leader killed; standby took over in {took:.1?}"),
     );
+
+    // Stopped as Kubernetes stops a pod (SIGTERM), the leader gives the lease up.
+    let mut standby = standby;
+    standby.terminate();
+    let status = standby
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|e| standby.fail(e));
+    assert!(status.success(), "{status:?}\n{}", standby.tail());
+    assert_eq!(
+        lease_holder(env, ns).unwrap(),
+        "",
+        "lease not released on SIGTERM"
+    );
+    step(t0, "SIGTERM: exited and released the lease");
     drop(dir);
 }
 
