@@ -477,6 +477,16 @@ fn apiserver_and_etcd_restarts_mid_reconcile_converge_without_repeating_work() {
     );
 }
 
+/// The armed build, dying at `point` (or at none: a restarted pod without the variable).
+fn armed_at(binary: &Path, point: Option<&str>) -> Variant {
+    Variant {
+        binary: Some(binary.to_path_buf()),
+        env: point
+            .map(|p| vec![("FLEETSNAP_FAILPOINT".to_string(), p.to_string())])
+            .unwrap_or_default(),
+    }
+}
+
 /// SIGKILL inside a host session at each failpoint (`fleetsnap-operator-failpoints`, the
 /// operator built with the `failpoints` feature). Each point starts from a wiped host, dies
 /// exactly there, and the restarted operator (same identity, as a restarted pod) must bring
@@ -531,15 +541,8 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
         let ns = format!("opf-fp-{point}");
         wipe(env, host);
         world(env, &ns, &[host], dir.path());
-        let armed_at = |point: Option<&str>| Variant {
-            binary: Some(armed.clone()),
-            env: point
-                .map(|p| vec![("FLEETSNAP_FAILPOINT".to_string(), p.to_string())])
-                .unwrap_or_default(),
-            ..Variant::default()
-        };
         let started = Instant::now();
-        let mut op = launch(env, &ns).start_variant(env, "opf-fp", &armed_at(Some(point)));
+        let mut op = launch(env, &ns).start_variant(env, "opf-fp", &armed_at(&armed, Some(point)));
         let status = op
             .wait_exit(Duration::from_secs(90))
             .unwrap_or_else(|e| op.fail(e));
@@ -571,7 +574,7 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
             assert_ne!(left, reference, "{point}: the kill changed nothing");
         }
         let restarted = Instant::now();
-        let op = launch(env, &ns).start_variant(env, "opf-fp", &armed_at(None));
+        let op = launch(env, &ns).start_variant(env, "opf-fp", &armed_at(&armed, None));
         wait::until(
             &format!("convergence after a kill at {point}"),
             Duration::from_secs(90),
@@ -616,15 +619,11 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
         "update.yaml",
         &policy_yaml("/etc", NEVER_EITHER),
     );
-    let armed_env = |point: Option<&str>| Variant {
-        binary: Some(armed.clone()),
-        env: point
-            .map(|p| vec![("FLEETSNAP_FAILPOINT".to_string(), p.to_string())])
-            .unwrap_or_default(),
-        ..Variant::default()
-    };
-    let mut op =
-        launch(env, ns).start_variant(env, "opf-fp-upd", &armed_env(Some("before-daemon-reload")));
+    let mut op = launch(env, ns).start_variant(
+        env,
+        "opf-fp-upd",
+        &armed_at(&armed, Some("before-daemon-reload")),
+    );
     let status = op
         .wait_exit(Duration::from_secs(90))
         .unwrap_or_else(|e| op.fail(e));
@@ -645,7 +644,7 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
         "old schedule still loaded"
     );
     let restarted = Instant::now();
-    let op = launch(env, ns).start_variant(env, "opf-fp-upd", &armed_env(None));
+    let op = launch(env, ns).start_variant(env, "opf-fp-upd", &armed_at(&armed, None));
     wait::until(
         "the interrupted update finished",
         Duration::from_secs(90),
