@@ -605,7 +605,7 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
     let ns = "opf-fp-update";
     wipe(env, host);
     world(env, ns, &[host], dir.path());
-    let op = launch(env, ns).start(env, "opf-fp-upd-first");
+    let op = launch(env, ns).start(env, "opf-fp-upd");
     wait::until("first install", Duration::from_secs(90), || {
         let s = converged_state(env, host)?;
         Ok((is_complete(&s) && policy_converged(env, ns, &[host])?).then_some(()))
