@@ -1,4 +1,5 @@
 pub mod controller;
+pub mod failpoint;
 pub mod host;
 pub mod leader;
 pub mod limits;

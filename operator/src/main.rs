@@ -138,10 +138,47 @@ fn lease_namespace(cli: &Cli) -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// A `failpoints` build may only run as `fleetsnap-operator-failpoints`: a regular binary
+/// built with the feature by accident (`--all-features`) refuses to start instead of
+/// carrying kill switches into a deployment.
+fn refuse_armed_under_the_release_name() -> anyhow::Result<()> {
+    if !fleetsnap_operator::failpoint::ARMED {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating the operator executable")?;
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !name.starts_with("fleetsnap-operator-failpoints") {
+        bail!("{name} was built with the `failpoints` feature: a test build, refusing to run");
+    }
+    tracing::warn!(
+        env = fleetsnap_operator::failpoint::ENV,
+        "test build with failpoints armed; never deploy it"
+    );
+    Ok(())
+}
+
+/// SIGTERM (how Kubernetes stops a pod) or SIGINT: stop, releasing the lease so a standby
+/// takes over at once instead of after a lease duration.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    refuse_armed_under_the_release_name()?;
     let artifact = executor_artifact(&cli)?;
     info!(version = %artifact.version, sha256 = %artifact.sha256, path = %artifact.local_path.display(), "executor artifact");
     let client = kube_client(&cli).await?;
@@ -167,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         info!(%identity, lease = %cli.lease_name, "waiting for leadership");
         tokio::select! {
             _ = lease.acquire() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown_signal() => break,
         }
         let settings = Settings {
             namespace: cli.namespace.clone(),
@@ -185,6 +222,10 @@ async fn main() -> anyhow::Result<()> {
             }
             _ = lease.hold() => {
                 error!("leadership lost; stopping all host work");
+            }
+            _ = shutdown_signal() => {
+                info!("shutting down");
+                break;
             }
         }
         if server.is_finished() {

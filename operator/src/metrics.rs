@@ -222,12 +222,13 @@ impl Metrics {
         if let Some(s) = obs.last_success() {
             self.backup_last_success
                 .get_or_create(l)
-                .set(unix_f64(s.finished));
+                .set(unix_f64(obs.local(s.finished)));
         }
+        // On the operator's clock, so `time() - ...` alerts hold for a host whose clock is off.
         if let Some(r) = obs.last_run() {
             self.backup_last_run
                 .get_or_create(l)
-                .set(unix_f64(r.finished));
+                .set(unix_f64(obs.local(r.finished)));
             self.backup_last_duration
                 .get_or_create(l)
                 .set(r.duration_seconds);

@@ -278,6 +278,28 @@ impl TestEnv {
         self.script(&["host-start", host])
     }
 
+    /// SIGKILL kube-apiserver (a crash: no graceful shutdown, watches cut mid-stream). etcd
+    /// and everything stored stay.
+    pub fn apiserver_stop(&self) -> Result<()> {
+        self.script(&["apiserver-stop"])
+    }
+
+    /// Start kube-apiserver again on the same port, certificates and etcd; returns once
+    /// `/readyz` answers.
+    pub fn apiserver_start(&self) -> Result<()> {
+        self.script(&["apiserver-start"])
+    }
+
+    /// SIGKILL etcd (kube-apiserver keeps running and answers with errors meanwhile).
+    pub fn etcd_stop(&self) -> Result<()> {
+        self.script(&["etcd-stop"])
+    }
+
+    /// Start etcd again on the same ports and data directory; returns once it is healthy.
+    pub fn etcd_start(&self) -> Result<()> {
+        self.script(&["etcd-start"])
+    }
+
     fn script(&self, args: &[&str]) -> Result<()> {
         let out = Command::new("bash")
             .arg(script())
@@ -383,6 +405,38 @@ pub fn release_bin(package: &str, name: &str) -> Result<PathBuf> {
         .output()?;
     check(&format!("cargo build --release -p {package}"), out)?;
     Ok(target.join("release").join(name))
+}
+
+/// A workspace binary that only exists with `features` on (`required-features`), built on
+/// demand with the debug profile into the same target directory. Only that binary is named,
+/// so the regular binaries next to it stay as `cargo build --workspace` made them.
+pub fn feature_bin(package: &str, name: &str, features: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> -> target/debug, target
+    let profile_dir = exe
+        .ancestors()
+        .nth(2)
+        .ok_or_else(|| anyhow!("unexpected test executable location {}", exe.display()))?;
+    let target = exe.ancestors().nth(3).unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            package,
+            "--bin",
+            name,
+            "--features",
+            features,
+        ])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()?;
+    check(
+        &format!("cargo build -p {package} --bin {name} --features {features}"),
+        out,
+    )?;
+    Ok(profile_dir.join(name))
 }
 
 /// Print how far into the test `what` was reached (`[  12.3s] what`) on stderr, flushed, so

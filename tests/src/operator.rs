@@ -1,7 +1,8 @@
 //! The operator binary as a child process of an end-to-end test.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -50,11 +51,25 @@ impl Launch {
     /// Start one replica named `identity`, logging (stdout and stderr) to
     /// `<testenv dir>/operator-<identity>.log`, serving metrics on a free local port.
     pub fn start(&self, env: &TestEnv, identity: &str) -> Operator {
+        self.start_variant(env, identity, &Variant::default())
+    }
+
+    /// [`Launch::start`] with another binary or extra environment. A
+    /// restart under the same identity appends to the same log.
+    pub fn start_variant(&self, env: &TestEnv, identity: &str, variant: &Variant) -> Operator {
         let log = env.dir().join(format!("operator-{identity}.log"));
-        let file = std::fs::File::create(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let metrics = format!("127.0.0.1:{}", free_port());
         let ns = self.namespace.as_str();
-        let mut cmd = Command::new(workspace_bin("fleetsnap-operator").unwrap());
+        let binary = match &variant.binary {
+            Some(b) => b.clone(),
+            None => workspace_bin("fleetsnap-operator").unwrap(),
+        };
+        let mut cmd = Command::new(&binary);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--namespace", ns, "--leader-election-namespace", ns])
@@ -63,6 +78,7 @@ impl Launch {
             .arg("--executor-path")
             .arg(&self.executor)
             .env("RUST_LOG", "info,fleetsnap_operator=debug,kube=warn")
+            .envs(variant.env.iter().map(|(k, v)| (k, v)))
             .stdout(file.try_clone().unwrap())
             .stderr(file);
         if let Some(endpoint) = &self.maintenance_s3_endpoint {
@@ -74,6 +90,33 @@ impl Launch {
             identity: identity.to_string(),
             log,
             metrics,
+        }
+    }
+}
+
+/// How a fault test starts the operator differently.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    /// Another build of the operator (e.g. `fleetsnap-operator-failpoints`).
+    pub binary: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Variant {
+    /// The operator's clock shifted by `offset` (libfaketime, e.g. `+30s`). Preloaded into
+    /// the operator itself rather than run under the `faketime` command, which forks: a
+    /// SIGKILL to the wrapper would leave the operator running.
+    pub fn clock(offset: &str) -> Variant {
+        Variant {
+            env: vec![
+                (
+                    "LD_PRELOAD".into(),
+                    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".into(),
+                ),
+                ("FAKETIME".into(), offset.into()),
+            ],
+            ..Variant::default()
         }
     }
 }
@@ -99,6 +142,20 @@ impl Operator {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Ask it to stop as Kubernetes does (SIGTERM); it should release its lease and exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Wait until the process ends by itself (a failpoint, a crash) and reap it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = &mut self.child;
+        crate::wait::until("operator exit", timeout, || Ok(child.try_wait()?))
     }
 
     /// The whole log so far.

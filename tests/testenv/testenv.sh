@@ -4,6 +4,10 @@
 #   testenv.sh up   [--dir D] [--hosts N] [--tier ct|vm] [--no-kube] [--no-s3] [--hold]
 #   testenv.sh down [--dir D]
 #   testenv.sh host-stop|host-start [--dir D] hostI
+#   testenv.sh apiserver-stop|apiserver-start|apiserver-restart [--dir D]
+#   testenv.sh etcd-stop|etcd-start [--dir D]
+#                                        SIGKILL / restart a control-plane component on its
+#                                        port, with its data (etcd) kept
 #   testenv.sh env  [--dir D]            print the environment file (source it in a shell)
 #
 # `up` starts, on 127.0.0.1 only: etcd + kube-apiserver (generated certs, admin kubeconfig),
@@ -96,24 +100,52 @@ pki() {
   cd - >/dev/null
 }
 
-kube_up() {
-  local ports etcd_port peer_port api_port
-  read -r etcd_port peer_port api_port <<<"$(free_ports 3)"
-  pki
+# etcd and kube-apiserver are started by functions of their own, from ports recorded in the
+# env file, so the control-plane verbs below restart them exactly as `up` started them.
+etcd_start() {
   daemon etcd "$DIR/bin/etcd" --name testenv --data-dir "$DIR/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "testenv=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
-  await etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
+    --listen-client-urls "http://127.0.0.1:$(envget ETCD_PORT)" --advertise-client-urls "http://127.0.0.1:$(envget ETCD_PORT)" \
+    --listen-peer-urls "http://127.0.0.1:$(envget ETCD_PEER_PORT)" --initial-advertise-peer-urls "http://127.0.0.1:$(envget ETCD_PEER_PORT)" \
+    --initial-cluster "testenv=http://127.0.0.1:$(envget ETCD_PEER_PORT)" --unsafe-no-fsync --log-level warn
+  await etcd 60 curl -sf "http://127.0.0.1:$(envget ETCD_PORT)/health"
+}
+
+apiserver_start() {
   local p=$DIR/pki
-  daemon kube-apiserver "$DIR/bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  daemon kube-apiserver "$DIR/bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$(envget ETCD_PORT)" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$(envget KUBE_API_PORT)" \
     --cert-dir "$DIR/pki" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
     --client-ca-file "$p/ca.crt" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$p/sa.pub" \
     --service-account-signing-key-file "$p/sa.key" --api-audiences https://kubernetes.default.svc \
     --service-cluster-ip-range 10.96.0.0/16 --enable-priority-and-fairness=false --profiling=false \
     --disable-admission-plugins ServiceAccount
+  await kube-apiserver 120 "$DIR/bin/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
+}
+
+# component_kill NAME: SIGKILL a control-plane daemon (a crash, no graceful shutdown) and
+# wait until it is gone, so a restart can bind the same port. Its log is kept as NAME.log.N.
+component_kill() {
+  local f=$DIR/pids/$1 pid n=1
+  [ -e "$f" ] || fail "$1 is not running"
+  pid=$(cat "$f")
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$pid" 2>/dev/null || fail "$1 (pid $pid) survived SIGKILL"
+  rm -f "$f"
+  while [ -e "$DIR/logs/$1.log.$n" ]; do n=$((n + 1)); done
+  mv "$DIR/logs/$1.log" "$DIR/logs/$1.log.$n"
+}
+
+kube_up() {
+  local etcd_port peer_port api_port
+  read -r etcd_port peer_port api_port <<<"$(free_ports 3)"
+  envset ETCD_PORT "$etcd_port"
+  envset ETCD_PEER_PORT "$peer_port"
+  envset KUBE_API_PORT "$api_port"
+  pki
+  etcd_start
+  local p=$DIR/pki
   cat > "$DIR/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
@@ -128,7 +160,7 @@ contexts:
   context: {cluster: testenv, user: admin, namespace: default}
 current-context: testenv
 KC
-  await kube-apiserver 120 "$DIR/bin/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
+  apiserver_start
   envset KUBECONFIG "$DIR/kubeconfig"
   envset KUBE_APISERVER "https://127.0.0.1:$api_port"
   envset KUBE_CA_FILE "$p/ca.crt"
@@ -349,6 +381,11 @@ case $cmd in
     S3=$(grep -q '^S3_PORT=' "$DIR/env" && echo 1 || true)
     if [ "$TIER" = ct ]; then ct_start "${ARG#host}"; else vm_start "${ARG#host}"; fi
     host_wait "${ARG#host}" 900 ;;
+  apiserver-stop) component_kill kube-apiserver ;;
+  apiserver-start) apiserver_start ;;
+  apiserver-restart) component_kill kube-apiserver; apiserver_start ;;
+  etcd-stop) component_kill etcd ;;
+  etcd-start) etcd_start ;;
   env) cat "$DIR/env" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -32,7 +32,7 @@ use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::facts::HostFacts;
 use crate::host::layout::JobId;
 use crate::host::model::PolicyKind;
-use crate::host::observe::{JobObservation, TimerState, observe_job};
+use crate::host::observe::{JobObservation, observe_job};
 use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, plan_job};
 use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
 
@@ -83,9 +83,10 @@ pub fn suspend_plan(plan: &mut HostPlan, facts: &HostFacts) {
 /// When to look at a healthy host again to report its next run: shortly after the timer's
 /// next elapse. systemd re-arms a calendar timer only once the run it triggered finished,
 /// so an active timer without a next elapse means a run is in progress: look again soon.
-pub fn observe_again_in(timer: Option<&TimerState>, now: i64) -> Option<Duration> {
-    let timer = timer?;
-    match timer.next_elapse {
+pub fn observe_again_in(obs: &JobObservation, now: i64) -> Option<Duration> {
+    let timer = obs.timer.as_ref()?;
+    // next_elapse is on the host's clock; the wait is measured on ours.
+    match timer.next_elapse.map(|t| obs.local_secs(t)) {
         Some(next) => {
             let wait = (next - now).max(0) as u64 + 15;
             Some(Duration::from_secs(wait).max(MIN_RESYNC))
@@ -314,8 +315,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 ctx.metrics.host_contact(&hlabels, true, now);
                 let entry = summary::host_policy_entry(&name, &c.observation);
                 host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
-                if let Some(wait) = observe_again_in(c.observation.timer.as_ref(), now.timestamp())
-                {
+                if let Some(wait) = observe_again_in(&c.observation, now.timestamp()) {
                     requeue = requeue.min(wait);
                 }
                 debug!(host = %hname, systemd = %c.facts.systemd, "observed");
@@ -417,6 +417,9 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     for ev in summary::transitions(&previous.hosts, &status.hosts) {
         publish(ctx, policy, &ev).await;
     }
+    // Only here, after host work: the early status writes (a policy that cannot be
+    // applied) are not "a converged host whose status is lost".
+    crate::failpoint::hit(crate::failpoint::Point::BeforeStatusWrite);
     write_status(ctx, policy, &previous, status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
 }
@@ -581,6 +584,7 @@ mod tests {
     use super::*;
     use crate::host::facts::UnitFact;
     use crate::host::layout::JobId;
+    use crate::host::observe::TimerState;
 
     fn plan_with(actions: Vec<HostAction>, timer: &str) -> HostPlan {
         let job = JobId::new(PolicyKind::Backup, "p").unwrap();
@@ -604,34 +608,57 @@ mod tests {
         }
     }
 
+    fn timer(next: Option<i64>, state: &str, offset: i64) -> JobObservation {
+        JobObservation {
+            timer: Some(TimerState {
+                next_elapse: next,
+                active_state: state.into(),
+                ..TimerState::default()
+            }),
+            clock_offset_secs: offset,
+            ..JobObservation::default()
+        }
+    }
+
     #[test]
     fn requeue_follows_the_timer() {
-        let t = |next: Option<i64>, state: &str| TimerState {
-            next_elapse: next,
-            active_state: state.into(),
-            ..TimerState::default()
-        };
+        let t = |next, state| timer(next, state, 0);
         assert_eq!(
-            observe_again_in(Some(&t(Some(1_100), "active")), 1_000),
+            observe_again_in(&t(Some(1_100), "active"), 1_000),
             Some(Duration::from_secs(115))
         );
         // Elapse in the past or imminent: never faster than the floor.
         assert_eq!(
-            observe_again_in(Some(&t(Some(900), "active")), 1_000),
+            observe_again_in(&t(Some(900), "active"), 1_000),
             Some(Duration::from_secs(15))
         );
         assert_eq!(
-            observe_again_in(Some(&t(Some(1_000), "active")), 1_000),
+            observe_again_in(&t(Some(1_000), "active"), 1_000),
             Some(Duration::from_secs(15))
         );
         // Running now: the record lands soon.
         assert_eq!(
-            observe_again_in(Some(&t(None, "active")), 1_000),
+            observe_again_in(&t(None, "active"), 1_000),
             Some(Duration::from_secs(15))
         );
         // Suspended (inactive) or no timer: the periodic resync is enough.
-        assert_eq!(observe_again_in(Some(&t(None, "inactive")), 1_000), None);
-        assert_eq!(observe_again_in(None, 1_000), None);
+        assert_eq!(observe_again_in(&t(None, "inactive"), 1_000), None);
+        assert_eq!(observe_again_in(&JobObservation::default(), 1_000), None);
+    }
+
+    /// The timer's next elapse is on the host's clock. A host 3 h ahead says "in 3 h 100 s"
+    /// for a run due in 100 s; a host 3 h behind says "3 h ago" for the same run.
+    #[test]
+    fn requeue_follows_the_timer_on_a_skewed_host() {
+        let h = 3 * 3600;
+        assert_eq!(
+            observe_again_in(&timer(Some(1_100 + h), "active", h), 1_000),
+            Some(Duration::from_secs(115))
+        );
+        assert_eq!(
+            observe_again_in(&timer(Some(1_100 - h), "active", -h), 1_000),
+            Some(Duration::from_secs(115))
+        );
     }
 
     #[test]
@@ -650,6 +677,7 @@ mod tests {
             UnitFact {
                 enabled: "enabled".into(),
                 active: "active".into(),
+                needs_reload: false,
             },
         );
         suspend_plan(&mut plan, &facts);

@@ -277,7 +277,7 @@ pub async fn sync_host_entry<P: HostJob>(
 /// When to look at a host again to report its next run: shortly after the timer's next
 /// elapse.
 pub fn after_next_elapse(obs: &JobObservation, now: DateTime<Utc>) -> Option<Duration> {
-    let next = obs.timer.as_ref().and_then(|t| t.next_elapse)?;
+    let next = obs.local_secs(obs.timer.as_ref().and_then(|t| t.next_elapse)?);
     Some(Duration::from_secs(
         (next - now.timestamp()).max(0) as u64 + 15,
     ))

@@ -188,8 +188,10 @@ pub fn host_summary(
     let snapshot_id = success
         .and_then(|s| s.snapshot_id.clone())
         .or_else(|| previous.and_then(|p| p.snapshot_id.clone()));
+    // Age on the operator's clock: the record's time is the host's, which may be hours off.
+    let offset = r.observation.as_ref().map_or(0, |o| o.clock_offset_secs);
     let stale = last_success.as_ref().is_some_and(|t| {
-        let age = now.timestamp() - t.0.as_second();
+        let age = now.timestamp() - t.0.as_second().saturating_sub(offset);
         age > i64::try_from(window.as_secs()).unwrap_or(i64::MAX)
     });
     let unreadable = r.observation.as_ref().and_then(unreadable_error);
@@ -519,6 +521,7 @@ mod tests {
                 next_elapse: Some(5000),
                 ..TimerState::default()
             }),
+            clock_offset_secs: 0,
         }
     }
 
@@ -663,6 +666,38 @@ mod tests {
         assert!(stale.message.unwrap().contains("24h"));
         let repo = host_summary(&ok("a", vec![record(900, 12)]), None, now, DAY);
         assert!(repo.message.unwrap().starts_with("RepositoryError"));
+    }
+
+    /// Staleness on a host whose clock is 3 h off: the operator's clock decides. A host 3 h
+    /// behind records a backup finished a minute ago as 3 h old (Stale at face value with a
+    /// 1 h window); a host 3 h ahead records one that finished 2 h ago as an hour in the
+    /// future (Succeeded at face value, though nothing ran for two windows).
+    #[test]
+    fn staleness_is_judged_on_the_operators_clock() {
+        let now = 1_000_000;
+        let h3 = 3 * 3600;
+        let skewed = |finished_on_host: i64, offset: i64| HostResult {
+            host: "a".into(),
+            observation: Some(JobObservation {
+                clock_offset_secs: offset,
+                ..obs(vec![record(finished_on_host, 0)])
+            }),
+            failure: None,
+        };
+        let hour = Duration::from_secs(3600);
+        let state = |r: &HostResult| host_summary(r, None, at(now), hour).state;
+        assert_eq!(
+            state(&skewed(now - 60 - h3, -h3)),
+            HostBackupState::Succeeded
+        );
+        assert_eq!(state(&skewed(now - 7200 + h3, h3)), HostBackupState::Stale);
+        // The same records without the offset: what the operator concluded before it
+        // measured host clocks.
+        assert_eq!(state(&skewed(now - 60 - h3, 0)), HostBackupState::Stale);
+        assert_eq!(
+            state(&skewed(now - 7200 + h3, 0)),
+            HostBackupState::Succeeded
+        );
     }
 
     #[test]

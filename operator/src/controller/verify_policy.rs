@@ -22,7 +22,6 @@ use super::tamper::{self, ScanCache};
 use super::units::UnitMode;
 use crate::host::model::PolicyKind;
 use crate::host::observe::JobObservation;
-use crate::host::record::RunRecord;
 use crate::metrics::{PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "VerifyPolicy";
@@ -79,7 +78,7 @@ fn to_ts(t: DateTime<Utc>) -> Timestamp {
 /// periods): which parts of the data have been proven readable lately.
 pub fn covered_subsets(
     rotation: &Rotation,
-    records: &[RunRecord],
+    obs: &JobObservation,
     now: DateTime<Utc>,
 ) -> BTreeSet<u32> {
     use fleetsnap_crds::verify_policy::RotationPeriod;
@@ -89,9 +88,11 @@ pub fn covered_subsets(
         RotationPeriod::Month => 31,
     };
     let window = chrono::Duration::days(period_days * rotation.subsets.clamp(1, 1000) as i64);
-    records
+    // Which run is recent enough is judged on the operator's clock; which subset a run
+    // read follows the host's, as the executor chose it by that clock.
+    obs.records
         .iter()
-        .filter(|r| r.succeeded() && now - r.started < window)
+        .filter(|r| r.succeeded() && now - obs.local(r.started) < window)
         .map(|r| rotation.subset_at(to_ts(r.started)).0)
         .collect()
 }
@@ -248,7 +249,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                     errors.push(e);
                 }
                 if let Some(rot) = spec.read_data.as_ref().and_then(|r| r.rotation.as_ref()) {
-                    let done = covered_subsets(rot, &obs.records, now).len() as i32;
+                    let done = covered_subsets(rot, obs, now).len() as i32;
                     let pct = (done * 100 / rot.subsets.clamp(1, 1000)).min(100);
                     coverage = Some(coverage.map_or(pct, |c| c.min(pct)));
                 }
@@ -532,6 +533,7 @@ async fn tampering(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::record::RunRecord;
     use fleetsnap_crds::common::{LocalObjectRef, Schedule};
     use fleetsnap_crds::verify_policy::{ReadData, RestoreDrill, RotationPeriod, VerifyPolicySpec};
 
@@ -621,7 +623,36 @@ mod tests {
             record("2026-03-21T05:00:00Z", false, Some("check found 1 errors")),
             record("2026-03-28T05:00:00Z", true, None),
         ];
-        assert_eq!(covered_subsets(&rot, &recs, now).len(), 3);
+        let obs = JobObservation {
+            records: recs,
+            ..JobObservation::default()
+        };
+        assert_eq!(covered_subsets(&rot, &obs, now).len(), 3);
+    }
+
+    /// A host whose clock runs two weeks behind wrote "2026-03-14" for a run the operator saw
+    /// on the 28th: the window is judged on the operator's clock (still 3 runs inside), the
+    /// subset on the host's (the one the executor read).
+    #[test]
+    fn coverage_window_uses_the_operators_clock() {
+        let rot = Rotation {
+            subsets: 2,
+            period: RotationPeriod::Week,
+        };
+        let now: DateTime<Utc> = "2026-03-28T12:00:00Z".parse().unwrap();
+        let behind = -14 * 86_400;
+        let obs = |offset| JobObservation {
+            records: vec![
+                // A week apart: consecutive weeks, so two different subsets.
+                record("2026-03-01T05:00:00Z", true, None),
+                record("2026-03-08T05:00:00Z", true, None),
+            ],
+            clock_offset_secs: offset,
+            ..JobObservation::default()
+        };
+        // Taken at face value both runs are older than the 2-week window.
+        assert_eq!(covered_subsets(&rot, &obs(0), now).len(), 0);
+        assert_eq!(covered_subsets(&rot, &obs(behind), now).len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::facts::{self, FactQuery, HostFacts};
 use super::layout::{self, JobId};
 use super::plan::{self, Action, DesiredExecutor, DesiredFile, FileRole, HostPlan, JobInputs};
 use super::shell::{HostShell, run_ok, run_script};
+use crate::failpoint::{self, Point};
 
 /// Exit code the upload script uses for "sha256 differs".
 const CHECKSUM_EXIT: i32 = 86;
@@ -76,7 +77,14 @@ pub async fn apply_plan<S: HostShell>(sh: &S, plan: &HostPlan) -> Result<ApplyRe
     for action in &plan.actions {
         let label = action.label();
         let span = info_span!("host_action", host = %sh.host_name(), job = %plan.job.slug(), action = %label);
-        apply_action(sh, action).instrument(span).await?;
+        async {
+            apply_action(sh, action).await?;
+            // One line per completed host action: a log proves what was (and was not) done.
+            info!("host action done");
+            Ok::<_, HostError>(())
+        }
+        .instrument(span)
+        .await?;
         report.actions.push(label);
     }
     if report.changed() {
@@ -89,8 +97,13 @@ pub async fn apply_plan<S: HostShell>(sh: &S, plan: &HostPlan) -> Result<ApplyRe
 
 async fn apply_action<S: HostShell>(sh: &S, action: &Action) -> Result<(), HostError> {
     match action {
-        Action::InstallExecutor(exe) => install_executor(sh, exe).await,
+        Action::InstallExecutor(exe) => {
+            install_executor(sh, exe).await?;
+            failpoint::hit(Point::AfterUpload);
+            Ok(())
+        }
         Action::SwitchExecutorLink { link, target } => {
+            failpoint::hit(Point::BeforeLinkSwitch);
             run_script(
                 sh,
                 "switch executor link",
@@ -132,7 +145,10 @@ async fn apply_action<S: HostShell>(sh: &S, action: &Action) -> Result<(), HostE
             Ok(())
         }
         Action::InstallUnits { units, changed } => install_units(sh, units, changed).await,
-        Action::DaemonReload => systemctl(sh, &["daemon-reload"]).await,
+        Action::DaemonReload => {
+            failpoint::hit(Point::BeforeDaemonReload);
+            systemctl(sh, &["daemon-reload"]).await
+        }
         Action::EnableTimer { unit } => systemctl(sh, &["enable", "--now", unit]).await,
         Action::RestartTimer { unit } => systemctl(sh, &["restart", unit]).await,
         Action::DisableTimer { unit } => systemctl(sh, &["disable", "--now", unit]).await,

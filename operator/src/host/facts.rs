@@ -52,6 +52,9 @@ pub struct UnitFact {
     pub enabled: String,
     /// `systemctl is-active` output (`active`, `inactive`, `failed`, ...).
     pub active: String,
+    /// systemd's `NeedDaemonReload`: the unit file on disk differs from what systemd has
+    /// loaded (an install whose daemon-reload never ran, e.g. the operator was killed).
+    pub needs_reload: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,8 +127,9 @@ for a in "$@"; do
        fi ;;
     d) if [ -d "$a" ]; then printf 'dir\t%s\t%s\n' "$a" "$(meta "$a")"; fi ;;
     l) if [ -L "$a" ]; then printf 'link\t%s\t%s\n' "$a" "$(readlink -- "$a")"; fi ;;
-    u) printf 'unit\t%s\t%s\t%s\n' "$a" "$(systemctl is-enabled -- "$a" 2>/dev/null | head -n1)" \
-         "$(systemctl is-active -- "$a" 2>/dev/null | head -n1)" ;;
+    u) printf 'unit\t%s\t%s\t%s\t%s\n' "$a" "$(systemctl is-enabled -- "$a" 2>/dev/null | head -n1)" \
+         "$(systemctl is-active -- "$a" 2>/dev/null | head -n1)" \
+         "$(systemctl show -p NeedDaemonReload --value -- "$a" 2>/dev/null | head -n1)" ;;
     x) for p in "$a"/.*.fleetsnap-tmp "$a"/.fleetsnap.upload "$a"/*.fleetsnap-new; do
          if [ -e "$p" ] || [ -L "$p" ]; then printf 'debris\t%s\n' "$p"; fi
        done ;;
@@ -198,12 +202,13 @@ pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
             ["link", path, target] => {
                 f.links.insert(path.to_string(), target.to_string());
             }
-            ["unit", name, enabled, active] => {
+            ["unit", name, enabled, active, rest @ ..] if rest.len() <= 1 => {
                 f.units.insert(
                     name.to_string(),
                     UnitFact {
                         enabled: enabled.to_string(),
                         active: active.to_string(),
+                        needs_reload: rest.first() == Some(&"yes"),
                     },
                 );
             }

@@ -1,6 +1,7 @@
 //! Observation for status: the newest run records of a job and the state of its timer.
 
-use tracing::{Instrument, info_span};
+use chrono::{DateTime, Utc};
+use tracing::{Instrument, info_span, warn};
 
 use super::error::HostError;
 use super::layout::JobId;
@@ -23,14 +24,54 @@ pub struct TimerState {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobObservation {
-    /// Oldest first.
+    /// Oldest first. Times are the host's, as the executor wrote them.
     pub records: Vec<RunRecord>,
     /// Records that exist but could not be parsed: (file name, reason).
     pub unreadable: Vec<(String, String)>,
     pub timer: Option<TimerState>,
+    /// How far the host's clock is ahead of the operator's (negative: behind), in seconds,
+    /// measured during this observation; 0 within [`CLOCK_TOLERANCE_SECS`] or when the
+    /// host's clock could not be read. See [`JobObservation::local`].
+    pub clock_offset_secs: i64,
+}
+
+/// Offsets up to this are reported as 0: the host prints whole seconds and the SSH round
+/// trip blurs the reading, and no decision the operator makes needs finer time.
+pub const CLOCK_TOLERANCE_SECS: i64 = 5;
+
+/// The host's clock offset from one reading: the operator's clock (Unix ms) before and
+/// after the command, and the host's answer (Unix seconds). The host read its clock
+/// somewhere in between, so the midpoint is compared; a reading that took longer than the
+/// tolerance says too little and counts as "no offset".
+pub fn clock_offset(before_ms: i64, host_secs: i64, after_ms: i64) -> i64 {
+    if after_ms < before_ms || after_ms - before_ms > CLOCK_TOLERANCE_SECS * 1000 {
+        return 0;
+    }
+    let mid_ms = before_ms + (after_ms - before_ms) / 2;
+    // The host truncates to whole seconds: its instant lies in [host, host + 1).
+    let offset_ms = host_secs * 1000 + 500 - mid_ms;
+    let offset = offset_ms.div_euclid(1000);
+    if offset.abs() <= CLOCK_TOLERANCE_SECS {
+        0
+    } else {
+        offset
+    }
 }
 
 impl JobObservation {
+    /// A host-written time (run record, timer) on the operator's clock. Every decision
+    /// that compares a host time with the operator's `now` (staleness, when to look
+    /// again, rotation windows) goes through this, so a host clock hours off does not
+    /// make a fresh backup look stale or a stopped one look fresh.
+    pub fn local(&self, host_time: DateTime<Utc>) -> DateTime<Utc> {
+        host_time - chrono::Duration::seconds(self.clock_offset_secs)
+    }
+
+    /// [`JobObservation::local`] for Unix seconds.
+    pub fn local_secs(&self, host_secs: i64) -> i64 {
+        host_secs.saturating_sub(self.clock_offset_secs)
+    }
+
     pub fn last_run(&self) -> Option<&RunRecord> {
         self.records.last()
     }
@@ -85,10 +126,33 @@ pub async fn observe_job<S: HostShell>(
         .await?;
         let mut obs = parse_records(&out.stdout);
         obs.timer = timer_states(sh, &[job.timer_unit()]).await?.pop();
+        obs.clock_offset_secs = host_clock_offset(sh).await;
+        if obs.clock_offset_secs != 0 {
+            warn!(
+                host = %sh.host_name(),
+                offset_seconds = obs.clock_offset_secs,
+                "host clock differs from the operator's; host-written times are corrected for decisions"
+            );
+        }
         Ok(obs)
     }
     .instrument(span)
     .await
+}
+
+/// The host's clock offset (see [`clock_offset`]); 0 when it cannot be read, since a
+/// missing reading must not fail the observation.
+async fn host_clock_offset<S: HostShell>(sh: &S) -> i64 {
+    let before = Utc::now().timestamp_millis();
+    let out = run_ok(sh, "read the host clock", &["date", "-u", "+%s"], b"").await;
+    let after = Utc::now().timestamp_millis();
+    match out
+        .ok()
+        .and_then(|o| o.stdout_text().trim().parse::<i64>().ok())
+    {
+        Some(host) => clock_offset(before, host, after),
+        None => 0,
+    }
 }
 
 /// Parses [`READ_RECORDS`] output. A record over [`MAX_RUN_RECORD`] bytes, or one that is
@@ -182,6 +246,32 @@ fn parse_unix(v: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_offset_reads_whole_seconds_around_the_midpoint() {
+        let t = 1_000_000_000; // operator ms
+        // In sync (the host truncates 1_000_000.3 s to 1_000_000): no offset.
+        assert_eq!(clock_offset(t + 200, 1_000_000, t + 400), 0);
+        // 3 h ahead / behind.
+        assert_eq!(clock_offset(t, 1_000_000 + 10_800, t + 100), 10_800);
+        assert_eq!(clock_offset(t, 1_000_000 - 10_800, t + 100), -10_800);
+        // Within the tolerance: reported as none.
+        assert_eq!(clock_offset(t, 1_000_000 + 5, t + 100), 0);
+        assert_eq!(clock_offset(t, 1_000_000 + 6, t + 100), 6);
+        // A reading that took 30 s proves nothing.
+        assert_eq!(clock_offset(t, 1_000_000 + 10_800, t + 30_000), 0);
+    }
+
+    #[test]
+    fn local_shifts_host_times_onto_the_operators_clock() {
+        let obs = JobObservation {
+            clock_offset_secs: 3600,
+            ..JobObservation::default()
+        };
+        let host: DateTime<Utc> = "2026-03-01T06:00:00Z".parse().unwrap();
+        assert_eq!(obs.local(host).to_rfc3339(), "2026-03-01T05:00:00+00:00");
+        assert_eq!(obs.local_secs(7200), 3600);
+    }
 
     #[test]
     fn parses_show_blocks() {

@@ -457,16 +457,23 @@ pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, S
         }
     }
     let timer_path = layout::unit_path(&desired.timer);
-    let timer_changed = changed_units.contains(&timer_path);
+    let timer = facts.units.get(&desired.timer);
+    // Files already right but systemd still on the old definitions: an install whose
+    // daemon-reload never ran (the operator was killed in between). Finish it, and restart
+    // the timer as the interrupted install would have.
+    let loaded_stale = |unit: &str| facts.units.get(unit).is_some_and(|u| u.needs_reload);
+    let reload_pending = loaded_stale(&desired.timer) || loaded_stale(&desired.service);
+    let timer_changed = changed_units.contains(&timer_path) || loaded_stale(&desired.timer);
     if !changed_units.is_empty() {
         actions.push(Action::InstallUnits {
             units: desired.units.clone(),
             changed: changed_units,
         });
         actions.push(Action::DaemonReload);
+    } else if reload_pending {
+        actions.push(Action::DaemonReload);
     }
 
-    let timer = facts.units.get(&desired.timer);
     let enabled = timer.is_some_and(|t| t.enabled == "enabled");
     let active = timer.is_some_and(|t| t.active == "active");
     if timer_changed && active {

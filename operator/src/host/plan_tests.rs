@@ -99,6 +99,7 @@ fn converged(mut facts: HostFacts, desired: &DesiredState) -> HostFacts {
         UnitFact {
             enabled: "enabled".into(),
             active: "active".into(),
+            needs_reload: false,
         },
     );
     facts.units.insert(
@@ -106,6 +107,7 @@ fn converged(mut facts: HostFacts, desired: &DesiredState) -> HostFacts {
         UnitFact {
             enabled: "static".into(),
             active: "inactive".into(),
+            needs_reload: false,
         },
     );
     facts
@@ -439,6 +441,31 @@ fn schedule_change_rewrites_only_the_timer_and_restarts_it() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The operator was killed after installing a changed timer and before daemon-reload: the
+/// files match, but systemd still runs the old schedule. The next plan must finish the
+/// install (reload, restart the timer), not call the host converged.
+#[test]
+fn units_installed_but_never_reloaded_are_reloaded() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(false));
+    let first = plan(&a, &p, &c, &fresh_host(true));
+    let desired = first.desired.as_ref().unwrap();
+    let mut facts = converged(fresh_host(true), desired);
+    facts.units.get_mut(&desired.timer).unwrap().needs_reload = true;
+    assert_eq!(
+        plan(&a, &p, &c, &facts).actions,
+        vec![
+            Action::DaemonReload,
+            Action::RestartTimer {
+                unit: desired.timer.clone()
+            }
+        ]
+    );
+    // Only the service changed: reload, no timer restart.
+    let mut facts = converged(fresh_host(true), desired);
+    facts.units.get_mut(&desired.service).unwrap().needs_reload = true;
+    assert_eq!(plan(&a, &p, &c, &facts).actions, vec![Action::DaemonReload]);
 }
 
 #[test]
