@@ -82,8 +82,9 @@ pub fn run(mut cmd: Command) -> Result<Finished> {
 /// How a run aimed at a kill point ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// SIGKILL at the point: what the point is for.
-    Killed,
+    /// SIGKILL at the point: what the point is for. For a syscall point, the call that was
+    /// killed as strace logged it (which file was being renamed, synced, ...).
+    Killed(Option<String>),
     /// The command ended normally before the point came: "not reached".
     Completed,
     /// It failed on its own, or died of something else.
@@ -102,10 +103,14 @@ pub fn run_killed(
     let (mut cmd, strace) = match trigger {
         Trigger::Syscall(sys) => {
             let mut c = Command::new(&tools.strace);
-            // -e trace=none: print nothing but how the process ended, which is the second
-            // witness of the kill (strace re-raises the tracee's signal on itself).
-            c.args(["-f", "-q", "-e", "trace=none", "-o"])
+            // strace 6.1 injects only into syscalls it traces (`-e trace=none` disarms the
+            // injection), so the log shows every call of this syscall, the killed one
+            // last (`= ?`), then `+++ killed by SIGKILL +++`: the second witness of the
+            // kill, besides strace re-raising the tracee's signal on itself.
+            c.args(["-f", "-q", "-o"])
                 .arg(log)
+                .arg("-e")
+                .arg(format!("trace={sys}"))
                 .arg("-e")
                 .arg(format!("inject={sys}:signal=SIGKILL:when={n}"))
                 .arg("--")
@@ -127,22 +132,46 @@ pub fn run_killed(
 fn classify(f: &Finished, strace_log: Option<&Path>) -> Outcome {
     match f.status.signal() {
         Some(libc::SIGKILL) => {
-            if let Some(log) = strace_log {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                if !text.contains("+++ killed by SIGKILL +++") {
-                    return Outcome::Failed(format!(
-                        "strace died of SIGKILL but its log does not say the executor was \
-                         killed: {}",
-                        tail(&text)
-                    ));
-                }
+            let Some(log) = strace_log else {
+                return Outcome::Killed(None);
+            };
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if !text.contains("+++ killed by SIGKILL +++") {
+                return Outcome::Failed(format!(
+                    "strace died of SIGKILL but its log does not say the executor was \
+                     killed: {}",
+                    tail(&text)
+                ));
             }
-            Outcome::Killed
+            Outcome::Killed(killed_call(&text))
         }
         Some(sig) => Outcome::Failed(format!("died of signal {sig}\n{}", f.describe())),
         None if f.status.success() => Outcome::Completed,
         None => Outcome::Failed(format!("failed on its own: {}", f.describe())),
     }
+}
+
+/// The call strace logged as never returning (`= ?`): the injected one. If it was logged
+/// in two halves (`<unfinished ...>`, `<... resumed>`), the first half names it.
+fn killed_call(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let i = lines.iter().position(|l| l.trim_end().ends_with("= ?"))?;
+    let (pid, rest) = lines[i].split_once(' ').unwrap_or(("", lines[i]));
+    let rest = rest.trim();
+    if !rest.starts_with("<...") {
+        return Some(rest.to_string());
+    }
+    let start = lines[..i].iter().rev().find(|l| {
+        l.split_once(' ')
+            .is_some_and(|(p, r)| p == pid && r.contains("<unfinished"))
+    })?;
+    Some(
+        start
+            .split_once(' ')
+            .map_or(*start, |(_, r)| r)
+            .trim()
+            .to_string(),
+    )
 }
 
 /// An undisturbed run that counts every commit syscall per thread (strace) and every
@@ -242,6 +271,12 @@ renameat2(AT_FDCWD, \"a\", AT_FDCWD, \"b\", 0) = 0
 102 +++ exited with 0 +++
 101 unlinkat(AT_FDCWD, \"x\", 0)        = 0
 ";
+        assert_eq!(
+            killed_call(
+                "7 unlink(\"a\" <unfinished ...>\n8 fsync(3) = 0\n7 <... unlink resumed>) = ?\n"
+            ),
+            Some("unlink(\"a\" <unfinished ...>".to_string())
+        );
         let m = per_thread_max(text);
         assert_eq!(m["fsync"], 2);
         assert_eq!(m["renameat2"], 1);

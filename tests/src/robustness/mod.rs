@@ -320,7 +320,8 @@ pub fn run(opts: &Options) -> Result<Report> {
             let _ = tree::remove_all(&dir);
         }
         let line = match &verdict {
-            Verdict::Passed => "pass".to_string(),
+            Verdict::Passed(None) => "pass".to_string(),
+            Verdict::Passed(Some(call)) => format!("pass, killed at {}", short(call, &work)),
             Verdict::NotReached => "not reached (the run finished first)".to_string(),
             Verdict::Failed(why) => format!(
                 "FAIL (kept {}; replay: robustness --seed {} --only {p})\n    {}",
@@ -399,7 +400,7 @@ fn run_point(
     let verdict = match outcome {
         Outcome::Completed => Verdict::NotReached,
         Outcome::Failed(why) => Verdict::Failed(format!("the run under test: {why}")),
-        Outcome::Killed => match (verify::Verifier {
+        Outcome::Killed(call) => match (verify::Verifier {
             base,
             cell,
             repo: &repo,
@@ -407,8 +408,11 @@ fn run_point(
         })
         .after_kill()
         {
-            Ok(()) => Verdict::Passed,
-            Err(why) => Verdict::Failed(why),
+            Ok(()) => Verdict::Passed(call),
+            Err(why) => Verdict::Failed(match call {
+                Some(c) => format!("killed at {c}: {why}"),
+                None => why,
+            }),
         },
     };
     if !matches!(verdict, Verdict::Failed(_)) {
@@ -417,6 +421,12 @@ fn run_point(
         progress_note(&format!("repository kept at {}", repo.describe()));
     }
     verdict
+}
+
+/// A logged syscall with the campaign's directory left out of its paths.
+fn short(call: &str, work: &Path) -> String {
+    let c: String = call.split_whitespace().collect::<Vec<_>>().join(" ");
+    c.replace(&format!("{}/", work.display()), "")
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

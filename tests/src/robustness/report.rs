@@ -8,7 +8,8 @@ use super::points::{Backend, Command, Point};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Passed,
+    /// Killed at the point and everything held; for a syscall point, the killed call.
+    Passed(Option<String>),
     /// The command finished before the point: no kill happened, so nothing was proven.
     NotReached,
     Failed(String),
@@ -44,7 +45,7 @@ impl Report {
         let r = self.rows.entry((p.command, p.backend)).or_default();
         r.points += 1;
         match v {
-            Verdict::Passed => r.passed += 1,
+            Verdict::Passed(_) => r.passed += 1,
             Verdict::NotReached => r.not_reached += 1,
             Verdict::Failed(why) => {
                 r.failed += 1;
@@ -118,7 +119,7 @@ mod tests {
     fn summary_counts_and_parses_back() {
         let mut r = Report::new(42);
         let p: Point = "local/backup/fsync#1".parse().unwrap();
-        r.add(&p, Verdict::Passed);
+        r.add(&p, Verdict::Passed(None));
         r.add(&p, Verdict::NotReached);
         r.add(&p, Verdict::Failed("boom".into()));
         let s = r.summary();

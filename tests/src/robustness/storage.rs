@@ -49,20 +49,20 @@ impl Minio {
             .env("MINIO_UPDATE", "off")
             .env("HOME", dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("minio.err"))?)
+            .stdout(std::fs::File::create(dir.join("minio.out"))?)
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting MinIO")?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        // MinIO prints its API address once it accepts requests: wait for that line, not
-        // for a fixed time.
-        let stdout = child.stdout.take().expect("piped stdout");
+        // MinIO prints its API address (on stderr) once it accepts requests: wait for that
+        // line, not for a fixed time.
+        let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         let log = dir.join("minio.log");
         std::thread::spawn(move || {
             let mut f = std::fs::File::create(log).ok();
             let mut ready = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(f) = f.as_mut() {
                     use std::io::Write;
                     let _ = writeln!(f, "{line}");
@@ -81,7 +81,7 @@ impl Minio {
             mc_config: dir.join("mc"),
         };
         if rx.recv_timeout(STARTUP).is_err() {
-            let err = std::fs::read_to_string(dir.join("minio.err")).unwrap_or_default();
+            let err = std::fs::read_to_string(dir.join("minio.log")).unwrap_or_default();
             let _ = m.child.kill();
             bail!("MinIO did not start within {STARTUP:?}: {err}");
         }

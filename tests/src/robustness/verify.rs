@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 
 use super::kill::{self, Invocation};
 use super::points::Command as Cmd;
@@ -74,78 +74,80 @@ impl Verifier<'_> {
 
     /// The repository's snapshots (full IDs), read with a shared lock.
     fn snapshots(&self) -> std::result::Result<BTreeSet<String>, String> {
-        let out = self.fleetsnap_ok(&["--json", "snapshots"])?;
-        let v: serde_json::Value = serde_json::from_str(out.trim())
-            .map_err(|e| format!("snapshots --json: {e}: {out}"))?;
-        Ok(v.as_array()
-            .ok_or("snapshots --json: not a list")?
-            .iter()
-            .filter_map(|s| s["id"].as_str().map(str::to_owned))
-            .collect())
+        parse_snapshots(&self.fleetsnap_ok(&["--json", "snapshots"])?)
     }
 
     /// Everything after a kill; `Err` names the first property that does not hold.
     pub fn after_kill(&self) -> Check {
-        self.stale_locks()?;
+        let listed = self.stale_locks()?;
         self.restic_check()?;
         self.fleetsnap_ok(&["check", "--read-data"])?;
-        let after = self.snapshots_restore()?;
+        let after = self.snapshots_restore(listed)?;
         self.next_run(&after)
     }
 
-    fn stale_locks(&self) -> Check {
+    /// The lock the killed process left behaves as restic's rule says, then goes with a
+    /// stale-only unlock. Returns the snapshot list when the probe (a shared-lock command)
+    /// was let through, so it need not be read again.
+    fn stale_locks(&self) -> std::result::Result<Option<BTreeSet<String>>, String> {
         let left = self.repo.locks().map_err(|e| format!("{e:#}"))?;
         if left > 1 {
             return Err(format!(
                 "the killed process left {left} locks, expected at most 1"
             ));
         }
+        if left == 0 {
+            return Ok(None);
+        }
         let probe = self
-            .fleetsnap(&["snapshots"])
+            .fleetsnap(&["--json", "snapshots"])
             .map_err(|e| format!("{e:#}"))?;
         let refused = probe.status.code() == Some(EXIT_LOCKED);
-        let must_refuse = left == 1 && self.cell.command.exclusive();
-        if refused != must_refuse {
+        let exclusive = self.cell.command.exclusive();
+        if refused != exclusive {
+            let (kind, should) = if exclusive {
+                ("exclusive", "be refused with exit code 11")
+            } else {
+                ("shared", "succeed")
+            };
             return Err(format!(
-                "with {left} stale {} lock(s) left, `snapshots` (shared lock) should {} \
+                "with a stale {kind} lock left, `snapshots` (shared lock) should {should} \
                  (restic's rule), but: {}",
-                if self.cell.command.exclusive() {
-                    "exclusive"
-                } else {
-                    "shared"
-                },
-                if must_refuse {
-                    "be refused with exit code 11"
-                } else {
-                    "succeed"
-                },
                 probe.describe()
             ));
         }
-        if !refused && !probe.status.success() {
+        let listed = if refused {
+            None
+        } else if probe.status.success() {
+            Some(parse_snapshots(&probe.stdout)?)
+        } else {
             return Err(format!("snapshots failed: {}", probe.describe()));
+        };
+        // Stale-only unlock must judge the dead process's lock stale (same host, dead PID),
+        // as `restic unlock` does.
+        let out = self.fleetsnap_ok(&["unlock"])?;
+        if !out.contains("removed 1 locks") {
+            return Err(format!(
+                "unlock did not take the killed process's lock for stale: {out}"
+            ));
         }
-        if left == 1 {
-            // Stale-only unlock: it must judge the dead process's lock stale (same host, dead
-            // PID), as `restic unlock` does.
-            let out = self.fleetsnap_ok(&["unlock"])?;
-            if !out.contains("removed 1 locks") {
-                return Err(format!(
-                    "unlock did not take the killed process's lock for stale: {out}"
-                ));
-            }
-            let now = self.repo.locks().map_err(|e| format!("{e:#}"))?;
-            if now != 0 {
-                return Err(format!("{now} locks left after unlock"));
-            }
+        let now = self.repo.locks().map_err(|e| format!("{e:#}"))?;
+        if now != 0 {
+            return Err(format!("{now} locks left after unlock"));
         }
-        Ok(())
+        Ok(listed)
     }
 
     /// No snapshot lost, none that should not be there, and every one restores to the tree
     /// it was taken of. Returns the snapshots present.
-    fn snapshots_restore(&self) -> std::result::Result<BTreeSet<String>, String> {
-        let after = self.snapshots()?;
+    fn snapshots_restore(
+        &self,
+        listed: Option<BTreeSet<String>>,
+    ) -> std::result::Result<BTreeSet<String>, String> {
+        let after = match listed {
+            Some(l) => l,
+            None => self.snapshots()?,
+        };
         let before: BTreeSet<&String> = self.cell.snapshots_before.iter().collect();
         for s in &before {
             if !after.contains(*s) && !self.cell.may_remove.contains(*s) {
@@ -190,38 +192,39 @@ impl Verifier<'_> {
                 f.describe()
             ));
         }
-        match self.cell.command {
-            Cmd::Restore => tree::compare(
-                &self.base.versions[2],
-                &tree::restored_at(&self.dir.join("restore"), &self.base.src),
-            )
-            .map_err(|e| format!("after the next restore: {e}")),
-            Cmd::Check => Ok(()),
-            Cmd::Backup | Cmd::Forget | Cmd::Prune => {
-                let now = self.snapshots()?;
-                let expect_len = match self.cell.command {
-                    Cmd::Backup => after_kill.len() + 1,
-                    Cmd::Forget => 1,
-                    _ => after_kill.len(),
-                };
-                if now.len() != expect_len || !now.contains(&self.base.snaps[2]) {
-                    return Err(format!(
-                        "after the next {}: {} snapshots, expected {expect_len}",
-                        self.cell.command.name(),
-                        now.len()
-                    ));
-                }
-                self.fleetsnap_ok(&["check"]).map(|_| ())
+        let expect = match self.cell.command {
+            Cmd::Restore => {
+                return tree::compare(
+                    &self.base.versions[2],
+                    &tree::restored_at(&self.dir.join("restore"), &self.base.src),
+                )
+                .map_err(|e| format!("after the next restore: {e}"));
             }
+            Cmd::Check => return Ok(()),
+            Cmd::Backup => after_kill.len() + 1,
+            Cmd::Forget => 1,
+            Cmd::Prune => after_kill.len(),
+        };
+        // check prints "N snapshots, T trees, P packs checked".
+        let out = self.fleetsnap_ok(&["check"])?;
+        if !out.contains(&format!("\n{expect} snapshots,"))
+            && !out.starts_with(&format!("{expect} snapshots,"))
+        {
+            return Err(format!(
+                "after the next {}, check does not report {expect} snapshots: {out}",
+                self.cell.command.name()
+            ));
         }
+        Ok(())
     }
 }
 
-/// Turn a setup error into a point failure.
-pub fn setup(e: anyhow::Error) -> String {
-    format!("setup: {e:#}")
-}
-
-pub fn err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("{e}")
+fn parse_snapshots(out: &str) -> std::result::Result<BTreeSet<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).map_err(|e| format!("snapshots --json: {e}: {out}"))?;
+    Ok(v.as_array()
+        .ok_or("snapshots --json: not a list")?
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect())
 }
