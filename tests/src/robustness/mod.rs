@@ -245,16 +245,12 @@ impl Cell {
 pub fn run(opts: &Options) -> Result<Report> {
     let t0 = Instant::now();
     let root = Rng::new(opts.seed);
-    let work_tmp;
     let work = match &opts.work {
         Some(w) => {
             std::fs::create_dir_all(w)?;
             w.clone()
         }
-        None => {
-            work_tmp = tempfile_dir()?;
-            work_tmp.clone()
-        }
+        None => tempfile_dir()?,
     };
     let need_s3 =
         opts.backends.contains(&Backend::S3) || opts.only.iter().any(|p| p.backend == Backend::S3);
@@ -314,7 +310,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             .or_insert_with(|| Cell::new(&base, p.backend, p.command));
         let t = Instant::now();
         let dir = work.join(format!("p{i:03}"));
-        let verdict = run_point(&base, cell, p, &dir, minio.as_ref());
+        let verdict = run_point(&base, cell, p, &dir, minio.as_ref(), &mut report);
         let keep = opts.keep || matches!(verdict, Verdict::Failed(_));
         if !keep {
             let _ = tree::remove_all(&dir);
@@ -343,6 +339,10 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     drop(minio);
     report.seconds = t0.elapsed().as_secs_f64();
+    // A temporary work directory goes unless something in it is worth a look.
+    if opts.work.is_none() && !opts.keep && report.failures.is_empty() {
+        let _ = tree::remove_all(&work);
+    }
     Ok(report)
 }
 
@@ -383,6 +383,7 @@ fn run_point(
     p: &Point,
     dir: &Path,
     minio: Option<&Minio>,
+    report: &mut Report,
 ) -> Verdict {
     let repo = match cell.prepare(base, dir, minio) {
         Ok(r) => r,
@@ -415,6 +416,16 @@ fn run_point(
             }),
         },
     };
+    if matches!(verdict, Verdict::Passed(_)) {
+        // Counted after the next run: what the kill left and nothing cleaned up.
+        let debris = repo.temp_debris();
+        if debris > 0 {
+            progress_note(&format!(
+                "{debris} temporary file(s) left in the repository"
+            ));
+        }
+        report.debris += debris;
+    }
     if !matches!(verdict, Verdict::Failed(_)) {
         let _ = repo.remove();
     } else {

@@ -29,6 +29,9 @@ pub struct Report {
     pub rows: BTreeMap<(Command, Backend), Row>,
     pub failures: Vec<(Point, String)>,
     pub seconds: f64,
+    /// Temporary files left in local repositories by passed points (see
+    /// `storage::Repo::temp_debris`): harmless to both tools, but never reclaimed.
+    pub debris: usize,
 }
 
 impl Report {
@@ -38,6 +41,7 @@ impl Report {
             rows: BTreeMap::new(),
             failures: Vec::new(),
             seconds: 0.0,
+            debris: 0,
         }
     }
 
@@ -95,6 +99,11 @@ impl fmt::Display for Report {
             writeln!(f, "FAILED {p} (replay: --seed {} --only {p})", self.seed)?;
             writeln!(f, "    {}", why.lines().next().unwrap_or(""))?;
         }
+        writeln!(
+            f,
+            "temporary files left in local repositories (as restic leaves them): {}",
+            self.debris
+        )?;
         writeln!(f, "time: {:.0}s", self.seconds)?;
         write!(f, "{}", self.summary())
     }

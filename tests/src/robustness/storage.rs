@@ -208,6 +208,19 @@ impl<'a> Repo<'a> {
             .count())
     }
 
+    /// Temporary files (`<name>-tmp-<random>`) in a local repository: what a write killed
+    /// between creating its file and renaming it leaves. restic's local backend leaves the
+    /// same and nothing removes them; both tools' listings skip them. S3 PUTs leave none.
+    pub fn temp_debris(&self) -> usize {
+        if self.backend != Backend::Local {
+            return 0;
+        }
+        tree::walk_names(&self.place)
+            .iter()
+            .filter(|n| n.contains("-tmp-"))
+            .count()
+    }
+
     /// Delete the repository (after a passed point; a failed one is kept for inspection).
     pub fn remove(&self) -> Result<()> {
         match self.backend {

@@ -142,6 +142,26 @@ pub fn walk(root: &Path) -> io::Result<Tree> {
     Ok(out)
 }
 
+/// The names of all files below `root` (unreadable parts are skipped): for counting, not
+/// comparing, so contents are not read.
+pub fn walk_names(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
 /// `Ok` when `root` holds exactly `want`; else the first few differences.
 pub fn compare(want: &Tree, root: &Path) -> Result<(), String> {
     let got = walk(root).map_err(|e| format!("reading {}: {e}", root.display()))?;
