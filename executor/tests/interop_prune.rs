@@ -193,10 +193,12 @@ fn killed_backup_and_prune_leave_a_clean_repository() {
     let repo = tmp.path().join("repo");
     run(fleetsnap(&repo).arg("init"));
 
-    // Packs are linked into the repository by 4 upload threads (~3 of the ~12 packs each):
-    // kill at the first, second and third link of a thread, i.e. early, midway, late.
-    for n in [1, 2, 3] {
-        run_killed_at(&repo, &[OsStr::new("backup"), src.as_os_str()], "linkat", n);
+    // Packs are linked into the repository by 4 upload threads, and strace counts per
+    // thread: kill as the first pack is linked, as some thread links its second (midway
+    // through the ~12 packs), and at the only unlink, the lock's removal after the
+    // snapshot is saved.
+    for (syscall, n) in [("linkat", 1), ("linkat", 2), ("unlink", 1)] {
+        run_killed_at(&repo, &[OsStr::new("backup"), src.as_os_str()], syscall, n);
         check_all(&bins, &repo);
     }
     run(fleetsnap(&repo).arg("backup").arg(&src));
