@@ -138,7 +138,21 @@ fn build_failpoint_executor(workspace_bin: &Path) -> Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected executor location {}", workspace_bin.display()))?;
     let dir = target.join("failpoints");
-    let out = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // Run from `cargo test`, this process inherits the variables cargo sets for a test
+    // (CARGO_PKG_*, CARGO_MANIFEST_*, ...). Some crates' fingerprints track such variables,
+    // so passing them on rebuilt part of the failpoint executor on every switch between
+    // `cargo test` and a direct run (a minute each time). Hand cargo a clean environment.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k == "OUT_DIR"
+        {
+            cargo.env_remove(k.as_ref());
+        }
+    }
+    let out = cargo
         .args([
             "build",
             "-p",

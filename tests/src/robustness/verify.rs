@@ -213,7 +213,19 @@ impl Verifier<'_> {
             Cmd::Forget => 1,
             Cmd::Prune => after_kill.len(),
         };
-        // check prints "N snapshots, T trees, P packs checked".
+        if self.cell.command != Cmd::Prune {
+            let now = self.snapshots()?;
+            if now.len() != expect {
+                return Err(format!(
+                    "after the next {}: {} snapshots, expected {expect}",
+                    self.cell.command.name(),
+                    now.len()
+                ));
+            }
+            return Ok(());
+        }
+        // After a prune that followed a killed one, the structure too ("N snapshots, T
+        // trees, P packs checked").
         let out = self.fleetsnap_ok(&["check"])?;
         if !out.contains(&format!("\n{expect} snapshots,"))
             && !out.starts_with(&format!("{expect} snapshots,"))
