@@ -8,6 +8,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod crypto;
+pub mod failpoint;
 pub mod forget;
 pub mod format;
 pub mod id;

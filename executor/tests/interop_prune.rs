@@ -1,10 +1,12 @@
 //! Prune interop with the real restic, and crash safety: backup and prune killed with
-//! SIGKILL part-way leave a repository both tools check clean, and the next run succeeds.
+//! SIGKILL at exact commit points (strace syscall injection) leave a repository both tools
+//! check clean, and the next run succeeds. The full kill-point campaign is
+//! `tests/src/bin/robustness.rs`.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 fn restic_bins() -> Vec<PathBuf> {
     let newest = std::env::var("FLEETSNAP_RESTIC")
@@ -86,36 +88,49 @@ fn check_all(bins: &[PathBuf], repo: &Path) {
     run(fleetsnap(repo).args(["check", "--read-data"]));
 }
 
-fn pack_count(repo: &Path) -> usize {
-    let Ok(dirs) = fs::read_dir(repo.join("data")) else {
-        return 0;
-    };
-    dirs.filter_map(|d| fs::read_dir(d.ok()?.path()).ok())
-        .flatten()
-        .filter(|f| {
-            f.as_ref()
-                .is_ok_and(|f| f.file_name().to_str().is_some_and(|n| n.len() == 64))
-        })
-        .count()
+fn strace() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("FLEETSNAP_STRACE").unwrap_or_else(|_| "/usr/bin/strace".into()),
+    );
+    assert!(
+        p.is_file(),
+        "missing component: strace not found at {} (tests/testenv/deps.sh installs it)",
+        p.display()
+    );
+    p
 }
 
-/// Poll the repository until `cond` holds, then SIGKILL. Returns false if the process
-/// ended first (nothing to kill at that point).
-fn kill_when(child: &mut Child, repo: &Path, cond: impl Fn(usize) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if cond(pack_count(repo)) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return true;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for packs");
-        // Polling interval of the observer, not synchronisation: the condition decides.
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Run fleetsnap with SIGKILL injected on entry to the `n`-th `syscall` of one of its
+/// threads (strace counts per thread), and assert that the kill happened: a run that ends
+/// first never reached the point and proves nothing.
+fn run_killed_at(repo: &Path, args: &[&std::ffi::OsStr], syscall: &str, n: u32) {
+    use std::os::unix::process::ExitStatusExt;
+    let log = repo.with_extension(format!("{syscall}-{n}.strace"));
+    let out = Command::new(strace())
+        .args(["-f", "-q", "-o"])
+        .arg(&log)
+        // strace 6.1 injects only into syscalls it traces.
+        .arg("-e")
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:signal=SIGKILL:when={n}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_fleetsnap"))
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", "interop-pw")
+        .output()
+        .expect("spawn strace");
+    // strace re-raises the tracee's fatal signal on itself, and logs it.
+    let trace = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.signal() == Some(libc::SIGKILL) && trace.contains("+++ killed by SIGKILL +++"),
+        "fleetsnap {args:?} was not killed at {syscall} #{n} (it ended with {}): the point \
+         was not reached\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -178,10 +193,12 @@ fn killed_backup_and_prune_leave_a_clean_repository() {
     let repo = tmp.path().join("repo");
     run(fleetsnap(&repo).arg("init"));
 
-    for after in [1usize, 5, 9] {
-        let base = pack_count(&repo);
-        let mut child = fleetsnap(&repo).arg("backup").arg(&src).spawn().unwrap();
-        kill_when(&mut child, &repo, |n| n >= base + after);
+    // Packs are linked into the repository by 4 upload threads, and strace counts per
+    // thread: kill as the first pack is linked, as some thread links its second (midway
+    // through the ~12 packs), and at the only unlink, the lock's removal after the
+    // snapshot is saved.
+    for (syscall, n) in [("linkat", 1), ("linkat", 2), ("unlink", 1)] {
+        run_killed_at(&repo, &[OsStr::new("backup"), src.as_os_str()], syscall, n);
         check_all(&bins, &repo);
     }
     run(fleetsnap(&repo).arg("backup").arg(&src));
@@ -193,19 +210,13 @@ fn killed_backup_and_prune_leave_a_clean_repository() {
     }
     run(fleetsnap(&repo).arg("backup").arg(&src));
     run(fleetsnap(&repo).args(["forget", "--keep-last", "1"]));
-    let start = pack_count(&repo);
-    let stages: [Box<dyn Fn(usize) -> bool>; 2] = [
-        // While repacking: a new pack has appeared.
-        Box::new(move |n| n > start),
-        // While deleting: packs have started to disappear.
-        Box::new(move |n| n + 2 < start),
-    ];
-    for stage in stages {
-        let mut child = fleetsnap(&repo)
-            .args(["prune", "--max-unused", "0%", "--keep-young", "0"])
-            .spawn()
-            .unwrap();
-        kill_when(&mut child, &repo, stage);
+    let prune: Vec<&OsStr> = ["prune", "--max-unused", "0%", "--keep-young", "0"]
+        .map(OsStr::new)
+        .to_vec();
+    // While repacking: as the first repacked pack is linked in. While deleting: at the
+    // third removal (old index files and packs go one by one).
+    for (syscall, n) in [("linkat", 1), ("unlink", 3)] {
+        run_killed_at(&repo, &prune, syscall, n);
         check_all(&bins, &repo);
     }
     run(fleetsnap(&repo).arg("unlock"));

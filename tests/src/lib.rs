@@ -21,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 pub mod kube;
 pub mod minio;
 pub mod operator;
+pub mod robustness;
 pub mod wait;
 
 /// Which kind of test host to boot.

@@ -32,6 +32,7 @@ use super::{
     Backend, BackendError, BackendErrorKind, BackendResult, FileInfo, FileType, Removal,
     check_name, is_id, object_path,
 };
+use crate::failpoint;
 
 /// Objects above this size go up in parts: a failed part is retried on its own instead of
 /// restarting a large pack, and parts travel in parallel.
@@ -1303,13 +1304,16 @@ impl Backend for S3Backend {
         let key = self.key(t, name);
         let _span =
             debug_span!("backend.write", backend = "s3", what = %what, size = data.len()).entered();
-        self.rt.block_on(async {
+        failpoint::hit(failpoint::S3_PUT_BEFORE);
+        let r = self.rt.block_on(async {
             if data.len() > self.multipart_threshold {
                 self.put_multipart(&key, &what, data).await
             } else {
                 self.put_single(&key, &what, data).await
             }
-        })
+        });
+        failpoint::hit_if_ok(failpoint::S3_PUT_AFTER, &r);
+        r
     }
 
     /// Packs come from temporary files: a single PUT streams the body from the file
@@ -1344,7 +1348,8 @@ impl Backend for S3Backend {
         let key = self.key(t, name);
         let _span =
             debug_span!("backend.write", backend = "s3", what = %what, size = len).entered();
-        self.rt.block_on(async {
+        failpoint::hit(failpoint::S3_PUT_BEFORE);
+        let r = self.rt.block_on(async {
             let body = ByteStream::read_from()
                 .path(&proc_path)
                 .length(aws_sdk_s3::primitives::Length::Exact(len))
@@ -1371,14 +1376,17 @@ impl Backend for S3Backend {
                 .await
                 .map_err(|e| self.err("write", what.clone(), &e))?;
             Ok(())
-        })
+        });
+        failpoint::hit_if_ok(failpoint::S3_PUT_AFTER, &r);
+        r
     }
 
     fn remove(&self, t: FileType, name: &str) -> BackendResult<()> {
         check_name(t, name, "remove", &self.location())?;
         let what = object_path(t, name, false);
         let _span = debug_span!("backend.remove", backend = "s3", what = %what).entered();
-        self.rt.block_on(async {
+        failpoint::hit(failpoint::S3_DELETE_BEFORE);
+        let r = self.rt.block_on(async {
             // On a versioned bucket this adds a delete marker and older versions stay: that
             // is exactly what Object Lock setups rely on, and restic sees the file as gone.
             match self
@@ -1399,7 +1407,9 @@ impl Backend for S3Backend {
                     }
                 }
             }
-        })
+        });
+        failpoint::hit_if_ok(failpoint::S3_DELETE_AFTER, &r);
+        r
     }
 
     fn remove_permanently(&self, t: FileType, name: &str) -> BackendResult<Removal> {
@@ -1411,7 +1421,10 @@ impl Backend for S3Backend {
         let key = self.key(t, name);
         let _span =
             debug_span!("backend.remove_permanently", backend = "s3", what = %what).entered();
-        match self.rt.block_on(self.purge(&key, &what)) {
+        failpoint::hit(failpoint::S3_DELETE_BEFORE);
+        let purged = self.rt.block_on(self.purge(&key, &what));
+        failpoint::hit_if_ok(failpoint::S3_DELETE_AFTER, &purged);
+        match purged {
             // An identity without s3:ListBucketVersions / s3:DeleteObjectVersion can still
             // do what restic does. If it may not delete at all, `remove` says so (Denied),
             // which prune and forget explain as an append-only repository.

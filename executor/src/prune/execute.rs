@@ -223,6 +223,7 @@ pub fn execute(
     loaded.repo.check_lock()?;
     let written = crate::backup::write_index(&loaded.repo, &new_index)?;
     rep.index_files_written = written.len();
+    crate::failpoint::hit(crate::failpoint::PRUNE_INDEXED);
 
     // Old index files go next; one still in the repository (its delete was refused) still
     // references its packs, which therefore must survive.
@@ -269,6 +270,7 @@ fn repack(
     sources.sort_by_key(|(id, _)| **id);
     for (pack, blobs) in sources {
         repo.check_lock()?;
+        crate::failpoint::hit(crate::failpoint::PRUNE_REPACK);
         // Read the used blobs in runs (gaps <= 256 KiB, <= 2 MiB per read) instead of the
         // whole pack, so memory stays at one run, not one 16 MiB pack.
         let mut blobs: Vec<_> = blobs.iter().collect();
@@ -298,6 +300,7 @@ fn repack(
     }
     let (stored, _) = saver.finish()?;
     rep.packs_written = stored.len();
+    crate::failpoint::hit(crate::failpoint::PRUNE_REPACKED);
     Ok(stored)
 }
 

@@ -70,6 +70,7 @@ pub fn prune(repo: Repository, opts: &PruneOptions) -> Result<PruneReport, Prune
     let executed = if opts.dry_run {
         None
     } else {
+        crate::failpoint::hit(crate::failpoint::PRUNE_PLANNED);
         Some(execute::execute(&loaded, &plan, &plan_opts)?)
     };
     Ok(PruneReport {
