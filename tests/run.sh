@@ -24,7 +24,8 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 # Features named through the workspace, not `-p`: a per-package build unifies dependency
 # features differently and would rebuild half the dependency tree.
-cargo clippy --workspace --all-targets --features fleetsnap-operator/host-tests -- -D warnings
+cargo clippy --workspace --all-targets \
+  --features fleetsnap-operator/host-tests,fleetsnap-operator/failpoints,fleetsnap/failpoints -- -D warnings
 step "build"; cargo build --workspace --all-targets
 step "waiting for the Go-built tools and the host image"
 if ! wait "$TOOLS_PID"; then cat "$TOOLS_LOG"; echo "tools or image build failed" >&2; exit 1; fi

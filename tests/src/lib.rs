@@ -413,28 +413,50 @@ pub fn release_bin(package: &str, name: &str) -> Result<PathBuf> {
 /// so the regular binaries next to it stay as `cargo build --workspace` made them.
 pub fn feature_bin(package: &str, name: &str, features: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/debug/deps/<test> -> target/debug, target
-    let profile_dir = exe
+    // target/debug/deps/<test> -> target
+    let target = exe
         .ancestors()
-        .nth(2)
+        .nth(3)
         .ok_or_else(|| anyhow!("unexpected test executable location {}", exe.display()))?;
-    let target = exe.ancestors().nth(3).unwrap();
-    let out = Command::new(env!("CARGO"))
+    feature_bin_in(target, package, name, features)
+}
+
+/// [`feature_bin`] into the given target directory (debug profile).
+pub fn feature_bin_in(target: &Path, package: &str, name: &str, features: &str) -> Result<PathBuf> {
+    let profile_dir = target.join("debug");
+    let mut cargo = Command::new(env!("CARGO"));
+    // Run from `cargo test`, this process inherits the variables cargo sets for a test
+    // (CARGO_PKG_*, CARGO_MANIFEST_*, ...). Some crates' fingerprints track such variables,
+    // so passing them on would rebuild part of the tree on every switch between `cargo
+    // test` and a direct run. Hand cargo a clean environment.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k == "OUT_DIR"
+        {
+            cargo.env_remove(k.as_ref());
+        }
+    }
+    // `--workspace` with the feature named as package/feature: dependency features unify
+    // exactly as in `cargo build --workspace`, so no dependency is built a second time
+    // (`-p package` would unify them for that package alone and rebuild many).
+    let feature = format!("{package}/{features}");
+    let out = cargo
         .args([
             "build",
-            "-p",
-            package,
+            "--workspace",
             "--bin",
             name,
             "--features",
-            features,
+            &feature,
         ])
         .env("CARGO_TARGET_DIR", target)
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .output()?;
     check(
-        &format!("cargo build -p {package} --bin {name} --features {features}"),
+        &format!("cargo build --workspace --bin {name} --features {feature}"),
         out,
     )?;
     Ok(profile_dir.join(name))

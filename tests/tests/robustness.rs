@@ -4,7 +4,7 @@
 //! point whose command finished first proves nothing.
 //!
 //! Needs what the campaign needs (restic 0.19.1, MinIO, mc, strace, the failpoint executor,
-//! which it builds into `target/failpoints` on first use); a missing one fails by name.
+//! `fleetsnap-failpoints`, which it builds next to the workspace binaries on first use); a missing one fails by name.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

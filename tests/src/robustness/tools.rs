@@ -3,7 +3,7 @@
 //! nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -16,7 +16,7 @@ const FAILPOINT_MARKER: &str = "FLEETSNAP_FAILPOINTS_TALLY";
 pub struct Tools {
     /// The executor exactly as `cargo build --workspace` makes it: strace kills this one.
     pub fleetsnap: PathBuf,
-    /// The executor built with `--features failpoints`, in its own target directory.
+    /// `fleetsnap-failpoints`: the executor built with `--features failpoints`.
     pub fleetsnap_failpoints: PathBuf,
     pub restic: PathBuf,
     pub strace: PathBuf,
@@ -54,7 +54,7 @@ impl Tools {
         require(
             "fleetsnap executor with failpoints",
             &fleetsnap_failpoints,
-            "cargo build -p fleetsnap --features failpoints --target-dir target/failpoints",
+            "cargo build --workspace --bin fleetsnap-failpoints --features fleetsnap/failpoints",
         )?;
         if !contains(&fleetsnap_failpoints, FAILPOINT_MARKER)? {
             bail!(
@@ -127,54 +127,16 @@ fn workspace_executor() -> Result<PathBuf> {
     ))
 }
 
-/// Build the failpoint executor into `<target>/failpoints`, a target directory of its own:
-/// in the workspace's, the feature would replace `target/debug/fleetsnap` that other suites
-/// run. The first build compiles the executor's dependencies once more (minutes); later ones
-/// are no-ops.
+/// Build `fleetsnap-failpoints` (the executor with the `failpoints` feature) next to the
+/// workspace's binaries, through the workspace so that it reuses every dependency build; the
+/// regular `fleetsnap` beside it is not touched. A no-op when it is current.
 fn build_failpoint_executor(workspace_bin: &Path) -> Result<PathBuf> {
     // target/<profile>/fleetsnap -> target
     let target = workspace_bin
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected executor location {}", workspace_bin.display()))?;
-    let dir = target.join("failpoints");
-    let mut cargo = Command::new(env!("CARGO"));
-    // Run from `cargo test`, this process inherits the variables cargo sets for a test
-    // (CARGO_PKG_*, CARGO_MANIFEST_*, ...). Some crates' fingerprints track such variables,
-    // so passing them on rebuilt part of the failpoint executor on every switch between
-    // `cargo test` and a direct run (a minute each time). Hand cargo a clean environment.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
-            || k.starts_with("RUSTC")
-            || k == "OUT_DIR"
-        {
-            cargo.env_remove(k.as_ref());
-        }
-    }
-    let out = cargo
-        .args([
-            "build",
-            "-p",
-            "fleetsnap",
-            "--bin",
-            "fleetsnap",
-            "--features",
-            "failpoints",
-        ])
-        .env("CARGO_TARGET_DIR", &dir)
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .output()
-        .context("running cargo build for the failpoint executor")?;
-    crate::check(
-        &format!(
-            "cargo build -p fleetsnap --features failpoints (CARGO_TARGET_DIR={})",
-            dir.display()
-        ),
-        out,
-    )?;
-    Ok(dir.join("debug").join("fleetsnap"))
+    crate::feature_bin_in(target, "fleetsnap", "fleetsnap-failpoints", "failpoints")
 }
 
 /// Whether the file holds `needle` (grep: fast on a debug binary of hundreds of MB).
