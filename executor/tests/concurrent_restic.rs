@@ -16,6 +16,9 @@
 //! a crashed run's lock blocks the next run until `unlock` removes it as stale (same host,
 //! dead PID, or older than 30 minutes). fleetsnap behaves the same in each case.
 
+mod common;
+
+use common::{noise, restic_bin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,18 +28,10 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "concurrent-pw";
 const EXIT_LOCKED: i32 = 11;
 
-fn restic_bin() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var("FLEETSNAP_RESTIC")
-            .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into()),
-    );
-    assert!(
-        p.is_file(),
-        "missing component: restic 0.19.1 (FLEETSNAP_RESTIC) not found at {} \
-         (build it with tests/testenv/tools.sh restic)",
-        p.display()
-    );
-    p
+#[derive(Debug, Clone, Copy)]
+enum Tool {
+    Restic,
+    Fleetsnap,
 }
 
 /// One repository, one source tree, and the two tools pointed at them.
@@ -107,6 +102,41 @@ impl Fixture {
                 )
             })
             .collect()
+    }
+
+    fn tool(&self, t: Tool) -> Command {
+        match t {
+            Tool::Restic => self.restic(),
+            Tool::Fleetsnap => self.fleetsnap(),
+        }
+    }
+
+    /// `crashed`'s prune dies (SIGKILL) holding its exclusive lock; `other`'s backup is then
+    /// refused (exit 11) until `other`'s `unlock` removes the dead lock, and then succeeds.
+    fn crashed_prune_blocks_until_unlock(&self, crashed: Tool, other: Tool) {
+        let mut prune = self.tool(crashed);
+        prune.arg("prune");
+        let prune = self.frozen_holding_a_lock(prune);
+        let dead = prune.lock.clone();
+        prune.crash();
+        let refused = self
+            .tool(other)
+            .arg("backup")
+            .arg(&self.src)
+            .output()
+            .unwrap();
+        assert_eq!(
+            refused.status.code(),
+            Some(EXIT_LOCKED),
+            "{}",
+            describe(&refused)
+        );
+        ok(self.tool(other).arg("unlock"));
+        assert!(
+            !self.locks().contains(&dead),
+            "{other:?} unlock kept {crashed:?}'s dead lock"
+        );
+        ok(self.tool(other).arg("backup").arg(&self.src));
     }
 
     /// Start `cmd`, wait until it has written a lock file, and freeze it there.
@@ -247,20 +277,6 @@ fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Incompressible, deterministic bytes (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    seed |= 1;
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn write_tree(root: &Path, mib: usize, seed: u64) {
@@ -514,50 +530,14 @@ fn unlock_keeps_the_other_tools_live_lock_and_removes_its_dead_one() {
     let copy = f.copy_of_src("src-at-4");
     f.newest_is(&mut expected, copy);
 
-    // A crashed restic prune leaves an exclusive lock with a dead PID on this host. Like
-    // restic (0.19.1 refuses too, until `unlock`), fleetsnap does not step over it on its
-    // own; `fleetsnap unlock` removes it as stale, by restic's rule, and the backup goes on.
-    let mut prune = f.restic();
-    prune.arg("prune");
-    let prune = f.frozen_holding_a_lock(prune);
-    let dead = prune.lock.clone();
-    prune.crash();
-    let refused = f.fleetsnap().arg("backup").arg(&f.src).output().unwrap();
-    assert_eq!(
-        refused.status.code(),
-        Some(EXIT_LOCKED),
-        "{}",
-        describe(&refused)
-    );
-    ok(f.fleetsnap().arg("unlock"));
-    assert!(
-        !f.locks().contains(&dead),
-        "fleetsnap unlock kept a dead lock"
-    );
-    ok(f.fleetsnap().arg("backup").arg(&f.src));
+    // A crashed prune of either tool leaves an exclusive lock with a dead PID on this host.
+    // Like restic (0.19.1 refuses too, until `unlock`), neither steps over it on its own;
+    // the other tool's `unlock` removes it as stale, by restic's rule, and the backup goes on.
+    f.crashed_prune_blocks_until_unlock(Tool::Restic, Tool::Fleetsnap);
     let copy = f.copy_of_src("src-at-5");
     f.newest_is(&mut expected, copy);
-
-    // And `restic unlock` takes a crashed fleetsnap prune's lock for stale the same way.
-    let mut prune = f.fleetsnap();
-    prune.arg("prune");
-    let prune = f.frozen_holding_a_lock(prune);
-    let dead = prune.lock.clone();
-    prune.crash();
-    let refused = f.restic().arg("backup").arg(&f.src).output().unwrap();
-    assert_eq!(
-        refused.status.code(),
-        Some(EXIT_LOCKED),
-        "{}",
-        describe(&refused)
-    );
-    ok(f.restic().arg("unlock"));
-    assert!(
-        !f.locks().contains(&dead),
-        "restic unlock kept fleetsnap's dead lock"
-    );
     fs::write(f.src.join("after-crash"), b"x").unwrap();
-    ok(f.restic().arg("backup").arg(&f.src));
+    f.crashed_prune_blocks_until_unlock(Tool::Fleetsnap, Tool::Restic);
     let copy = f.copy_of_src("src-at-6");
     f.newest_is(&mut expected, copy);
     f.assert_intact(&expected);

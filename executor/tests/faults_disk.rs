@@ -14,23 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{MINIO_PASSWORD, MINIO_USER, Minio, pattern};
+use common::{MINIO_PASSWORD, MINIO_USER, Minio, pattern, restic_bin};
 
 const PASSWORD: &str = "diskfaults-pw";
-
-fn restic_bin() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var("FLEETSNAP_RESTIC")
-            .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into()),
-    );
-    assert!(
-        p.is_file(),
-        "missing component: restic 0.19.1 (FLEETSNAP_RESTIC) not found at {} \
-         (build it with tests/testenv/tools.sh restic)",
-        p.display()
-    );
-    p
-}
 
 /// A size-limited tmpfs at a fresh directory, unmounted when dropped.
 struct Tmpfs {

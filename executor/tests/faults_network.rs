@@ -21,27 +21,13 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::toxiproxy::{Proxy, Stream, Toxic, Toxiproxy};
-use common::{MINIO_PASSWORD, MINIO_USER, Minio, pattern};
+use common::{MINIO_PASSWORD, MINIO_USER, Minio, pattern, restic_bin};
 
 const BUCKET: &str = "faults";
 const PASSWORD: &str = "netfaults-pw";
 /// Base per-attempt timeout the tests give the executor, in seconds.
 const TEST_TIMEOUT_S: u64 = 4;
 const TEST_ATTEMPTS: u32 = 3;
-
-fn restic_bin() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var("FLEETSNAP_RESTIC")
-            .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into()),
-    );
-    assert!(
-        p.is_file(),
-        "missing component: restic 0.19.1 (FLEETSNAP_RESTIC) not found at {} \
-         (build it with tests/testenv/tools.sh restic)",
-        p.display()
-    );
-    p
-}
 
 /// One test's world: MinIO, toxiproxy in front of it, a scratch directory.
 struct Lab {

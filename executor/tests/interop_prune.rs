@@ -3,6 +3,9 @@
 //! check clean, and the next run succeeds. The full kill-point campaign is
 //! `tests/src/bin/robustness.rs`.
 
+mod common;
+
+use common::noise;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -50,20 +53,6 @@ fn restic(bin: &Path, repo: &Path) -> Command {
         .env("RESTIC_PASSWORD", "interop-pw")
         .env("RESTIC_CACHE_DIR", repo.with_extension("cache"));
     c
-}
-
-/// Incompressible, deterministic bytes (xorshift), fast enough for hundreds of MB.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    seed |= 1;
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn make_tree(root: &Path, files: usize, size: usize, seed: u64) {

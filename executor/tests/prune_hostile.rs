@@ -3,6 +3,8 @@
 //! packs a backup is still writing must survive a prune that runs because the backup's lock
 //! looked stale. Checked with the real restic 0.19.1 (`check --read-data`, `restore`).
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,26 +12,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{noise, restic_bin};
 use fleetsnap::backend::{Backend, FileType, LocalBackend};
 use fleetsnap::format::pack::{self, BlobType, PackedBlob};
 use fleetsnap::id::Id;
 use fleetsnap::repo::Repository;
 
 const PW: &str = "hostile-pw";
-
-fn restic_bin() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var("FLEETSNAP_RESTIC")
-            .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into()),
-    );
-    assert!(
-        p.exists(),
-        "missing component: restic 0.19.1 (FLEETSNAP_RESTIC) not found at {} \
-         (build it with tests/testenv/tools.sh restic)",
-        p.display()
-    );
-    p
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
@@ -68,20 +57,6 @@ fn restic(repo: &Path) -> Command {
         .env("RESTIC_PASSWORD", PW)
         .env("RESTIC_CACHE_DIR", repo.with_extension("cache"));
     c
-}
-
-/// Incompressible, deterministic bytes (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    seed |= 1;
-    while v.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 fn packs(repo: &Path) -> Vec<PathBuf> {

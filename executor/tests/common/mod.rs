@@ -19,6 +19,36 @@ pub const MINIO_PASSWORD: &str = "fleetsnap-test-secret";
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
+/// restic 0.19.1 as `tests/testenv/tools.sh` builds it (or `FLEETSNAP_RESTIC`), or a panic
+/// naming the missing component.
+pub fn restic_bin() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("FLEETSNAP_RESTIC")
+            .unwrap_or_else(|_| "/var/cache/fleetsnap/tools/restic-v0.19.1/restic".into()),
+    );
+    assert!(
+        p.is_file(),
+        "missing component: restic 0.19.1 (FLEETSNAP_RESTIC) not found at {} \
+         (build it with tests/testenv/tools.sh restic)",
+        p.display()
+    );
+    p
+}
+
+/// Incompressible, deterministic bytes (xorshift), fast enough for hundreds of MB.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    seed |= 1;
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
