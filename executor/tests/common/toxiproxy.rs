@@ -98,7 +98,9 @@ impl Toxiproxy {
         let api = format!("http://127.0.0.1:{port}");
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
+            // Removing a toxic waits until its links have passed on what they hold; after
+            // MinIO was frozen that takes a while (measured: over 10 s once in CI).
+            .timeout_global(Some(Duration::from_secs(90)))
             .build()
             .into();
         let version = format!("{api}/version");
