@@ -125,18 +125,20 @@ impl Fixture {
             .arg(&self.src)
             .output()
             .unwrap();
-        assert_eq!(
-            refused.status.code(),
-            Some(EXIT_LOCKED),
-            "{}",
-            describe(&refused)
-        );
+        assert_locked_out(&refused);
         ok(self.tool(other).arg("unlock"));
         assert!(
             !self.locks().contains(&dead),
             "{other:?} unlock kept {crashed:?}'s dead lock"
         );
         ok(self.tool(other).arg("backup").arg(&self.src));
+    }
+
+    /// A backup of the source by `t`, frozen while it holds its (shared) lock.
+    fn frozen_backup(&self, t: Tool) -> Frozen {
+        let mut backup = self.tool(t);
+        backup.arg("backup").arg(&self.src);
+        self.frozen_holding_a_lock(backup)
     }
 
     /// Start `cmd`, wait until it has written a lock file, and freeze it there.
@@ -262,6 +264,17 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+/// Refused because the other tool holds a conflicting lock (restic's exit code 11, which
+/// fleetsnap uses too).
+fn assert_locked_out(out: &Output) {
+    assert_eq!(out.status.code(), Some(EXIT_LOCKED), "{}", describe(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already locked"),
+        "{}",
+        describe(out)
+    );
 }
 
 fn ok(cmd: &mut Command) -> Output {
@@ -442,21 +455,9 @@ fn checks_wait_for_a_backup_of_the_other_tool() {
     let mut expected = initial_history(&f);
 
     write_tree(&f.src.join("more"), 4, 3);
-    let mut backup = f.fleetsnap();
-    backup.arg("backup").arg(&f.src);
-    let backup = f.frozen_holding_a_lock(backup);
+    let backup = f.frozen_backup(Tool::Fleetsnap);
     let check = f.restic().arg("check").output().unwrap();
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_LOCKED),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        String::from_utf8_lossy(&check.stderr).contains("already locked"),
-        "{}",
-        describe(&check)
-    );
+    assert_locked_out(&check);
     let waiting = f
         .restic()
         .args(["check", "--retry-lock", "5m"])
@@ -472,21 +473,9 @@ fn checks_wait_for_a_backup_of_the_other_tool() {
     f.newest_is(&mut expected, copy);
 
     write_tree(&f.src.join("evenmore"), 4, 4);
-    let mut backup = f.restic();
-    backup.arg("backup").arg(&f.src);
-    let backup = f.frozen_holding_a_lock(backup);
+    let backup = f.frozen_backup(Tool::Restic);
     let check = f.fleetsnap().arg("check").output().unwrap();
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_LOCKED),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        String::from_utf8_lossy(&check.stderr).contains("already locked"),
-        "{}",
-        describe(&check)
-    );
+    assert_locked_out(&check);
     let done = backup.resume();
     assert!(done.status.success(), "{}", describe(&done));
     let copy = f.copy_of_src("src-at-4");
@@ -502,9 +491,7 @@ fn unlock_keeps_the_other_tools_live_lock_and_removes_its_dead_one() {
     // A live fleetsnap backup survives `restic unlock` (restic also probes the PID; we ignore
     // the SIGHUP older restic versions send for that).
     write_tree(&f.src.join("more"), 3, 5);
-    let mut backup = f.fleetsnap();
-    backup.arg("backup").arg(&f.src);
-    let backup = f.frozen_holding_a_lock(backup);
+    let backup = f.frozen_backup(Tool::Fleetsnap);
     ok(f.restic().arg("unlock"));
     assert!(
         f.locks().contains(&backup.lock),
@@ -517,9 +504,7 @@ fn unlock_keeps_the_other_tools_live_lock_and_removes_its_dead_one() {
 
     // A live restic backup survives `fleetsnap unlock`.
     write_tree(&f.src.join("evenmore"), 3, 6);
-    let mut backup = f.restic();
-    backup.arg("backup").arg(&f.src);
-    let backup = f.frozen_holding_a_lock(backup);
+    let backup = f.frozen_backup(Tool::Restic);
     ok(f.fleetsnap().arg("unlock"));
     assert!(
         f.locks().contains(&backup.lock),

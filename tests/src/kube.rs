@@ -80,6 +80,25 @@ pub fn policy_entry<'a>(host: &'a Value, kind: &str, name: &str) -> Option<&'a V
 
 /// A generic Secret `name` in `ns` from `(key, value)` pairs. The values go through files in
 /// `dir` (`<name>-<key>`), so no value ever appears on a command line.
+/// The Secrets the suites' Hosts and BackupRepositories share: the test SSH key
+/// (`ssh-key`), the repository password (`repo-password`) and MinIO's root keys under the
+/// name `s3_secret`.
+pub fn base_secrets(env: &TestEnv, ns: &str, dir: &Path, password: &str, s3_secret: &str) {
+    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
+    secret_from_files(env, ns, dir, "ssh-key", &[("id_ed25519", &key)]);
+    secret_from_files(env, ns, dir, "repo-password", &[("password", password)]);
+    secret_from_files(
+        env,
+        ns,
+        dir,
+        s3_secret,
+        &[
+            ("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER")),
+            ("AWS_SECRET_ACCESS_KEY", env.var("MINIO_ROOT_PASSWORD")),
+        ],
+    );
+}
+
 pub fn secret_from_files(env: &TestEnv, ns: &str, dir: &Path, name: &str, pairs: &[(&str, &str)]) {
     let mut args = vec![
         "create".to_string(),

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use fleetsnap_tests::kube::{
-    self, apply_yaml, condition, event_names, get_json, host_entry, host_yaml, secret_from_files,
-    set_suspend,
+    self, apply_yaml, condition, event_names, get_json, host_entry, host_yaml, set_suspend,
 };
 use fleetsnap_tests::operator::{Launch, Operator};
 use fleetsnap_tests::{Options, TestEnv, Tier, repo_root, step, wait, workspace_bin};
@@ -145,19 +144,7 @@ fn setup(env: &TestEnv, dir: &Path) {
     env.mc(&["mb", "--ignore-existing", &format!("testenv/{BUCKET}")])
         .unwrap();
 
-    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
-    secret_from_files(env, NS, dir, "ssh-key", &[("id_ed25519", &key)]);
-    secret_from_files(env, NS, dir, "repo-password", &[("password", PASSWORD)]);
-    secret_from_files(
-        env,
-        NS,
-        dir,
-        "minio",
-        &[
-            ("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER")),
-            ("AWS_SECRET_ACCESS_KEY", env.var("MINIO_ROOT_PASSWORD")),
-        ],
-    );
+    kube::base_secrets(env, NS, dir, PASSWORD, "minio");
 
     let mut hosts = String::new();
     for h in env.hosts() {

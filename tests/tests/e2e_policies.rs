@@ -141,19 +141,7 @@ fn setup(env: &TestEnv, dir: &Path) {
             &[("AWS_ACCESS_KEY_ID", &ak), ("AWS_SECRET_ACCESS_KEY", &sk)],
         );
     }
-    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
-    secret_from_files(env, NS, dir, "ssh-key", &[("id_ed25519", &key)]);
-    secret_from_files(env, NS, dir, "repo-password", &[("password", PASSWORD)]);
-    secret_from_files(
-        env,
-        NS,
-        dir,
-        "maintenance",
-        &[
-            ("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER")),
-            ("AWS_SECRET_ACCESS_KEY", env.var("MINIO_ROOT_PASSWORD")),
-        ],
-    );
+    kube::base_secrets(env, NS, dir, PASSWORD, "maintenance");
     let mut hosts = String::new();
     for (i, h) in env.hosts().iter().enumerate() {
         // The second host is also the database server (the `db` BackupPolicy selects it).

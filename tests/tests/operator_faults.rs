@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use fleetsnap_tests::kube::{self, apply_yaml, get_json, host_yaml, secret_from_files};
+use fleetsnap_tests::kube::{self, apply_yaml, get_json, host_yaml};
 use fleetsnap_tests::operator::{Launch, Variant};
 use fleetsnap_tests::{Options, TestEnv, feature_bin, step, wait, workspace_bin};
 
@@ -93,19 +93,7 @@ fn launch(env: &TestEnv, ns: &str) -> Launch {
 /// operator's hand.
 fn world(env: &TestEnv, ns: &str, hosts: &[&str], dir: &Path) {
     kube::create_namespace(env, ns);
-    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
-    secret_from_files(env, ns, dir, "ssh-key", &[("id_ed25519", &key)]);
-    secret_from_files(env, ns, dir, "repo-password", &[("password", PASSWORD)]);
-    secret_from_files(
-        env,
-        ns,
-        dir,
-        "minio",
-        &[
-            ("AWS_ACCESS_KEY_ID", env.var("MINIO_ROOT_USER")),
-            ("AWS_SECRET_ACCESS_KEY", env.var("MINIO_ROOT_PASSWORD")),
-        ],
-    );
+    kube::base_secrets(env, ns, dir, PASSWORD, "minio");
     let mut yaml = String::new();
     for h in hosts {
         yaml.push_str(&host_yaml(
