@@ -151,6 +151,27 @@ pub fn event_names(env: &TestEnv, ns: &str, field_selector: &str) -> String {
 /// A Host named `name` reaching a test machine's sshd on 127.0.0.1:`port` as root with the
 /// `ssh-key` Secret, pinned to `host_key`. `labels` is the inside of a flow mapping
 /// (`group: e2e, role: db`). The spec comes last, so callers may append spec fields.
+/// The suites' S3 BackupRepository `minio`: MinIO's root keys (Secret `minio`), one
+/// repository per host under `hosts/{hostname}` in `bucket`.
+pub fn s3_repository_yaml(env: &TestEnv, bucket: &str) -> String {
+    format!(
+        r#"---
+apiVersion: fleetsnap.io/v1alpha1
+kind: BackupRepository
+metadata: {{name: minio}}
+spec:
+  s3:
+    endpoint: {endpoint}
+    bucket: {bucket}
+    pathStyle: true
+    credentialsSecretRef: {{name: minio}}
+  pathTemplate: "hosts/{{hostname}}"
+  passwordSecretRef: {{name: repo-password, key: password}}
+"#,
+        endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
+    )
+}
+
 pub fn host_yaml(name: &str, labels: &str, port: u16, host_key: &str) -> String {
     format!(
         r#"---

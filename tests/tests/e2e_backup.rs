@@ -177,21 +177,7 @@ fn setup(env: &TestEnv, dir: &Path) {
         NS,
         dir,
         "repo.yaml",
-        &format!(
-            r#"apiVersion: fleetsnap.io/v1alpha1
-kind: BackupRepository
-metadata: {{name: minio}}
-spec:
-  s3:
-    endpoint: {endpoint}
-    bucket: {BUCKET}
-    pathStyle: true
-    credentialsSecretRef: {{name: minio}}
-  pathTemplate: "hosts/{{hostname}}"
-  passwordSecretRef: {{name: repo-password, key: password}}
-"#,
-            endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
-        ),
+        &kube::s3_repository_yaml(env, BUCKET),
     );
     apply_yaml(env, NS, dir, "policies.yaml", &policy_yaml(POLICY, "e2e"));
     apply_yaml(env, NS, dir, "bad.yaml", &policy_yaml("bad", "badkey"));

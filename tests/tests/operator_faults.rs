@@ -103,22 +103,7 @@ fn world(env: &TestEnv, ns: &str, hosts: &[&str], dir: &Path) {
             env.var("HOST_KEY"),
         ));
     }
-    yaml.push_str(&format!(
-        r#"---
-apiVersion: fleetsnap.io/v1alpha1
-kind: BackupRepository
-metadata: {{name: minio}}
-spec:
-  s3:
-    endpoint: {endpoint}
-    bucket: {BUCKET}
-    pathStyle: true
-    credentialsSecretRef: {{name: minio}}
-  pathTemplate: "hosts/{{hostname}}"
-  passwordSecretRef: {{name: repo-password, key: password}}
-"#,
-        endpoint = env.var("S3_ENDPOINT_FROM_HOSTS"),
-    ));
+    yaml.push_str(&kube::s3_repository_yaml(env, BUCKET));
     yaml.push_str(&policy_yaml("/etc", NEVER));
     apply_yaml(env, ns, dir, "world.yaml", &yaml);
 }
