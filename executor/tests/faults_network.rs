@@ -54,6 +54,12 @@ impl Lab {
         self.toxi.proxy("s3", &self.minio.addr())
     }
 
+    /// A second proxy with no toxics, for recovering where the faulty one cannot be cleaned:
+    /// toxiproxy may not remove a toxic while a connection through it is wedged.
+    fn clean_proxy(&self) -> Proxy<'_> {
+        self.toxi.proxy("s3-clean", &self.minio.addr())
+    }
+
     fn repo_url(endpoint: &str) -> String {
         format!("s3:{endpoint}/{BUCKET}/repo")
     }
@@ -471,8 +477,9 @@ fn minio_paused_with_sigstop() {
     });
     report("MinIO SIGSTOPped mid-backup", &frozen);
     frozen.expect_clear_failure("backup against a frozen MinIO", &["timed out", "timeout"]);
-    proxy.remove("slow");
-    lab.recovers(&proxy, &src);
+    // Removing "slow" here timed out inside toxiproxy's API in CI (a connection wedged by
+    // the freeze holds the toxic chain), so the recovery goes through a clean proxy.
+    lab.recovers(&lab.clean_proxy(), &src);
 }
 
 /// A multipart upload whose parts are cut mid-body: the backend aborts the upload, so no
