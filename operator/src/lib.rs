@@ -4,3 +4,4 @@ pub mod host;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod shard;
