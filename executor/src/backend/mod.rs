@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod aws_credentials;
 pub mod local;
 pub mod rest;
 pub mod retry;

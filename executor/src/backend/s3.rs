@@ -71,6 +71,11 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Access key and secret, bypassing the AWS credential chain.
     pub static_credentials: Option<(String, String)>,
+    /// Session token that goes with `static_credentials` (keys minted by STS or a broker).
+    pub session_token: Option<String>,
+    /// A `credential_process` command (argv) run whenever credentials are needed; used
+    /// when `static_credentials` is not set.
+    pub credential_process: Option<Vec<String>>,
     pub multipart_threshold: Option<usize>,
     pub part_size: Option<usize>,
     /// Total attempts per request including the first (SDK standard retry mode).
@@ -87,6 +92,11 @@ impl std::fmt::Debug for S3Options {
             .field(
                 "static_credentials",
                 &self.static_credentials.as_ref().map(|(k, _)| (k, "***")),
+            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
+            .field(
+                "credential_process",
+                &self.credential_process.as_ref().and_then(|c| c.first()),
             )
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
@@ -352,9 +362,13 @@ impl S3Backend {
             loader = loader.credentials_provider(Credentials::new(
                 key.clone(),
                 secret.clone(),
-                None,
+                opts.session_token.clone(),
                 None,
                 "fleetsnap-static",
+            ));
+        } else if let Some(command) = &opts.credential_process {
+            loader = loader.credentials_provider(super::aws_credentials::CredentialProcess::new(
+                command.clone(),
             ));
         }
         let shared = rt.block_on(loader.load());

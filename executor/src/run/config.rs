@@ -56,6 +56,11 @@ pub struct JobConfig {
     pub run_record_dir: String,
     #[serde(default)]
     pub cache_dir: String,
+    /// A `credential_process` command (argv, no shell) that prints AWS credentials in the
+    /// AWS contract; run at start and again before they expire. Empty: static keys from
+    /// `credentials`, or else the SDK's default chain (the host's own identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_credential_process: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +80,9 @@ pub struct CredentialIds {
     pub aws_access_key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_secret_access_key: Option<String>,
+    /// Session token of short-lived keys; only with the key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token: Option<String>,
 }
 
 impl JobConfig {

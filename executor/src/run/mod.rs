@@ -281,7 +281,18 @@ fn dispatch(global: cli::Global, argv: Vec<String>) -> Result<i32, RunError> {
 
 struct Secrets {
     password: Vec<u8>,
-    aws: Option<(String, String)>,
+    aws: Option<AwsAccess>,
+}
+
+/// How the S3 backend of a job authenticates, beyond the default chain.
+#[derive(Clone)]
+enum AwsAccess {
+    Keys {
+        key: String,
+        secret: String,
+        token: Option<String>,
+    },
+    Process(Vec<String>),
 }
 
 impl Secrets {
@@ -309,14 +320,34 @@ impl Secrets {
                     msg: "not UTF-8".into(),
                 })
         };
+        let config_error = |msg: &str| RunError::Config {
+            path: "credentials".into(),
+            msg: msg.into(),
+        };
         let aws = match (&c.aws_access_key_id, &c.aws_secret_access_key) {
-            (Some(k), Some(s)) => Some((key(k)?, key(s)?)),
+            (Some(_), Some(_)) if !cfg.aws_credential_process.is_empty() => {
+                return Err(config_error(
+                    "both AWS keys and aws_credential_process are given; use one",
+                ));
+            }
+            (Some(k), Some(s)) => Some(AwsAccess::Keys {
+                key: key(k)?,
+                secret: key(s)?,
+                token: c.aws_session_token.as_deref().map(key).transpose()?,
+            }),
+            (None, None) if c.aws_session_token.is_some() => {
+                return Err(config_error(
+                    "aws_session_token is given without aws_access_key_id and aws_secret_access_key",
+                ));
+            }
+            (None, None) if !cfg.aws_credential_process.is_empty() => {
+                Some(AwsAccess::Process(cfg.aws_credential_process.clone()))
+            }
             (None, None) => None,
             _ => {
-                return Err(RunError::Config {
-                    path: "credentials".into(),
-                    msg: "aws_access_key_id and aws_secret_access_key come as a pair".into(),
-                });
+                return Err(config_error(
+                    "aws_access_key_id and aws_secret_access_key come as a pair",
+                ));
             }
         };
         Ok(Secrets { password, aws })
@@ -324,19 +355,26 @@ impl Secrets {
 }
 
 /// Static S3 keys go straight into the backend so they never enter any environment.
-fn open_backend(url: &str, aws: Option<(String, String)>) -> Result<Arc<dyn Backend>, RunError> {
+fn open_backend(url: &str, aws: Option<AwsAccess>) -> Result<Arc<dyn Backend>, RunError> {
     let be: Result<Arc<dyn Backend>, _> = match (backend::url::parse(url), aws) {
-        (Ok(Location::S3(loc)), Some(keys)) => {
-            let opts = S3Options {
-                static_credentials: Some(keys),
-                ..S3Options::from_env()
+        (Ok(Location::S3(loc)), Some(access)) => {
+            let opts = match access {
+                AwsAccess::Keys { key, secret, token } => S3Options {
+                    static_credentials: Some((key, secret)),
+                    session_token: token,
+                    ..S3Options::from_env()
+                },
+                AwsAccess::Process(command) => S3Options {
+                    credential_process: Some(command),
+                    ..S3Options::from_env()
+                },
             };
             S3Backend::open(loc, opts).map(|b| Arc::new(b) as Arc<dyn Backend>)
         }
         (Ok(_), Some(_)) => {
             return Err(RunError::Config {
                 path: "credentials".into(),
-                msg: "AWS keys are given but the repository is not s3:".into(),
+                msg: "AWS credentials are given but the repository is not s3:".into(),
             });
         }
         (_, None) => backend::open(url),
