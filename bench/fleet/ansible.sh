@@ -28,7 +28,7 @@ FINGERPRINT='cd / 2>/dev/null
 for f in /etc/fleetsnap/*.json /etc/systemd/system/fleetsnap-*.service /etc/systemd/system/fleetsnap-*.timer /usr/local/lib/fleetsnap/*/fleetsnap; do
   [ -f "$f" ] && echo "file $(stat -c "%a %U" "$f") $(sha256sum < "$f" | cut -c1-16) $f"; done
 for f in /etc/fleetsnap/credstore.encrypted/*; do
-  [ -f "$f" ] && echo "cred $(stat -c "%a %U" "$f") $(systemd-creds decrypt "$f" - 2>/dev/null | sha256sum | cut -c1-16) $f"; done
+  [ -f "$f" ] && echo "cred $(stat -c "%a %U" "$f") $(systemd-creds decrypt --name="${f##*.}" "$f" - 2>/dev/null | sha256sum | cut -c1-16) $f"; done
 for d in /usr/local/lib/fleetsnap /etc/fleetsnap /etc/fleetsnap/credstore.encrypted /var/lib/fleetsnap /var/lib/fleetsnap/runs /var/cache/fleetsnap; do
   [ -d "$d" ] && echo "dir $(stat -c "%a %U" "$d") $d"; done
 for d in /var/lib/fleetsnap/runs/*/; do [ -d "$d" ] && echo "dir $(stat -c "%a %U" "$d") $d"; done

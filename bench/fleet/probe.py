@@ -429,6 +429,27 @@ def report(args):
                     pseen[name] = ls
                     if t0 <= e["t"] <= t1 and name in healthy:
                         plat.append(e["t"] - ts(ls))
+        # visible status age: every 10 s, for every healthy host, now - the lastSuccess its
+        # status shows (a status that stops being written shows up here as a growing age;
+        # with a schedule of period P the age of a healthy, promptly updated host stays
+        # below P + randomized delay + latency)
+        ages = []
+        cur = {}
+        it = iter(hosts)
+        nxt = next(it, None)
+        t = t0
+        while t <= t1:
+            while nxt is not None and nxt["t"] <= t:
+                if nxt.get("ls"):
+                    cur[nxt["host"]] = ts(nxt["ls"])
+                nxt = next(it, None)
+            for h in healthy:
+                if h in cur:
+                    ages.append(t - cur[h])
+            t += 10
+        r["age_p50_s"] = pct(ages, 50)
+        r["age_p99_s"] = pct(ages, 99)
+        r["age_max_s"] = max(ages) if ages else None
         r["fresh_n"] = len(lat)
         r["fresh_p50_s"] = pct(lat, 50)
         r["fresh_p99_s"] = pct(lat, 99)
@@ -490,7 +511,9 @@ def print_table(res):
         ho = r.get("hosts_cg") or {}
         hs = (r.get("kube-apiserver") or {}).get("cores", 0) + (r.get("etcd") or {}).get("cores", 0)
         conv = "—"
-        if r.get("installed_all_healthy_s") is not None or r.get("success_all_healthy_s") is not None:
+        if r["phase"] not in ("rollout", "churn", "recovery", "restart"):
+            pass
+        elif r.get("installed_all_healthy_s") is not None or r.get("success_all_healthy_s") is not None:
             conv = f"{f(r.get('installed_all_healthy_s'))} / {f(r.get('success_all_healthy_s'))}"
         elif r.get("installed") is not None:
             conv = f"{r.get('installed')}/{r.get('hosts') - r.get('faulty', 0)} installed, {r.get('succeeded')} ok"
@@ -506,6 +529,8 @@ def print_table(res):
             extra.append(f"{r.get('tool')} wall {f(r['wall_s'])} s rc={r.get('rc')}")
         if r.get("api_top"):
             extra.append("top API: " + ", ".join(f"{k} {v:.1f}/s" for k, v in list(r["api_top"].items())[:4]))
+        if r.get("age_p99_s") is not None:
+            extra.append(f"visible status age p50/p99/max {f(r.get('age_p50_s'), 0)}/{f(r.get('age_p99_s'), 0)}/{f(r.get('age_max_s'), 0)} s")
         if r.get("policy_fresh_n"):
             extra.append(f"policy-status freshness p50/p99 {f(r.get('policy_fresh_p50_s'))}/{f(r.get('policy_fresh_p99_s'))} s (n={r['policy_fresh_n']})")
         extra.append(f"writes/s Host {r['host_writes_per_s']:.2f} policy {r['policy_writes_per_s']:.2f}")

@@ -19,7 +19,7 @@ COMMAND="bench/fleet/run.sh $*"
 NHOSTS=50; SEED=; STEADY=900; FAULTS=600; FAULT_KINDS=drop,refuse,stall,hang,slow; CHURN=
 RESTART=1; ANSIBLE=a0,a1; ANSIBLE_HOSTS=; PHASES=rollout,steady,faults,churn,restart,ansible
 OPERATOR=; EXECUTOR=; BUILD=1; DIR=; KEEP=; SCHEDULE='*:0/5'; DELAY=4m; ROLLOUT_TIMEOUT=1200
-QUICK=; ANSIBLE_VERSION=2.19.14
+QUICK=; ANSIBLE_VERSION=2.19.14; RECOVERY_TIMEOUT=300
 secs() { case $1 in *m) echo $(( ${1%m} * 60 )) ;; *s) echo "${1%s}" ;; *) echo "$1" ;; esac; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=; shift ;; --dir) DIR=$2; shift 2 ;; --keep) KEEP=1; shift ;;
     --schedule) SCHEDULE=$2; shift 2 ;; --delay) DELAY=$2; shift 2 ;;
     --rollout-timeout) ROLLOUT_TIMEOUT=$(secs "$2"); shift 2 ;;
+    --recovery-timeout) RECOVERY_TIMEOUT=$(secs "$2"); shift 2 ;;
     -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/fleet/run.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -285,7 +286,7 @@ if has_phase faults; then
   for i in "${FAULTY[@]}"; do heal "${KIND_OF[$i]}" "$i" || log "heal ${KIND_OF[$i]} on $i failed"; done
   phase recovery start "{\"expect\": $(names_json "${UP[@]}")}"
   T0=$(python3 -c 'import time; print(time.time())')
-  wait_converged "$T0" 600 installed "${FAULTY[@]}" || RESULT_NOTES+=("faulty hosts did not recover in 600s")
+  wait_converged "$T0" "$RECOVERY_TIMEOUT" installed "${FAULTY[@]}" || RESULT_NOTES+=("faulty hosts not all recovered within ${RECOVERY_TIMEOUT}s of healing")
   phase recovery end
 fi
 
