@@ -136,6 +136,8 @@ def main():
                      f"process {fixed:.0f} MiB fixed + ssh PSS {per:.2f} MiB/host (one run)")
         else:
             p_mem = (None, None, "")
+    row("operator memory incl. ssh (RSS peak)", "< 256 MiB", fmt(mem, 0, " MiB") + (f" (PSS {fmt(pss, 0)})" if pss else ""),
+        None if mem is None else mem < 256, fmt(p_mem[0], 0, " MiB"), fmt(p_mem[1], 0, " MiB"), p_mem[2])
     p_obj = proj(lambda r: max([p.get("largest_policy_b", 0) for p in r["phases"]] or [0]) / 1024 or None, True)
     big1k = None if p_obj[0] is None else max(p_obj[0], largest_host / 1024)
     big10k = None if p_obj[1] is None else max(p_obj[1], largest_host / 1024)
@@ -168,7 +170,7 @@ def main():
     print()
     print("Per-host costs in steady state (inputs to the projections): "
           f"operator {fmt((op.get('cores') or 0) / n * 1000, 2)} millicores/host, "
-          f"{fmt((op.get('ssh_rss_peak_mib') or 0) / n, 2)} MiB of ssh RSS/host, "
+          f"{fmt((op.get('ssh_rss_peak_mib') or 0) / n, 2)} MiB of ssh RSS/host ({fmt((op.get('ssh_pss_peak_mib') or 0) / n, 2)} PSS), "
           f"{fmt((get(st, 'api_rps') or 0) / n, 3)} API req/s/host, "
           f"hosts {fmt((get(st, 'hosts_cg', 'cores') or 0) / n * 1000, 2)} millicores/host.")
     passed = sum(1 for r in rows if r[3] is True)
