@@ -479,7 +479,7 @@ def report(args):
             if s:
                 r["hosts_cg" if c == "hosts" else c] = s
         r["api_rps"], r["api_top"] = api_rate(metrics, t0, t1)
-        for k in ("wall_s", "tool", "forks", "rc", "note"):
+        for k in ("wall_s", "tool", "forks", "rc", "note", "hosts_pushed"):
             if k in p:
                 r[k] = p[k]
         res["phases"].append(r)
