@@ -183,6 +183,11 @@ pub struct HostPolicyStatus {
     /// When the timer fires next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run: Option<Time>,
+    /// When the storage credential this job was given stops working, where that is known:
+    /// `AWS_CREDENTIAL_EXPIRATION` in the credentials Secret (a temporary key). Compared with
+    /// `nextRun` by the `FleetsnapCredentialExpiresBeforeNextRun` alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expiry: Option<Time>,
     /// Failed runs since the last success.
     #[serde(default)]
     pub consecutive_failures: i32,

@@ -133,8 +133,8 @@ fn default_path_template() -> String {
 /// An S3-compatible bucket.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("!(has(self.credentialsSecretRef) && has(self.perHostCredentials))")
-    .message("set credentialsSecretRef or perHostCredentials, not both"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.credentialsSecretRef) ? 1 : 0) + (has(self.perHostCredentials) ? 1 : 0) + (has(self.credentialProcess) ? 1 : 0) <= 1")
+    .message("set at most one of credentialsSecretRef, perHostCredentials and credentialProcess"))]
 pub struct S3Backend {
     /// Endpoint URL, e.g. `https://s3.us-east-1.amazonaws.com` or `http://minio.minio:9000`.
     #[schemars(length(min = 1, max = 2048))]
@@ -157,14 +157,35 @@ pub struct S3Backend {
     #[serde(default)]
     pub path_style: bool,
     /// Secret with keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
-    /// `AWS_SESSION_TOKEN`, shared by all hosts. Leave both this and perHostCredentials
-    /// unset to use the host's own credential chain (e.g. an EC2 instance profile).
+    /// `AWS_SESSION_TOKEN` (for a temporary key), shared by all hosts. Leave this,
+    /// perHostCredentials and credentialProcess unset to use the host's own credential chain
+    /// (an EC2 instance profile, web identity, a profile in /root/.aws).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
     /// One credentials Secret per host, so each host's key can be scoped by IAM policy to
     /// its own prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_host_credentials: Option<PerHostCredentials>,
+    /// A program on each host that prints a short-lived key in the AWS `credential_process`
+    /// contract (the Vault CLI, aws-vault, an in-house broker). The executor runs it at the
+    /// start of every job and again before the key it printed expires, so no key is stored
+    /// on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_process: Option<CredentialProcess>,
+}
+
+/// The AWS `credential_process` contract: the program prints
+/// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialProcess {
+    /// Program and arguments, run without a shell as the job's user (root). `{hostname}`
+    /// and `{host}` (the Host object's name) expand in every argument. It is stored in the
+    /// host's job config, which is world-readable: pass no secret here.
+    #[schemars(length(min = 1, max = 32), inner(length(max = 1024)))]
+    #[x_kube(validation = kube::core::Rule::new("self[0].startsWith('/')")
+        .message("credentialProcess.command[0] must be an absolute path: the job's unit sets no search path"))]
+    pub command: Vec<String>,
 }
 
 fn default_region() -> String {

@@ -222,3 +222,119 @@ fn unreachable_server_fails_as_transient() {
 fn listed(files: &[FileInfo]) -> Vec<(String, u64)> {
     files.iter().map(|f| (f.name.clone(), f.size)).collect()
 }
+
+fn fleetsnap() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_fleetsnap"))
+}
+
+/// The REST login of a scheduled job comes as two credentials named in the job config, the
+/// way the operator delivers it; without them the server refuses the job (401), with them it
+/// backs up, and the login is in no argument, record or message.
+#[test]
+fn a_scheduled_job_logs_in_with_its_rest_credentials() {
+    const PASS: &str = "job-rest-pass-0c4e";
+    let server = Rclone::start(&["--user", "fleet", "--pass", PASS]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s);
+    std::fs::create_dir_all(p("creds")).unwrap();
+    std::fs::create_dir_all(p("src")).unwrap();
+    std::fs::write(p("src/file"), pattern(1 << 20, 9)).unwrap();
+    std::fs::write(p("creds/repository-password"), b"pw\n").unwrap();
+    std::fs::write(p("creds/rest-username"), b"fleet\n").unwrap();
+    std::fs::write(p("creds/rest-password"), format!("{PASS}\n")).unwrap();
+    let run = |credentials: serde_json::Value| {
+        let cfg = serde_json::json!({
+            "format": 1, "policy": "nightly", "kind": "backup",
+            "repository": format!("{}web-1", server.url(None)),
+            "paths": [p("src").to_str().unwrap()],
+            "host": "web-1",
+            "credentials": credentials,
+            "run_record_dir": p("runs").to_str().unwrap(),
+            "cache_dir": p("cache").to_str().unwrap(),
+        });
+        std::fs::write(p("job.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        std::process::Command::new(fleetsnap())
+            .args(["run", "--config"])
+            .arg(p("job.json"))
+            .env("CREDENTIALS_DIRECTORY", p("creds"))
+            .env_remove("RESTIC_REST_USERNAME")
+            .env_remove("RESTIC_REST_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let anonymous = run(serde_json::json!({"repository_password": "repository-password"}));
+    assert!(
+        !anonymous.status.success(),
+        "the server let an anonymous job in"
+    );
+    assert!(
+        text(&anonymous).contains("401") || text(&anonymous).to_lowercase().contains("denied"),
+        "{}",
+        text(&anonymous)
+    );
+
+    let half = run(
+        serde_json::json!({"repository_password": "repository-password",
+        "rest_username": "rest-username"}),
+    );
+    assert!(
+        text(&half).contains("rest_username and rest_password come as a pair"),
+        "{}",
+        text(&half)
+    );
+
+    let logged_in = run(
+        serde_json::json!({"repository_password": "repository-password",
+        "rest_username": "rest-username", "rest_password": "rest-password"}),
+    );
+    assert!(logged_in.status.success(), "{}", text(&logged_in));
+    assert!(server.root.join("web-1/config").exists());
+    let records: String = std::fs::read_dir(p("runs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!records.is_empty());
+    for out in [text(&anonymous), text(&half), text(&logged_in), records] {
+        assert!(!out.contains(PASS), "the REST password leaked: {out}");
+    }
+}
+
+/// The CLI takes a REST login from `RESTIC_REST_USERNAME`/`RESTIC_REST_PASSWORD` as restic
+/// does (the Restore script hands it over that way), and a login in the URL wins.
+#[test]
+fn the_cli_reads_a_rest_login_from_the_environment() {
+    let server = Rclone::start(&["--user", "env-user", "--pass", "env-pass-51"]);
+    let run = |url: String, login: Option<(&str, &str)>| {
+        let mut c = std::process::Command::new(fleetsnap());
+        c.args(["-r", &url, "init"])
+            .env("RESTIC_PASSWORD", "pw")
+            .env_remove("RESTIC_REST_USERNAME")
+            .env_remove("RESTIC_REST_PASSWORD");
+        if let Some((u, p)) = login {
+            c.env("RESTIC_REST_USERNAME", u)
+                .env("RESTIC_REST_PASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    assert!(!run(format!("{}a", server.url(None)), None).status.success());
+    let o = run(
+        format!("{}a", server.url(None)),
+        Some(("env-user", "env-pass-51")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(
+        format!("{}b", server.url(Some("env-user:wrong"))),
+        Some(("env-user", "env-pass-51")),
+    );
+    assert!(
+        !o.status.success(),
+        "the environment overrode the URL's login"
+    );
+}

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub backup_last_duration: Family<PolicyHostLabels, FGauge>,
     pub backup_last_bytes_added: Family<PolicyHostLabels, FGauge>,
     pub backup_consecutive_failures: Family<PolicyHostLabels, FGauge>,
+    pub backup_next_run: Family<PolicyHostLabels, FGauge>,
+    pub backup_credential_expiry: Family<PolicyHostLabels, FGauge>,
     pub backup_expected_interval: Family<PolicyLabels, FGauge>,
     pub backup_staleness_window: Family<PolicyLabels, FGauge>,
     // The verify and retention series are part of the contract; they stay empty until the
@@ -116,6 +118,14 @@ impl Metrics {
         let backup_consecutive_failures = g(
             "fleetsnap_backup_consecutive_failures",
             "Failed backup runs since the last success",
+        );
+        let backup_next_run = g(
+            "fleetsnap_backup_next_run_timestamp_seconds",
+            "When the host's backup timer fires next (on the operator's clock)",
+        );
+        let backup_credential_expiry = g(
+            "fleetsnap_backup_credential_expiry_timestamp_seconds",
+            "When the storage credential delivered for the backup job expires, where known",
         );
         let verify_host_selected = g(
             "fleetsnap_verify_host_selected",
@@ -192,6 +202,8 @@ impl Metrics {
             backup_last_duration,
             backup_last_bytes_added,
             backup_consecutive_failures,
+            backup_next_run,
+            backup_credential_expiry,
             backup_expected_interval,
             backup_staleness_window,
             verify_host_selected,
@@ -241,8 +253,40 @@ impl Metrics {
             .set(f64::from(consecutive_failures(obs)));
     }
 
+    /// The next run of the host's timer and the expiry of the credential it was given, both
+    /// on the operator's clock: together they say whether the next run can authenticate.
+    pub fn credential_expiry(
+        &self,
+        l: &PolicyHostLabels,
+        expiry: Option<chrono::DateTime<chrono::Utc>>,
+        obs: &JobObservation,
+    ) {
+        match obs.timer.as_ref().and_then(|t| t.next_elapse) {
+            Some(next) => {
+                self.backup_next_run
+                    .get_or_create(l)
+                    .set(obs.local_secs(next) as f64);
+            }
+            None => {
+                self.backup_next_run.remove(l);
+            }
+        }
+        match expiry {
+            Some(t) => {
+                self.backup_credential_expiry
+                    .get_or_create(l)
+                    .set(t.timestamp() as f64);
+            }
+            None => {
+                self.backup_credential_expiry.remove(l);
+            }
+        }
+    }
+
     /// The host left the policy (or the policy is gone): its series disappear.
     pub fn forget_backup_host(&self, l: &PolicyHostLabels) {
+        self.backup_next_run.remove(l);
+        self.backup_credential_expiry.remove(l);
         self.backup_host_selected.remove(l);
         self.backup_last_success.remove(l);
         self.backup_last_run.remove(l);

@@ -44,7 +44,7 @@ fn job(dir: &Path) -> MaintenanceJob {
     MaintenanceJob {
         repository: format!("local:{}", dir.display()),
         password: SecretBytes::new(PASSWORD),
-        aws: None,
+        keys: Default::default(),
         keep: KeepRules {
             last: Some(1),
             ..Default::default()

@@ -107,6 +107,7 @@ fn policy(name: &str) -> PolicySpec {
         io_scheduling_priority: Some(7),
         max_runtime_sec: Some(43_200),
         extra_args: vec![],
+        credential_process: vec![],
     }
 }
 
@@ -120,6 +121,8 @@ fn credentials() -> Credentials {
     Credentials {
         repository_password: SecretBytes::new(PASSWORD),
         aws: None,
+        rest: None,
+        expires: None,
     }
 }
 

@@ -40,7 +40,7 @@ fn job(dir: &Path, keep: KeepRules, trust: Option<Tolerance>) -> MaintenanceJob 
     MaintenanceJob {
         repository: dir.to_str().unwrap().to_string(),
         password: SecretBytes::new(PASSWORD),
-        aws: None,
+        keys: Default::default(),
         keep,
         prune: PruneOptions {
             enabled: false,

@@ -215,6 +215,8 @@ ct_net_up() {
   ip -n "$NS" addr add 10.0.3.1/24 dev br0
   ip -n "$NS" addr add 10.0.2.100/32 dev br0
   ip -n "$NS" link set br0 up; ip -n "$NS" link set lo up
+  # Suites that serve something else to the hosts forward it into this namespace too.
+  envset NETNS "$NS"
   if [ -n "$S3" ]; then
     local port; port=$(envget S3_PORT)
     daemon s3fwd-host socat "UNIX-LISTEN:$DIR/s3.sock,fork" "TCP:127.0.0.1:$port"

@@ -28,7 +28,9 @@ pub use url::Location;
 /// Open the repository at `url` in any form restic accepts for the supported backends:
 /// a plain path or `local:/path`, `s3:[http(s)://]host[:port]/bucket[/prefix]`,
 /// `rest:http(s)://[user:pass@]host[:port]/[prefix/]`. S3 settings that are not part of
-/// the URL come from the environment (see [`S3Options::from_env`]).
+/// the URL come from the environment (see [`S3Options::from_env`]); so does a REST login
+/// that the URL does not carry (`RESTIC_REST_USERNAME`, `RESTIC_REST_PASSWORD`, as restic
+/// reads them).
 ///
 /// Nothing is contacted yet except that S3 resolves credentials and region; a missing
 /// repository shows up as `NotFound` on the first read of `config`.
@@ -36,8 +38,27 @@ pub fn open(url: &str) -> BackendResult<Arc<dyn Backend>> {
     Ok(match url::parse(url)? {
         Location::Local(path) => Arc::new(LocalBackend::new(path)),
         Location::S3(loc) => Arc::new(S3Backend::open(loc, S3Options::from_env())?),
-        Location::Rest(loc) => Arc::new(RestBackend::open(loc)?),
+        Location::Rest(loc) => {
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let login = env("RESTIC_REST_USERNAME").map(|u| (u, env("RESTIC_REST_PASSWORD")));
+            Arc::new(RestBackend::open(with_rest_login(loc, login))?)
+        }
     })
+}
+
+/// A REST location with `login` (user, password) unless its URL already carries one: the
+/// URL's userinfo wins, as in restic.
+pub fn with_rest_login(
+    mut loc: url::RestLocation,
+    login: Option<(String, Option<String>)>,
+) -> url::RestLocation {
+    if loc.user.is_none()
+        && let Some((user, password)) = login
+    {
+        loc.user = Some(user);
+        loc.password = password;
+    }
+    loc
 }
 
 /// The kinds of files in a restic repository, each with its own directory.

@@ -83,6 +83,11 @@ pub struct CredentialIds {
     /// Session token of short-lived keys; only with the key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_session_token: Option<String>,
+    /// HTTP basic auth of a REST server; both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_password: Option<String>,
 }
 
 impl JobConfig {

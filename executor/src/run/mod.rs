@@ -33,6 +33,8 @@ const SECRET_ENV: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "RESTIC_REST_USERNAME",
+    "RESTIC_REST_PASSWORD",
     "CREDENTIALS_DIRECTORY",
 ];
 
@@ -222,7 +224,7 @@ fn watch_for_sigterm(cfg: &JobConfig, started: chrono::DateTime<chrono::Utc>, t0
 
 fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
     let secrets = Secrets::load(cfg, creds)?;
-    let backend = open_backend(&cfg.repository, secrets.aws.clone())?;
+    let backend = open_backend(&cfg.repository, secrets.aws.clone(), secrets.rest.clone())?;
     let global = cli::Global {
         repo: None,
         password_file: None,
@@ -282,6 +284,8 @@ fn dispatch(global: cli::Global, argv: Vec<String>) -> Result<i32, RunError> {
 struct Secrets {
     password: Vec<u8>,
     aws: Option<AwsAccess>,
+    /// REST basic-auth login (user, password).
+    rest: Option<(String, String)>,
 }
 
 /// How the S3 backend of a job authenticates, beyond the default chain.
@@ -350,13 +354,42 @@ impl Secrets {
                 ));
             }
         };
-        Ok(Secrets { password, aws })
+        let rest = match (&c.rest_username, &c.rest_password) {
+            (Some(u), Some(p)) => Some((key(u)?, key(p)?)),
+            (None, None) => None,
+            _ => {
+                return Err(config_error(
+                    "rest_username and rest_password come as a pair",
+                ));
+            }
+        };
+        Ok(Secrets {
+            password,
+            aws,
+            rest,
+        })
     }
 }
 
-/// Static S3 keys go straight into the backend so they never enter any environment.
-fn open_backend(url: &str, aws: Option<AwsAccess>) -> Result<Arc<dyn Backend>, RunError> {
+/// Static S3 keys and a REST login go straight into the backend so they never enter any
+/// environment.
+fn open_backend(
+    url: &str,
+    aws: Option<AwsAccess>,
+    rest: Option<(String, String)>,
+) -> Result<Arc<dyn Backend>, RunError> {
     let be: Result<Arc<dyn Backend>, _> = match (backend::url::parse(url), aws) {
+        (Ok(Location::Rest(loc)), None) if rest.is_some() => {
+            let login = rest.map(|(u, p)| (u, Some(p)));
+            backend::RestBackend::open(backend::with_rest_login(loc, login))
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
+        (Ok(_), None) if rest.is_some() => {
+            return Err(RunError::Config {
+                path: "credentials".into(),
+                msg: "a REST login is given but the repository is not rest:".into(),
+            });
+        }
         (Ok(Location::S3(loc)), Some(access)) => {
             let opts = match access {
                 AwsAccess::Keys { key, secret, token } => S3Options {

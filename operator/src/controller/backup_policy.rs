@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
 use fleetsnap_crds::common::reasons;
+use fleetsnap_crds::host::HostPolicyStatus;
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
 use futures::FutureExt;
 use futures::future::join_all;
@@ -101,6 +102,8 @@ struct Converged {
     facts: HostFacts,
     observation: JobObservation,
     changed: Vec<String>,
+    /// When the storage keys delivered to the host expire, where known.
+    credential_expiry: Option<chrono::DateTime<Utc>>,
 }
 
 /// dereference → plan → apply → observe for one (policy, host) pair.
@@ -162,14 +165,19 @@ async fn converge_host(
                 facts,
                 observation,
                 changed: report.actions,
+                credential_expiry: None,
             })
         }
         .boxed()
     });
+    let expires = credentials.expires;
     match tokio::time::timeout(ctx.host_timeout, work).await {
         Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
         Ok(Err(e)) => Err(Failure::from_host(&e)),
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok(Converged {
+            credential_expiry: expires,
+            ..c
+        }),
     }
 }
 
@@ -312,8 +320,13 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                     info!(host = %hname, actions = ?c.changed, "host converged");
                 }
                 ctx.metrics.observe_backup(&labels, &c.observation);
+                ctx.metrics
+                    .credential_expiry(&labels, c.credential_expiry, &c.observation);
                 ctx.metrics.host_contact(&hlabels, true, now);
-                let entry = summary::host_policy_entry(&name, &c.observation);
+                let entry = HostPolicyStatus {
+                    credential_expiry: c.credential_expiry.map(summary::to_time),
+                    ..summary::host_policy_entry(&name, &c.observation)
+                };
                 host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
                 if let Some(wait) = observe_again_in(&c.observation, now.timestamp()) {
                     requeue = requeue.min(wait);

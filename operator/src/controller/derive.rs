@@ -18,7 +18,7 @@ use kube::core::{Selector, SelectorExt};
 
 use crate::host::model::{
     AwsCredentials, Credentials, HostTarget, IoSchedulingClass, PolicyKind, PolicySpec,
-    SecretBytes, StdinSource,
+    RestCredentials, SecretBytes, StdinSource,
 };
 
 /// Why a (policy, host) pair cannot even be planned. These are spec problems: retrying
@@ -51,19 +51,8 @@ pub fn referenced_secrets(host: &Host, repo: &BackupRepository) -> Vec<String> {
         host.spec.ssh_key_secret_ref.name.clone(),
         repo.spec.password_secret_ref.name.clone(),
     ];
-    if let Some(s3) = &repo.spec.s3 {
-        if let Some(r) = &s3.credentials_secret_ref {
-            names.push(r.name.clone());
-        }
-        if let Some(per_host) = &s3.per_host_credentials
-            && let Ok(name) = expand_secret_name_template(
-                &per_host.secret_name_template,
-                &host.name_any(),
-                host.effective_hostname(),
-            )
-        {
-            names.push(name);
-        }
+    if let Ok(Some(name)) = host_keys_secret(repo, host) {
+        names.push(name);
     }
     names.sort();
     names.dedup();
@@ -164,46 +153,134 @@ pub fn repository_url(
     }
 }
 
-/// Secrets delivered to the host: repository password, plus static S3 keys when the
-/// repository has them (shared or per host).
+/// The Secret holding the storage keys a host job uses: the repository's shared S3 keys,
+/// the host's own per-host S3 keys, or the REST server's basic-auth login. `None` when the
+/// host brings its own (the AWS chain, a credential_process) or the backend needs none.
+pub fn host_keys_secret(
+    repo: &BackupRepository,
+    host: &Host,
+) -> Result<Option<String>, DeriveError> {
+    if let Some(s3) = &repo.spec.s3 {
+        return match (&s3.credentials_secret_ref, &s3.per_host_credentials) {
+            (Some(r), _) => Ok(Some(r.name.clone())),
+            (None, Some(per_host)) => expand_secret_name_template(
+                &per_host.secret_name_template,
+                &host.name_any(),
+                host.effective_hostname(),
+            )
+            .map(Some)
+            .map_err(|e| DeriveError::new(reasons::REPOSITORY_ERROR, e.to_string())),
+            (None, None) => Ok(None),
+        };
+    }
+    Ok(repo
+        .spec
+        .rest
+        .as_ref()
+        .and_then(|r| r.credentials_secret_ref.as_ref())
+        .map(|r| r.name.clone()))
+}
+
+/// Storage keys read from one Secret, by the repository's backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageKeys {
+    pub aws: Option<AwsCredentials>,
+    pub rest: Option<RestCredentials>,
+    /// `AWS_CREDENTIAL_EXPIRATION` of a temporary key, the name the AWS SDKs and CLI read.
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Reads the keys of Secret `name` the way every user of the repository does (host jobs,
+/// Restore, operator-side maintenance and probes): S3 takes `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and, if present, `AWS_SESSION_TOKEN` and
+/// `AWS_CREDENTIAL_EXPIRATION` (RFC 3339); REST takes `username` and `password`. A missing
+/// required key, or an expiration that is no time, is an error naming Secret and key.
+pub fn storage_keys(
+    repo: &BackupRepository,
+    name: &str,
+    secrets: &Secrets,
+) -> Result<StorageKeys, DeriveError> {
+    let key = |k: &str| SecretKeyRef {
+        name: name.to_string(),
+        key: k.to_string(),
+    };
+    if repo.spec.rest.is_some() {
+        return Ok(StorageKeys {
+            aws: None,
+            rest: Some(RestCredentials {
+                username: secret_value(secrets, &key("username"))?,
+                password: secret_value(secrets, &key("password"))?,
+            }),
+            expires: None,
+        });
+    }
+    // Optional: long-lived keys have none. A missing Secret surfaces below through the
+    // required keys.
+    let session_token = secret_value(secrets, &key("AWS_SESSION_TOKEN")).ok();
+    let expires = match secret_value(secrets, &key("AWS_CREDENTIAL_EXPIRATION")) {
+        Err(_) => None,
+        Ok(v) => {
+            let text = String::from_utf8_lossy(v.expose()).trim().to_string();
+            // Not secret, so the message may quote it (bounded).
+            let t = chrono::DateTime::parse_from_rfc3339(&text).map_err(|_| {
+                DeriveError::new(
+                    reasons::REPOSITORY_ERROR,
+                    format!(
+                        "Secret {name:?} key AWS_CREDENTIAL_EXPIRATION {:?} is not an RFC 3339 time such as 2026-12-02T18:00:00Z",
+                        text.chars().take(40).collect::<String>()
+                    ),
+                )
+            })?;
+            Some(t.with_timezone(&chrono::Utc))
+        }
+    };
+    Ok(StorageKeys {
+        aws: Some(AwsCredentials {
+            access_key_id: secret_value(secrets, &key("AWS_ACCESS_KEY_ID"))?,
+            secret_access_key: secret_value(secrets, &key("AWS_SECRET_ACCESS_KEY"))?,
+            session_token,
+        }),
+        rest: None,
+        expires,
+    })
+}
+
+/// Secrets delivered to the host: the repository password, plus the storage keys of
+/// [`host_keys_secret`] when the repository names any.
 pub fn credentials(
     repo: &BackupRepository,
     host: &Host,
     secrets: &Secrets,
 ) -> Result<Credentials, DeriveError> {
     let repository_password = secret_value(secrets, &repo.spec.password_secret_ref)?;
-    let aws_secret = match &repo.spec.s3 {
-        Some(s3) => match (&s3.credentials_secret_ref, &s3.per_host_credentials) {
-            (Some(r), _) => Some(r.name.clone()),
-            (None, Some(per_host)) => Some(
-                expand_secret_name_template(
-                    &per_host.secret_name_template,
-                    &host.name_any(),
-                    host.effective_hostname(),
-                )
-                .map_err(|e| DeriveError::new(reasons::REPOSITORY_ERROR, e.to_string()))?,
-            ),
-            (None, None) => None,
-        },
-        None => None,
-    };
-    let aws = match aws_secret {
-        Some(name) => {
-            let key = |k: &str| SecretKeyRef {
-                name: name.clone(),
-                key: k.to_string(),
-            };
-            Some(AwsCredentials {
-                access_key_id: secret_value(secrets, &key("AWS_ACCESS_KEY_ID"))?,
-                secret_access_key: secret_value(secrets, &key("AWS_SECRET_ACCESS_KEY"))?,
-            })
-        }
-        None => None,
+    let keys = match host_keys_secret(repo, host)? {
+        Some(name) => storage_keys(repo, &name, secrets)?,
+        None => StorageKeys::default(),
     };
     Ok(Credentials {
         repository_password,
-        aws,
+        aws: keys.aws,
+        rest: keys.rest,
+        expires: keys.expires,
     })
+}
+
+/// The repository's `credential_process` command for this host, placeholders expanded.
+pub fn credential_process(repo: &BackupRepository, host: &Host) -> Vec<String> {
+    repo.spec
+        .s3
+        .as_ref()
+        .and_then(|s3| s3.credential_process.as_ref())
+        .map(|p| {
+            p.command
+                .iter()
+                .map(|a| {
+                    a.replace("{hostname}", host.effective_hostname())
+                        .replace("{host}", &host.name_any())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn io_class(c: fleetsnap_crds::backup_policy::IoSchedulingClass) -> IoSchedulingClass {
@@ -279,6 +356,7 @@ pub fn backup_policy_spec(
                 .as_secs(),
         ),
         extra_args: Vec::new(),
+        credential_process: credential_process(repo, host),
     })
 }
 
@@ -427,6 +505,7 @@ mod tests {
                     path_style: true,
                     credentials_secret_ref: Some(SecretRef { name: "s3".into() }),
                     per_host_credentials: None,
+                    credential_process: None,
                 }),
                 local: None,
                 rest: None,
@@ -564,6 +643,115 @@ mod tests {
 
         partial.insert("pw".into(), secret(&[("password", "")]));
         assert!(credentials(&s3_repo(), &h, &partial).is_err());
+    }
+
+    #[test]
+    fn a_session_token_travels_with_its_keys_and_is_optional() {
+        let h = host("web-1", &[]);
+        let mut s = secrets();
+        let c = credentials(&s3_repo(), &h, &s).unwrap();
+        assert_eq!(c.aws.unwrap().session_token, None);
+        s.insert(
+            "s3".into(),
+            secret(&[
+                ("AWS_ACCESS_KEY_ID", "ASIA1"),
+                ("AWS_SECRET_ACCESS_KEY", "SK1"),
+                ("AWS_SESSION_TOKEN", "TOK1"),
+            ]),
+        );
+        let c = credentials(&s3_repo(), &h, &s).unwrap();
+        assert_eq!(c.expires, None);
+        assert_eq!(c.aws.unwrap().session_token.unwrap().expose(), b"TOK1");
+        let mut with_expiry = s.clone();
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "ASIA1"),
+            ("AWS_SECRET_ACCESS_KEY", "SK1"),
+            ("AWS_SESSION_TOKEN", "TOK1"),
+            ("AWS_CREDENTIAL_EXPIRATION", "2026-12-02T18:30:00+01:00"),
+        ];
+        with_expiry.insert("s3".into(), secret(&keys));
+        assert_eq!(
+            credentials(&s3_repo(), &h, &with_expiry)
+                .unwrap()
+                .expires
+                .unwrap()
+                .to_rfc3339(),
+            "2026-12-02T17:30:00+00:00"
+        );
+        let mut bad = keys;
+        bad[3].1 = "tomorrow";
+        with_expiry.insert("s3".into(), secret(&bad));
+        let e = credentials(&s3_repo(), &h, &with_expiry).unwrap_err();
+        assert!(
+            e.message.contains("AWS_CREDENTIAL_EXPIRATION") && e.message.contains("RFC 3339"),
+            "{}",
+            e.message
+        );
+        // A token alone is no credential: the key pair is still required and named.
+        s.insert("s3".into(), secret(&[("AWS_SESSION_TOKEN", "TOK1")]));
+        let e = credentials(&s3_repo(), &h, &s).unwrap_err();
+        assert!(e.message.contains("AWS_ACCESS_KEY_ID"), "{}", e.message);
+    }
+
+    #[test]
+    fn rest_logins_are_read_fetched_and_required() {
+        let h = host("web-1", &[]);
+        let mut r = s3_repo();
+        r.spec.s3 = None;
+        r.spec.rest = Some(RestBackend {
+            url: "https://rest:8000/".into(),
+            credentials_secret_ref: Some(SecretRef {
+                name: "rest-login".into(),
+            }),
+        });
+        assert!(referenced_secrets(&h, &r).contains(&"rest-login".to_string()));
+        let mut s = secrets();
+        s.insert(
+            "rest-login".into(),
+            secret(&[("username", "fleet"), ("password", "pw1")]),
+        );
+        let c = credentials(&r, &h, &s).unwrap();
+        assert!(c.aws.is_none());
+        let rest = c.rest.unwrap();
+        assert_eq!(
+            (rest.username.expose(), rest.password.expose()),
+            (&b"fleet"[..], &b"pw1"[..])
+        );
+        s.insert("rest-login".into(), secret(&[("username", "fleet")]));
+        let e = credentials(&r, &h, &s).unwrap_err();
+        assert!(e.message.contains("no key \"password\""), "{}", e.message);
+        // Without a Secret the server is open: nothing to deliver.
+        r.spec.rest.as_mut().unwrap().credentials_secret_ref = None;
+        assert_eq!(credentials(&r, &h, &s).unwrap().rest, None);
+    }
+
+    #[test]
+    fn a_credential_process_expands_per_host_and_needs_no_secret() {
+        let mut h = host("web-1", &[]);
+        h.spec.hostname = Some("web-1.example.com".into());
+        let mut r = s3_repo();
+        let s3 = r.spec.s3.as_mut().unwrap();
+        s3.credentials_secret_ref = None;
+        s3.credential_process = Some(fleetsnap_crds::repository::CredentialProcess {
+            command: vec![
+                "/usr/local/bin/broker".into(),
+                "--role={host}".into(),
+                "--name={hostname}".into(),
+            ],
+        });
+        assert_eq!(
+            credential_process(&r, &h),
+            [
+                "/usr/local/bin/broker",
+                "--role=web-1",
+                "--name=web-1.example.com"
+            ]
+        );
+        let c = credentials(&r, &h, &secrets()).unwrap();
+        assert!(c.aws.is_none() && c.rest.is_none());
+        let spec = backup_policy_spec(&policy("daily"), &h, &r).unwrap();
+        assert_eq!(spec.credential_process.len(), 3);
+        assert!(credential_process(&s3_repo(), &h).is_empty());
     }
 
     #[test]

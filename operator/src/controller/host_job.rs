@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::common::{Condition, LocalObjectRef, condition_types, reasons};
+use fleetsnap_crds::host::HostPolicyStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -263,7 +264,10 @@ pub async fn sync_host_entry<P: HostJob>(
 ) {
     let kind = jobs::crd_kind(P::JOB);
     let entry = match result {
-        Ok(c) => summary::job_entry(kind, policy, &c.observation),
+        Ok(c) => HostPolicyStatus {
+            credential_expiry: c.credential_expiry.map(summary::to_time),
+            ..summary::job_entry(kind, policy, &c.observation)
+        },
         Err(f) => summary::unreached_entry(
             kind,
             policy,

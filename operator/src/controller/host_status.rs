@@ -594,6 +594,7 @@ mod tests {
             error: Some("HostUnreachable: timed out".into()),
             next_run: None,
             consecutive_failures: 0,
+            credential_expiry: None,
         };
         let p = entry_patch(Some(&e));
         assert_eq!(p["kind"], "Host");

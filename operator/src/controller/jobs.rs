@@ -170,6 +170,7 @@ pub fn job_spec(
         io_scheduling_priority: None,
         max_runtime_sec: Some(schedule.max_runtime().map_err(invalid)?.as_secs()),
         extra_args,
+        credential_process: derive::credential_process(repo, host),
     })
 }
 
@@ -179,6 +180,8 @@ pub struct Converged {
     /// Journal lines of the newest failed run (only when asked for), for error details the
     /// run record does not carry, such as the damaged pack's id.
     pub failure_log: Vec<String>,
+    /// When the storage keys delivered to the host expire, where known.
+    pub credential_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Prints the `error:` lines the service logged since a given time (the run that failed):
@@ -271,15 +274,20 @@ pub async fn converge_host(
             Ok(Converged {
                 observation,
                 failure_log,
+                credential_expiry: None,
             })
         }
         .boxed()
     });
     let span = info_span!("host_job", host = %host.name_any(), job = %job.slug());
+    let expires = credentials.expires;
     match tokio::time::timeout(ctx.host_timeout, work.instrument(span)).await {
         Err(_) => Err(Failure::timeout(&target.name, ctx.host_timeout)),
         Ok(Err(e)) => Err(Failure::from_host(&e)),
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok(Converged {
+            credential_expiry: expires,
+            ..c
+        }),
     }
 }
 

@@ -289,7 +289,9 @@ pub struct MaintenanceError {
 pub struct MaintenanceJob {
     pub repository: String,
     pub password: SecretBytes,
-    pub aws: Option<(SecretBytes, SecretBytes)>,
+    /// The storage keys, as every user of the repository reads them (S3 keys with an
+    /// optional session token, or a REST login); empty for the operator's own chain.
+    pub keys: super::derive::StorageKeys,
     pub keep: KeepRules,
     pub prune: PruneOptions,
     /// Believe snapshot times only inside this tolerance of the storage's write times;
@@ -319,16 +321,28 @@ pub fn keep_policy(k: &KeepRules) -> Result<fleetsnap::forget::Policy, String> {
 
 fn open_backend(job: &MaintenanceJob) -> Result<Arc<dyn Backend>, String> {
     let text = |b: &SecretBytes| String::from_utf8_lossy(b.expose()).trim().to_string();
-    let opened: Result<Arc<dyn Backend>, _> = match (backend::url::parse(&job.repository), &job.aws)
-    {
-        (Ok(Location::S3(loc)), Some((k, s))) => S3Backend::open(
-            loc,
-            S3Options {
-                static_credentials: Some((text(k), text(s))),
-                ..S3Options::from_env()
-            },
-        )
-        .map(|b| Arc::new(b) as Arc<dyn Backend>),
+    let opened: Result<Arc<dyn Backend>, _> = match backend::url::parse(&job.repository) {
+        Ok(Location::S3(loc)) if job.keys.aws.is_some() => {
+            let aws = job.keys.aws.as_ref().expect("checked");
+            S3Backend::open(
+                loc,
+                S3Options {
+                    static_credentials: Some((
+                        text(&aws.access_key_id),
+                        text(&aws.secret_access_key),
+                    )),
+                    session_token: aws.session_token.as_ref().map(text),
+                    ..S3Options::from_env()
+                },
+            )
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
+        Ok(Location::Rest(loc)) if job.keys.rest.is_some() => {
+            let rest = job.keys.rest.as_ref().expect("checked");
+            let login = Some((text(&rest.username), Some(text(&rest.password))));
+            backend::RestBackend::open(backend::with_rest_login(loc, login))
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+        }
         _ => backend::open(&job.repository),
     };
     opened.map_err(|e| e.to_string())
@@ -463,24 +477,41 @@ pub async fn run(job: MaintenanceJob) -> Result<MaintenanceReport, MaintenanceEr
     })
 }
 
-/// The repository URL the operator uses: hosts and the operator may reach S3 at different
-/// addresses (a node-local name versus an in-cluster Service), so
-/// `FLEETSNAP_MAINTENANCE_S3_ENDPOINT` can replace the endpoint part of `s3:` URLs.
-pub fn operator_repository_url(
-    host_url: &str,
-    endpoint: &str,
-    override_endpoint: Option<&str>,
-) -> String {
-    match override_endpoint {
-        Some(o) if !o.is_empty() => match host_url.strip_prefix("s3:") {
-            Some(rest) => match rest.strip_prefix(endpoint.trim_end_matches('/')) {
-                Some(tail) => format!("s3:{}{tail}", o.trim_end_matches('/')),
-                None => host_url.to_string(),
-            },
-            None => host_url.to_string(),
-        },
-        _ => host_url.to_string(),
+/// The repository URL the operator uses: hosts and the operator may reach the storage at
+/// different addresses (a node-local name versus an in-cluster Service), so an override can
+/// replace the base of the hosts' URL: `FLEETSNAP_MAINTENANCE_S3_ENDPOINT` the endpoint of
+/// `s3:` URLs, `FLEETSNAP_MAINTENANCE_REST_URL` the server URL of `rest:` URLs. `base` is the
+/// part being replaced (the S3 endpoint or the REST server URL of the repository's spec).
+pub fn operator_repository_url(host_url: &str, base: &str, override_base: Option<&str>) -> String {
+    let Some(o) = override_base.filter(|o| !o.is_empty()) else {
+        return host_url.to_string();
+    };
+    for scheme in ["s3:", "rest:"] {
+        if let Some(rest) = host_url.strip_prefix(scheme)
+            && let Some(tail) = rest.strip_prefix(base.trim_end_matches('/'))
+        {
+            return format!("{scheme}{}{tail}", o.trim_end_matches('/'));
+        }
     }
+    host_url.to_string()
+}
+
+/// The operator environment's override for the repository's backend (see
+/// [`operator_repository_url`]), with the base it replaces.
+pub fn operator_override(repo: &fleetsnap_crds::BackupRepository) -> (String, Option<String>) {
+    if let Some(s3) = &repo.spec.s3 {
+        return (
+            s3.endpoint.clone(),
+            std::env::var("FLEETSNAP_MAINTENANCE_S3_ENDPOINT").ok(),
+        );
+    }
+    if let Some(rest) = &repo.spec.rest {
+        return (
+            rest.url.clone(),
+            std::env::var("FLEETSNAP_MAINTENANCE_REST_URL").ok(),
+        );
+    }
+    (String::new(), None)
 }
 
 #[cfg(test)]

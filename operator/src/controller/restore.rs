@@ -35,7 +35,7 @@ use super::sts;
 use super::summary::to_time;
 use crate::host::apply::{apply_plan, gather_facts};
 use crate::host::layout::JobId;
-use crate::host::model::{Credentials, PolicyKind, SecretBytes};
+use crate::host::model::{AwsCredentials, Credentials, PolicyKind, RestCredentials, SecretBytes};
 use crate::host::plan::{Action as HostAction, JobInputs, fact_query, plan_job};
 use crate::host::shell::{HostShell, StdoutLimit, run_script_limited};
 use crate::limits::RESTORE_STDOUT_TAIL;
@@ -43,9 +43,9 @@ use crate::limits::RESTORE_STDOUT_TAIL;
 pub const KIND: &str = "Restore";
 const RESTORE_FAILED: &str = "RestoreFailed";
 
-/// stdin: AWS key id line, AWS secret line, AWS session token line (all three empty
-/// without static keys; the token empty for long-lived keys), then the repository password
-/// to EOF (raw bytes, newlines allowed).
+/// stdin: AWS key id, AWS secret, AWS session token, REST user and REST password lines
+/// (each empty when the repository has none), then the repository password to EOF (raw
+/// bytes, newlines allowed). The script exports only what is set.
 ///
 /// The secrets directory carries the shell's PID, so a later run can tell a directory whose
 /// shell was killed before its EXIT trap ran (SIGKILL, a lost SSH session) from one in use,
@@ -65,9 +65,11 @@ trap 'rm -rf -- "$d"' EXIT
 IFS= read -r ak || true
 IFS= read -r sk || true
 IFS= read -r tok || true
+IFS= read -r ru || true
+IFS= read -r rp || true
 cat > "$d/password"
 repo=$1; snap=$2; target=$3; host=$4; shift 4
-unset AWS_SESSION_TOKEN
+unset AWS_SESSION_TOKEN RESTIC_REST_USERNAME RESTIC_REST_PASSWORD
 if [ -n "$ak" ]; then
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
@@ -75,6 +77,10 @@ if [ -n "$ak" ]; then
     AWS_SESSION_TOKEN=$tok
     export AWS_SESSION_TOKEN
   fi
+fi
+if [ -n "$ru" ]; then
+  RESTIC_REST_USERNAME=$ru RESTIC_REST_PASSWORD=$rp
+  export RESTIC_REST_USERNAME RESTIC_REST_PASSWORD
 fi
 mkdir -p -- "$target"
 set -- --host "$host" "$@"
@@ -158,26 +164,43 @@ pub fn sts_endpoint(s3_endpoint: &str, override_endpoint: Option<&str>) -> Strin
     }
 }
 
-/// What the restore script reads from stdin, in order.
+/// What the restore script reads from stdin, in order: five lines (AWS key id, secret,
+/// session token, REST user, REST password; each empty when absent), then the repository
+/// password to EOF. A key with a line break inside would shift every later line, so it is
+/// refused, naming only which key it was.
 pub fn script_stdin(
-    aws: Option<(&SecretBytes, &SecretBytes, Option<&SecretBytes>)>,
+    aws: Option<&AwsCredentials>,
+    rest: Option<&RestCredentials>,
     password: &SecretBytes,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, String> {
+    let empty = SecretBytes::new("");
+    let lines: [(&str, &SecretBytes); 5] = [
+        (
+            "AWS_ACCESS_KEY_ID",
+            aws.map_or(&empty, |a| &a.access_key_id),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            aws.map_or(&empty, |a| &a.secret_access_key),
+        ),
+        (
+            "AWS_SESSION_TOKEN",
+            aws.and_then(|a| a.session_token.as_ref()).unwrap_or(&empty),
+        ),
+        ("username", rest.map_or(&empty, |r| &r.username)),
+        ("password", rest.map_or(&empty, |r| &r.password)),
+    ];
     let mut stdin = Vec::new();
-    if let Some((ak, sk, token)) = aws {
-        stdin.extend_from_slice(ak.expose());
-        stdin.push(b'\n');
-        stdin.extend_from_slice(sk.expose());
-        stdin.push(b'\n');
-        if let Some(t) = token {
-            stdin.extend_from_slice(t.expose());
+    for (what, value) in lines {
+        let v = value.expose().trim_ascii();
+        if v.contains(&b'\n') || v.contains(&b'\r') {
+            return Err(format!("the credential {what} contains a line break"));
         }
+        stdin.extend_from_slice(v);
         stdin.push(b'\n');
-    } else {
-        stdin.extend_from_slice(b"\n\n\n");
     }
     stdin.extend_from_slice(password.expose());
-    stdin
+    Ok(stdin)
 }
 
 pub fn next_step(restore: &Restore) -> Step {
@@ -545,30 +568,30 @@ async fn restore_on_host(
             // A read-only identity cannot write a lock; the executor still honours an
             // exclusive one.
             extra.push("--no-lock".to_string());
-            script_stdin(
-                Some((
-                    &t.access_key_id,
-                    &t.secret_access_key,
-                    Some(&t.session_token),
-                )),
-                &password,
-            )
+            let session = AwsCredentials {
+                access_key_id: t.access_key_id,
+                secret_access_key: t.secret_access_key,
+                session_token: Some(t.session_token),
+            };
+            script_stdin(Some(&session), None, &password)
         }
         _ => {
             let own =
                 derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
-            script_stdin(
-                own.aws
-                    .as_ref()
-                    .map(|a| (&a.access_key_id, &a.secret_access_key, None)),
-                &password,
-            )
+            script_stdin(own.aws.as_ref(), own.rest.as_ref(), &password)
         }
-    };
+    }
+    .map_err(|message| Failure {
+        reason: reasons::REPOSITORY_ERROR,
+        message,
+        retry: Retry::OnChange,
+    })?;
     // The install plan below keeps only the executor steps; it needs no storage keys.
     let creds = Credentials {
         repository_password: password,
         aws: None,
+        rest: None,
+        expires: None,
     };
     let args: Vec<String> = [
         url,
@@ -674,6 +697,7 @@ mod tests {
                     per_host_credentials: per_host.then(|| PerHostCredentials {
                         secret_name_template: "s3-{host}".into(),
                     }),
+                    credential_process: None,
                 }),
                 local: None,
                 rest: None,
@@ -762,25 +786,47 @@ mod tests {
     }
 
     #[test]
-    fn script_stdin_has_three_key_lines_then_the_password() {
-        let (ak, sk, tok, pw) = (
-            SecretBytes::new("AK"),
-            SecretBytes::new("SK"),
-            SecretBytes::new("TOK"),
-            SecretBytes::new("pass\nword"),
+    fn script_stdin_has_five_key_lines_then_the_password() {
+        let aws = AwsCredentials {
+            access_key_id: SecretBytes::new("AK"),
+            secret_access_key: SecretBytes::new("SK\n"),
+            session_token: Some(SecretBytes::new("TOK")),
+        };
+        let rest = RestCredentials {
+            username: SecretBytes::new("u"),
+            password: SecretBytes::new("p"),
+        };
+        let pw = SecretBytes::new("pass\nword");
+        assert_eq!(
+            script_stdin(Some(&aws), None, &pw).unwrap(),
+            b"AK\nSK\nTOK\n\n\npass\nword"
+        );
+        let long_lived = AwsCredentials {
+            session_token: None,
+            ..aws.clone()
+        };
+        assert_eq!(
+            script_stdin(Some(&long_lived), None, &pw).unwrap(),
+            b"AK\nSK\n\n\n\npass\nword"
         );
         assert_eq!(
-            script_stdin(Some((&ak, &sk, Some(&tok))), &pw),
-            b"AK\nSK\nTOK\npass\nword"
+            script_stdin(None, Some(&rest), &pw).unwrap(),
+            b"\n\n\nu\np\npass\nword"
         );
         assert_eq!(
-            script_stdin(Some((&ak, &sk, None)), &pw),
-            b"AK\nSK\n\npass\nword"
+            script_stdin(None, None, &pw).unwrap(),
+            b"\n\n\n\n\npass\nword"
         );
-        assert_eq!(script_stdin(None, &pw), b"\n\n\npass\nword");
-        // The script reads exactly those three lines before the password.
-        assert_eq!(RESTORE_SCRIPT.matches("IFS= read -r").count(), 3);
+        let broken = RestCredentials {
+            password: SecretBytes::new("a\nb"),
+            ..rest
+        };
+        let err = script_stdin(None, Some(&broken), &pw).unwrap_err();
+        assert!(err.contains("password") && !err.contains("a\nb"), "{err}");
+        // The script reads exactly those five lines before the password.
+        assert_eq!(RESTORE_SCRIPT.matches("IFS= read -r").count(), 5);
         assert!(RESTORE_SCRIPT.contains("export AWS_SESSION_TOKEN"));
+        assert!(RESTORE_SCRIPT.contains("export RESTIC_REST_USERNAME RESTIC_REST_PASSWORD"));
     }
 
     fn restore(target: &str, allow: bool, phase: Option<RestorePhase>) -> Restore {

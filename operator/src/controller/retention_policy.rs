@@ -375,14 +375,12 @@ fn maintenance_job(
     let ns = repo.namespace().unwrap_or_default();
     let url = derive::repository_url(repo, host.effective_hostname(), &ns)
         .map_err(|e| Failure::from_derive(&e))?;
-    let (url, endpoint) = match &repo.spec.s3 {
-        Some(s3) => (url, s3.endpoint.clone()),
-        None => (url, String::new()),
-    };
-    let override_ = std::env::var("FLEETSNAP_MAINTENANCE_S3_ENDPOINT").ok();
-    let repository = maintenance::operator_repository_url(&url, &endpoint, override_.as_deref());
+    let (base, override_) = maintenance::operator_override(repo);
+    let repository = maintenance::operator_repository_url(&url, &base, override_.as_deref());
     let password = derive::secret_value(secrets, &repo.spec.password_secret_ref)
         .map_err(|e| Failure::from_derive(&e))?;
+    // Operator-side maintenance runs with the maintenance keys (append-only repositories:
+    // the hosts' keys cannot delete), else the repository's shared keys.
     let keys_secret = repo
         .spec
         .maintenance_credentials_secret_ref
@@ -391,24 +389,22 @@ fn maintenance_job(
             .spec
             .s3
             .as_ref()
-            .and_then(|s| s.credentials_secret_ref.as_ref()));
-    let aws = match keys_secret {
+            .and_then(|s| s.credentials_secret_ref.as_ref()))
+        .or(repo
+            .spec
+            .rest
+            .as_ref()
+            .and_then(|r| r.credentials_secret_ref.as_ref()));
+    let keys = match keys_secret {
         Some(r) => {
-            let key = |k: &str| fleetsnap_crds::common::SecretKeyRef {
-                name: r.name.clone(),
-                key: k.into(),
-            };
-            let get = |k: &str| {
-                derive::secret_value(secrets, &key(k)).map_err(|e| Failure::from_derive(&e))
-            };
-            Some((get("AWS_ACCESS_KEY_ID")?, get("AWS_SECRET_ACCESS_KEY")?))
+            derive::storage_keys(repo, &r.name, secrets).map_err(|e| Failure::from_derive(&e))?
         }
-        None => None,
+        None => derive::StorageKeys::default(),
     };
     Ok(MaintenanceJob {
         repository,
         password,
-        aws,
+        keys,
         keep: policy.spec.keep.clone(),
         prune: policy.spec.prune.clone(),
         trust: trust(&policy.spec.snapshot_times).map_err(|message| Failure {
@@ -445,6 +441,14 @@ fn maintenance_secret_names(repo: &BackupRepository) -> Vec<String> {
     if let Some(r) = repo
         .spec
         .s3
+        .as_ref()
+        .and_then(|s| s.credentials_secret_ref.as_ref())
+    {
+        names.push(r.name.clone());
+    }
+    if let Some(r) = repo
+        .spec
+        .rest
         .as_ref()
         .and_then(|s| s.credentials_secret_ref.as_ref())
     {

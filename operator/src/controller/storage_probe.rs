@@ -10,10 +10,9 @@ use std::time::Duration;
 use fleetsnap::backend::s3::{BucketProtection, ObjectVersion};
 use fleetsnap::backend::{Location, S3Backend, S3Options};
 use fleetsnap_crds::BackupRepository;
-use fleetsnap_crds::common::SecretKeyRef;
 
 use super::derive::{self, Secrets};
-use crate::host::model::SecretBytes;
+use crate::host::model::{AwsCredentials, SecretBytes};
 
 /// Longest a probe or a listing may take before the reconcile goes on without it.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -25,7 +24,7 @@ pub struct S3Access {
     pub url: String,
     pub region: String,
     pub path_style: bool,
-    pub keys: Option<(SecretBytes, SecretBytes)>,
+    pub keys: Option<AwsCredentials>,
 }
 
 /// The identity the operator uses for a repository's storage: the maintenance keys when the
@@ -43,19 +42,9 @@ pub fn access(
         .maintenance_credentials_secret_ref
         .as_ref()
         .or(s3.credentials_secret_ref.as_ref())?;
-    let get = |k: &str| {
-        derive::secret_value(
-            secrets,
-            &SecretKeyRef {
-                name: secret.name.clone(),
-                key: k.into(),
-            },
-        )
-        .map_err(|e| e.message)
-    };
-    let keys = match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
-        (Ok(k), Ok(s)) => (k, s),
-        (Err(e), _) | (_, Err(e)) => return Some(Err(e)),
+    let keys = match derive::storage_keys(repo, &secret.name, secrets) {
+        Ok(k) => k.aws,
+        Err(e) => return Some(Err(e.message)),
     };
     let endpoint = s3.endpoint.trim_end_matches('/');
     let mut url = format!("s3:{endpoint}/{}", s3.bucket);
@@ -69,7 +58,7 @@ pub fn access(
         url,
         region: s3.region.clone(),
         path_style: s3.path_style,
-        keys: Some(keys),
+        keys,
     }))
 }
 
@@ -85,7 +74,15 @@ fn open(access: &S3Access) -> Result<S3Backend, String> {
             // As maintenance does: unset means path style for custom endpoints.
             path_style: access.path_style.then_some(true),
             region: Some(access.region.clone()),
-            static_credentials: access.keys.as_ref().map(|(k, s)| (text(k), text(s))),
+            static_credentials: access
+                .keys
+                .as_ref()
+                .map(|k| (text(&k.access_key_id), text(&k.secret_access_key))),
+            session_token: access
+                .keys
+                .as_ref()
+                .and_then(|k| k.session_token.as_ref())
+                .map(text),
             max_attempts: Some(2),
             ..S3Options::default()
         },

@@ -107,6 +107,7 @@ pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolic
             .and_then(|t| t.next_elapse)
             .map(unix_time),
         consecutive_failures: consecutive_failures(obs),
+        credential_expiry: None,
     }
 }
 
@@ -134,6 +135,7 @@ pub fn unreached_entry(
             error: None,
             next_run: None,
             consecutive_failures: 0,
+            credential_expiry: None,
         })
     }
 }
@@ -169,6 +171,7 @@ pub fn operator_run_entry(
                 .map_or(0, |p| p.consecutive_failures)
                 .saturating_add(1)
         },
+        credential_expiry: None,
     }
 }
 

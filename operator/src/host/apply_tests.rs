@@ -108,10 +108,13 @@ fn inputs_fixture(
         io_scheduling_priority: None,
         max_runtime_sec: Some(3600),
         extra_args: vec![],
+        credential_process: vec![],
     };
     let creds = Credentials {
         repository_password: SecretBytes::new(PASSWORD),
         aws: None,
+        rest: None,
+        expires: None,
     };
     (artifact, policy, creds)
 }

@@ -24,10 +24,16 @@ pub const CACHE_DIR: &str = "/var/cache/fleetsnap";
 pub const CRED_REPOSITORY_PASSWORD: &str = "repository-password";
 pub const CRED_AWS_ACCESS_KEY_ID: &str = "aws-access-key-id";
 pub const CRED_AWS_SECRET_ACCESS_KEY: &str = "aws-secret-access-key";
-pub const ALL_CREDENTIALS: [&str; 3] = [
+pub const CRED_AWS_SESSION_TOKEN: &str = "aws-session-token";
+pub const CRED_REST_USERNAME: &str = "rest-username";
+pub const CRED_REST_PASSWORD: &str = "rest-password";
+pub const ALL_CREDENTIALS: [&str; 6] = [
     CRED_REPOSITORY_PASSWORD,
     CRED_AWS_ACCESS_KEY_ID,
     CRED_AWS_SECRET_ACCESS_KEY,
+    CRED_AWS_SESSION_TOKEN,
+    CRED_REST_USERNAME,
+    CRED_REST_PASSWORD,
 ];
 
 /// One scheduled job on a host: a policy of one kind. Two kinds may share a policy name
@@ -79,7 +85,8 @@ impl JobId {
     }
 
     /// Every credential path this job could ever have had, for cleanup after a switch between
-    /// encrypted and plain storage or after AWS keys were dropped from the repository.
+    /// encrypted and plain storage or after keys (or a session token) were dropped from the
+    /// repository.
     pub fn all_credential_paths(&self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         for name in ALL_CREDENTIALS {
@@ -158,7 +165,7 @@ mod tests {
             j.credential_path(CRED_REPOSITORY_PASSWORD, true),
             "/etc/fleetsnap/credstore.encrypted/backup-nightly.repository-password"
         );
-        assert_eq!(j.all_credential_paths().len(), 6);
+        assert_eq!(j.all_credential_paths().len(), 2 * ALL_CREDENTIALS.len());
     }
 
     #[test]

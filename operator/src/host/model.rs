@@ -172,6 +172,10 @@ pub struct PolicySpec {
     /// Extra executor arguments (keep rules for retention, `--read-data-subset` for
     /// verify). Stored in the config file, never on the command line of the unit.
     pub extra_args: Vec<String>,
+    /// The AWS `credential_process` command the executor runs for S3 keys (argv, no shell);
+    /// empty for static keys or the host's own chain. Public: it names a program, never a
+    /// secret.
+    pub credential_process: Vec<String>,
 }
 
 /// Secrets delivered to the host as systemd credentials.
@@ -179,12 +183,24 @@ pub struct PolicySpec {
 pub struct Credentials {
     pub repository_password: SecretBytes,
     pub aws: Option<AwsCredentials>,
+    pub rest: Option<RestCredentials>,
+    /// When the storage keys stop working, where that is known (not a secret).
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AwsCredentials {
     pub access_key_id: SecretBytes,
     pub secret_access_key: SecretBytes,
+    /// Present for a temporary key (STS): the storage refuses the key id without it.
+    pub session_token: Option<SecretBytes>,
+}
+
+/// HTTP basic auth of a restic REST server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestCredentials {
+    pub username: SecretBytes,
+    pub password: SecretBytes,
 }
 
 #[cfg(test)]
@@ -198,10 +214,23 @@ mod tests {
             aws: Some(AwsCredentials {
                 access_key_id: SecretBytes::new("AKIAEXAMPLE"),
                 secret_access_key: SecretBytes::new("s3cr3t"),
+                session_token: Some(SecretBytes::new("t0ken")),
             }),
+            rest: Some(RestCredentials {
+                username: SecretBytes::new("restuser"),
+                password: SecretBytes::new("restpass"),
+            }),
+            expires: None,
         };
         let dbg = format!("{creds:?} {creds:#?}");
-        for s in ["hunter2", "AKIAEXAMPLE", "s3cr3t"] {
+        for s in [
+            "hunter2",
+            "AKIAEXAMPLE",
+            "s3cr3t",
+            "t0ken",
+            "restuser",
+            "restpass",
+        ] {
             assert!(!dbg.contains(s), "{s} leaked in {dbg}");
         }
         assert!(dbg.contains("<redacted>"));

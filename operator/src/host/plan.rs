@@ -313,16 +313,21 @@ pub fn desired_state(inputs: &JobInputs<'_>, encrypt: bool) -> Result<DesiredSta
     if let Some(aws) = &inputs.credentials.aws {
         creds.push((layout::CRED_AWS_ACCESS_KEY_ID, &aws.access_key_id));
         creds.push((layout::CRED_AWS_SECRET_ACCESS_KEY, &aws.secret_access_key));
+        if let Some(token) = &aws.session_token {
+            creds.push((layout::CRED_AWS_SESSION_TOKEN, token));
+        }
     }
+    if let Some(rest) = &inputs.credentials.rest {
+        creds.push((layout::CRED_REST_USERNAME, &rest.username));
+        creds.push((layout::CRED_REST_PASSWORD, &rest.password));
+    }
+    // The config names exactly the credentials the unit loads: one list decides both.
+    let ids: Vec<&str> = creds.iter().map(|(id, _)| *id).collect();
 
     let mut files = vec![file(
         job.config_path(),
         0o644,
-        FileContent::Public(render::config_json(
-            &job,
-            inputs.policy,
-            inputs.credentials.aws.is_some(),
-        )),
+        FileContent::Public(render::config_json(&job, inputs.policy, &ids)),
         FileRole::Config,
     )];
     let mut cred_refs = Vec::new();

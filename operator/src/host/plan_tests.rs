@@ -1,6 +1,8 @@
 use super::*;
 use crate::host::facts::{DirFact, FileFact, UnitFact};
-use crate::host::model::{AwsCredentials, IoSchedulingClass, PolicyKind, StdinSource};
+use crate::host::model::{
+    AwsCredentials, IoSchedulingClass, PolicyKind, RestCredentials, StdinSource,
+};
 
 const PASSWORD: &str = "correct-horse-battery-staple";
 const AWS_ID: &str = "AKIAFLEETSNAPTEST";
@@ -34,6 +36,7 @@ fn policy(kind: PolicyKind) -> PolicySpec {
         io_scheduling_priority: Some(7),
         max_runtime_sec: Some(43_200),
         extra_args: vec![],
+        credential_process: vec![],
     }
 }
 
@@ -43,7 +46,10 @@ fn creds(aws: bool) -> Credentials {
         aws: aws.then(|| AwsCredentials {
             access_key_id: SecretBytes::new(AWS_ID),
             secret_access_key: SecretBytes::new(AWS_SECRET),
+            session_token: None,
         }),
+        rest: None,
+        expires: None,
     }
 }
 
@@ -217,6 +223,94 @@ fn no_secret_in_units_config_or_debug() {
             .unwrap();
         assert_eq!(pw.content.bytes(), PASSWORD.as_bytes());
     }
+}
+
+/// A temporary key's token and a REST login go out as credentials, each named in the
+/// config and loaded by the unit, and appear in no public file; the config names exactly
+/// the credentials the unit loads.
+#[test]
+fn session_tokens_and_rest_logins_are_credentials_the_config_names() {
+    const TOKEN: &str = "FwoGZXIvYXdzEXAMPLETOKEN";
+    let a = artifact("0.1.0");
+    let mut c = creds(true);
+    c.aws.as_mut().unwrap().session_token = Some(SecretBytes::new(TOKEN));
+    let p = policy(PolicyKind::Backup);
+    let d = plan(&a, &p, &c, &fresh_host(true)).desired.unwrap();
+    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    assert_eq!(
+        cfg.credentials.aws_session_token.as_deref(),
+        Some("aws-session-token")
+    );
+    assert_eq!(cfg.credentials.rest_username, None);
+    let token = d
+        .files
+        .iter()
+        .find(|f| f.path.ends_with(".aws-session-token"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no token credential in {:?}",
+                d.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(token.content.bytes(), TOKEN.as_bytes());
+    let service = text(
+        d.units
+            .iter()
+            .find(|u| u.path.ends_with(".service"))
+            .unwrap(),
+    );
+    assert!(service.contains("aws-session-token:"), "{service}");
+    assert!(!service.contains(TOKEN) && !text(&d.files[0]).contains(TOKEN));
+
+    let mut rest_policy = policy(PolicyKind::Backup);
+    rest_policy.repository = "rest:https://rest.example:8000/hosts/ct1".into();
+    let rest = Credentials {
+        repository_password: SecretBytes::new(PASSWORD),
+        aws: None,
+        rest: Some(RestCredentials {
+            username: SecretBytes::new("fleet"),
+            password: SecretBytes::new("rest-pass-77"),
+        }),
+        expires: None,
+    };
+    let d = plan(&a, &rest_policy, &rest, &fresh_host(false))
+        .desired
+        .unwrap();
+    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    assert_eq!(
+        (
+            cfg.credentials.rest_username.as_deref(),
+            cfg.credentials.rest_password.as_deref()
+        ),
+        (Some("rest-username"), Some("rest-password"))
+    );
+    assert_eq!(cfg.credentials.aws_access_key_id, None);
+    let service = text(
+        d.units
+            .iter()
+            .find(|u| u.path.ends_with(".service"))
+            .unwrap(),
+    );
+    for id in ["rest-username", "rest-password", "repository-password"] {
+        assert!(
+            service.contains(&format!("{id}:")),
+            "{id} not loaded:\n{service}"
+        );
+    }
+    assert!(!service.contains("aws-"), "{service}");
+    assert!(!service.contains("rest-pass-77") && !text(&d.files[0]).contains("rest-pass-77"));
+
+    let mut broker = policy(PolicyKind::Backup);
+    broker.credential_process = vec!["/usr/local/bin/broker".into(), "--host=ct1".into()];
+    let d = plan(&a, &broker, &creds(false), &fresh_host(true))
+        .desired
+        .unwrap();
+    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    assert_eq!(
+        cfg.aws_credential_process,
+        ["/usr/local/bin/broker", "--host=ct1"]
+    );
+    assert_eq!(cfg.credentials.aws_access_key_id, None);
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct ExecutorConfig {
     /// Where the executor writes its run record for each run.
     pub run_record_dir: String,
     pub cache_dir: String,
+    /// AWS `credential_process` command (argv), run by the executor for S3 keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aws_credential_process: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,9 +52,18 @@ pub struct CredentialIds {
     pub aws_access_key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_session_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_password: Option<String>,
 }
 
-pub fn config_json(job: &JobId, policy: &PolicySpec, with_aws: bool) -> Vec<u8> {
+/// The job config. `credentials` lists the credential ids the unit loads; the config names
+/// those and no others.
+pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Vec<u8> {
+    let has = |id: &str| credentials.contains(&id).then(|| id.to_string());
     let cfg = ExecutorConfig {
         format: CONFIG_FORMAT,
         policy: policy.name.clone(),
@@ -75,11 +87,15 @@ pub fn config_json(job: &JobId, policy: &PolicySpec, with_aws: bool) -> Vec<u8> 
         extra_args: policy.extra_args.clone(),
         credentials: CredentialIds {
             repository_password: layout::CRED_REPOSITORY_PASSWORD.into(),
-            aws_access_key_id: with_aws.then(|| layout::CRED_AWS_ACCESS_KEY_ID.into()),
-            aws_secret_access_key: with_aws.then(|| layout::CRED_AWS_SECRET_ACCESS_KEY.into()),
+            aws_access_key_id: has(layout::CRED_AWS_ACCESS_KEY_ID),
+            aws_secret_access_key: has(layout::CRED_AWS_SECRET_ACCESS_KEY),
+            aws_session_token: has(layout::CRED_AWS_SESSION_TOKEN),
+            rest_username: has(layout::CRED_REST_USERNAME),
+            rest_password: has(layout::CRED_REST_PASSWORD),
         },
         run_record_dir: job.runs_dir(),
         cache_dir: layout::CACHE_DIR.into(),
+        aws_credential_process: policy.credential_process.clone(),
     };
     let mut out = serde_json::to_vec_pretty(&cfg).expect("config serializes");
     out.push(b'\n');

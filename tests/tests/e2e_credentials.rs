@@ -1,0 +1,582 @@
+//! End to end: the credentials a BackupRepository names reach every place that opens the
+//! repository (issue 16, static sources).
+//!
+//! - A Secret holding a short-lived key (key id, secret and `AWS_SESSION_TOKEN`, minted by
+//!   MinIO's STS) backs up a real host: the token must reach the host job, or the storage
+//!   answers 403 to a temporary key id without it.
+//! - A REST server that requires HTTP basic auth (`rclone serve restic --htpasswd`): the
+//!   Secret's `username` and `password` must reach the host job, the Restore and the
+//!   operator's own retention, or the server answers 401.
+//! - `s3.credentialProcess`: the host job runs a broker in the AWS `credential_process`
+//!   contract and backs up with what it prints.
+//!
+//! Each test also checks that no secret shows in the unit files, the job config, the
+//! operator's log or any status.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetsnap_tests::kube::{
+    self, apply_yaml, get_json, host_yaml, policy_entry, secret_from_files,
+};
+use fleetsnap_tests::operator::{Launch, Operator, Variant, free_port};
+use fleetsnap_tests::{Options, TestEnv, step, wait};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "cred-repository-password-91b2";
+
+fn env() -> &'static TestEnv {
+    let env = TestEnv::shared(Options {
+        hosts: 1,
+        ..Options::default()
+    });
+    for tool in ["mc", "restic", "kubectl", "rclone"] {
+        let p = env.tool(tool);
+        assert!(
+            p.exists(),
+            "{tool} is missing from the testenv at {}",
+            p.display()
+        );
+    }
+    env
+}
+
+/// The suites share the one host; each test uses its own namespace and policy names, but the
+/// operator of one would remove the other's units (it owns every fleetsnap unit on the host).
+static HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host_lock() -> std::sync::MutexGuard<'static, ()> {
+    HOST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A MinIO user with every right on `bucket` (so an STS session inherits them).
+fn bucket_user(env: &TestEnv, dir: &Path, name: &str, bucket: &str) -> (String, String) {
+    let keys = (name.to_string(), format!("{name}-secret-5d0c7e21"));
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:*"],
+            "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")]}]
+    });
+    fleetsnap_tests::minio::add_user(env, dir, &keys, &policy).unwrap();
+    keys
+}
+
+/// An STS AssumeRole session for `keys`, as `(key, secret, token, expiration)`, signed by
+/// curl itself.
+fn assume_role(env: &TestEnv, keys: &(String, String)) -> (String, String, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:sts",
+        ])
+        .args(["--user", &format!("{}:{}", keys.0, keys.1)])
+        .args([
+            "-d",
+            "Action=AssumeRole&Version=2011-06-15&DurationSeconds=3600",
+        ])
+        .arg(format!("{}/", env.var("S3_ENDPOINT")))
+        .output()
+        .expect("run curl");
+    let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "STS AssumeRole failed: {xml}");
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = xml
+            .find(&open)
+            .unwrap_or_else(|| panic!("no {name} in {xml}"))
+            + open.len();
+        let end = start + xml[start..].find('<').unwrap();
+        xml[start..end].to_string()
+    };
+    (
+        field("AccessKeyId"),
+        field("SecretAccessKey"),
+        field("SessionToken"),
+        field("Expiration"),
+    )
+}
+
+fn base(env: &TestEnv, ns: &str, dir: &Path) {
+    kube::install_crds(env);
+    kube::create_namespace(env, ns);
+    let key = std::fs::read_to_string(env.var("SSH_KEY")).unwrap();
+    secret_from_files(env, ns, dir, "ssh-key", &[("id_ed25519", &key)]);
+    secret_from_files(env, ns, dir, "repo-password", &[("password", PASSWORD)]);
+    let host = &env.hosts()[0];
+    apply_yaml(
+        env,
+        ns,
+        dir,
+        "host.yaml",
+        &host_yaml(
+            host,
+            "group: creds",
+            env.ssh_port(host),
+            env.var("HOST_KEY"),
+        ),
+    );
+}
+
+fn backup_policy(name: &str, repo: &str) -> String {
+    format!(
+        r#"---
+apiVersion: fleetsnap.io/v1alpha1
+kind: BackupPolicy
+metadata: {{name: {name}}}
+spec:
+  hostSelector: {{matchLabels: {{group: creds}}}}
+  repositoryRef: {{name: {repo}}}
+  paths: [/etc/hostname, /etc/os-release]
+  schedule: {{onCalendar: "*-*-* *:*:00/20", persistent: false}}
+"#
+    )
+}
+
+/// Waits for the host's entry of BackupPolicy `name` to show a success; on timeout the
+/// panic carries the entry (with the host's own error) and the operator's log tail.
+fn await_backup(env: &TestEnv, ns: &str, name: &str, op: &Operator) -> Value {
+    let host = env.hosts()[0].clone();
+    let mut last = Value::Null;
+    let r = wait::until(
+        &format!("BackupPolicy {name} succeeded on {host}"),
+        Duration::from_secs(180),
+        || {
+            let h = get_json(env, ns, &format!("host/{host}"))?;
+            last = policy_entry(&h, "BackupPolicy", name)
+                .cloned()
+                .unwrap_or(Value::Null);
+            Ok(last["lastSuccess"].is_string().then(|| last.clone()))
+        },
+    );
+    r.unwrap_or_else(|e| panic!("{e:#}\nhost entry: {last:#}\n{}", op.tail()))
+}
+
+/// What a compromised reader of the host, the API or the logs could see: unit files and job
+/// configs on the host, the operator's log, the Host's and policies' status, Events.
+fn assert_nowhere(env: &TestEnv, ns: &str, op: &Operator, secrets: &[(&str, &str)]) {
+    let host = &env.hosts()[0];
+    let on_host = env
+        .ssh_ok(
+            host,
+            "cat /etc/systemd/system/fleetsnap-* /etc/fleetsnap/*.json 2>/dev/null; \
+             ps -eo args; systemctl show-environment",
+        )
+        .unwrap();
+    let api = env
+        .kubectl(&[
+            "get",
+            "hosts,backuppolicies,retentionpolicies,restores,events",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let log = op.log_text();
+    for (what, secret) in secrets {
+        assert!(!secret.is_empty());
+        assert!(
+            !on_host.contains(secret),
+            "{what} is in a unit, job config or argv on the host"
+        );
+        assert!(!api.contains(secret), "{what} is in a status or Event");
+        assert!(!log.contains(secret), "{what} is in the operator log");
+    }
+}
+
+#[test]
+fn a_session_token_in_the_secret_reaches_the_host_job() {
+    let _host = host_lock();
+    let env = env();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, bucket) = ("cred-sts", "cred-sts");
+    base(env, ns, dir.path());
+    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
+    let user = bucket_user(env, dir.path(), "cred-sts-user", bucket);
+    let (ak, sk, tok, expiration) = assume_role(env, &user);
+    secret_from_files(
+        env,
+        ns,
+        dir.path(),
+        "sts-keys",
+        &[
+            ("AWS_ACCESS_KEY_ID", &ak),
+            ("AWS_SECRET_ACCESS_KEY", &sk),
+            ("AWS_SESSION_TOKEN", &tok),
+            ("AWS_CREDENTIAL_EXPIRATION", &expiration),
+        ],
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "repo.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: sts}}\nspec:\n  \
+             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, credentialsSecretRef: {{name: sts-keys}}}}\n  \
+             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            env.var("S3_ENDPOINT_FROM_HOSTS")
+        ),
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "policy.yaml",
+        &backup_policy("sts", "sts"),
+    );
+    let op = Launch::admin(env, ns).start(env, "cred-sts");
+    let entry = await_backup(env, ns, "sts", &op);
+    step(t0, "backup with a Secret's STS session succeeded");
+
+    // The snapshot is real: stock restic lists it with the same session.
+    let host = &env.hosts()[0];
+    let out = Command::new(env.tool("restic"))
+        .args([
+            "-r",
+            &format!("s3:{}/{bucket}/hosts/{host}", env.var("S3_ENDPOINT")),
+        ])
+        .args(["snapshots", "--json"])
+        .env("AWS_ACCESS_KEY_ID", &ak)
+        .env("AWS_SECRET_ACCESS_KEY", &sk)
+        .env("AWS_SESSION_TOKEN", &tok)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let snaps: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "restic snapshots: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let id = entry["snapshotId"].as_str().unwrap_or_default();
+    assert!(
+        snaps.iter().any(|s| s["short_id"] == id || s["id"] == id),
+        "restic does not list the snapshot {id} the operator reported: {snaps:?}"
+    );
+    assert_nowhere(
+        env,
+        ns,
+        &op,
+        &[("the secret key", &sk), ("the session token", &tok)],
+    );
+    step(
+        t0,
+        "restic reads it; no secret in units, argv, status or log",
+    );
+
+    // The key's expiry is known: Host status and the metric the alert compares with the
+    // next run both carry STS's own Expiration.
+    let expected = chrono::DateTime::parse_from_rfc3339(&expiration)
+        .unwrap()
+        .timestamp();
+    let shown = entry["credentialExpiry"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no credentialExpiry: {entry:#}"));
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(shown)
+            .unwrap()
+            .timestamp(),
+        expected,
+        "{entry:#}"
+    );
+    let scrape = op.scrape().unwrap();
+    let value = |name: &str| {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{")) && l.contains(&format!("host=\"{host}\""))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} for {host} is not served:\n{scrape}"))
+    };
+    assert_eq!(
+        value("fleetsnap_backup_credential_expiry_timestamp_seconds") as i64,
+        expected
+    );
+    let next = value("fleetsnap_backup_next_run_timestamp_seconds") as i64;
+    assert!(
+        next < expected,
+        "next run {next} is not before the expiry {expected}"
+    );
+    step(
+        t0,
+        "credentialExpiry and the expiry metric show STS's Expiration",
+    );
+}
+
+/// `rclone serve restic` with basic auth on the test machine, reachable by the hosts at
+/// `10.0.2.100:<port>` through the same two-hop forward testenv uses for MinIO.
+struct RestServer {
+    children: Vec<Child>,
+    local_url: String,
+    host_url: String,
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rest_server(env: &TestEnv, dir: &Path, user: &str, password: &str) -> RestServer {
+    let htpasswd = dir.join("htpasswd");
+    let hash = Command::new("openssl")
+        .args(["passwd", "-apr1", password])
+        .output()
+        .unwrap();
+    assert!(hash.status.success(), "openssl passwd");
+    std::fs::write(
+        &htpasswd,
+        format!("{user}:{}", String::from_utf8_lossy(&hash.stdout)),
+    )
+    .unwrap();
+    let data = dir.join("rest-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("rclone.log")).unwrap();
+    let rclone = Command::new(env.tool("rclone"))
+        .args(["serve", "restic", "--addr", &format!("127.0.0.1:{port}")])
+        .arg("--htpasswd")
+        .arg(&htpasswd)
+        .arg(&data)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = dir.join("rest.sock");
+    let outer = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+        .arg(format!("TCP:127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let inner_port = free_port();
+    let inner = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.var("NETNS")))
+        .arg("socat")
+        .arg(format!(
+            "TCP-LISTEN:{inner_port},bind=10.0.2.100,reuseaddr,fork"
+        ))
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = RestServer {
+        children: vec![rclone, outer, inner],
+        local_url: format!("http://127.0.0.1:{port}/"),
+        host_url: format!("http://10.0.2.100:{inner_port}/"),
+    };
+    wait::until(
+        "rclone serve restic answers",
+        Duration::from_secs(30),
+        || {
+            let code = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &server.local_url,
+                ])
+                .output()?;
+            Ok((String::from_utf8_lossy(&code.stdout) == "401").then_some(()))
+        },
+    )
+    .unwrap();
+    server
+}
+
+#[test]
+fn rest_basic_auth_reaches_host_jobs_restore_and_operator_retention() {
+    let _host = host_lock();
+    let env = env();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = "cred-rest";
+    let (user, pass) = ("fleet", "rest-basic-auth-pass-3e9a");
+    let server = rest_server(env, dir.path(), user, pass);
+    base(env, ns, dir.path());
+    secret_from_files(
+        env,
+        ns,
+        dir.path(),
+        "rest-auth",
+        &[("username", user), ("password", pass)],
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "repo.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: rest}}\nspec:\n  \
+             rest: {{url: \"{}\", credentialsSecretRef: {{name: rest-auth}}}}\n  \
+             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            server.host_url
+        ),
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "policy.yaml",
+        &backup_policy("rest", "rest"),
+    );
+    let variant = Variant {
+        binary: None,
+        env: vec![(
+            "FLEETSNAP_MAINTENANCE_REST_URL".into(),
+            server.local_url.clone(),
+        )],
+    };
+    let op = Launch::admin(env, ns).start_variant(env, "cred-rest", &variant);
+    await_backup(env, ns, "rest", &op);
+    step(t0, "backup to a REST server with basic auth succeeded");
+
+    // Operator-side retention opens the same repository with the same Secret.
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "retention.yaml",
+        "apiVersion: fleetsnap.io/v1alpha1\nkind: RetentionPolicy\nmetadata: {name: rest}\nspec:\n  \
+         backupPolicyRef: {name: rest}\n  keep: {last: 1}\n  schedule: {onCalendar: \"*-*-* *:*:00/30\"}\n  runOn: Operator\n",
+    );
+    let mut last = Value::Null;
+    wait::until(
+        "operator retention over REST succeeded",
+        Duration::from_secs(180),
+        || {
+            last = get_json(env, ns, "retentionpolicy/rest")?;
+            Ok(last["status"]["lastSuccess"].is_string().then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:#}\n{}", last["status"], op.tail()));
+    step(t0, "operator-side retention over REST succeeded");
+
+    // A Restore on the host reads it back.
+    let host = env.hosts()[0].clone();
+    let target = "/var/tmp/cred-rest-restore";
+    env.ssh_ok(&host, &format!("rm -rf {target}")).unwrap();
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "restore.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: Restore\nmetadata: {{name: back}}\nspec:\n  \
+             hostRef: {{name: {host}}}\n  repositoryRef: {{name: rest}}\n  targetDirectory: {target}\n"
+        ),
+    );
+    let mut r = Value::Null;
+    wait::until(
+        "Restore over REST finished",
+        Duration::from_secs(120),
+        || {
+            r = get_json(env, ns, "restore/back")?;
+            let phase = r["status"]["phase"].as_str().unwrap_or_default();
+            Ok((phase == "Succeeded" || phase == "Failed").then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", op.tail()));
+    assert_eq!(
+        r["status"]["phase"],
+        "Succeeded",
+        "{:#}\n{}",
+        r["status"],
+        op.tail()
+    );
+    let restored = env
+        .ssh_ok(&host, &format!("cat {target}/etc/hostname"))
+        .unwrap();
+    let original = env.ssh_ok(&host, "cat /etc/hostname").unwrap();
+    assert_eq!(restored, original);
+    assert_nowhere(env, ns, &op, &[("the REST password", pass)]);
+    step(
+        t0,
+        "Restore over REST succeeded; no secret in units, argv, status or log",
+    );
+    drop(op);
+    drop(server);
+}
+
+#[test]
+fn a_credential_process_named_by_the_repository_backs_up() {
+    let _host = host_lock();
+    let env = env();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, bucket) = ("cred-process", "cred-process");
+    base(env, ns, dir.path());
+    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
+    let user = bucket_user(env, dir.path(), "cred-process-user", bucket);
+    let (ak, sk, tok, _) = assume_role(env, &user);
+    // The broker on the host prints a session minted by MinIO's STS in the credential_process
+    // contract (the hosts have no route to an STS of their own to ask).
+    let host = env.hosts()[0].clone();
+    let doc = json!({"Version": 1, "AccessKeyId": ak, "SecretAccessKey": sk, "SessionToken": tok,
+        "Expiration": (chrono::Utc::now() + chrono::Duration::minutes(55)).to_rfc3339()});
+    let out = env
+        .ssh(
+            &host,
+            "umask 077; mkdir -p /opt/cred-broker; cat > /opt/cred-broker/session.json; \
+             printf '#!/bin/sh\\necho \"$(date +%s) $*\" >> /opt/cred-broker/calls\\nexec cat /opt/cred-broker/session.json\\n' \
+             > /opt/cred-broker/broker; chmod 700 /opt/cred-broker/broker; rm -f /opt/cred-broker/calls",
+            doc.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "repo.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: broker}}\nspec:\n  \
+             s3:\n    endpoint: \"{}\"\n    bucket: {bucket}\n    pathStyle: true\n    \
+             credentialProcess: {{command: [/opt/cred-broker/broker, \"--host={{hostname}}\"]}}\n  \
+             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            env.var("S3_ENDPOINT_FROM_HOSTS")
+        ),
+    );
+    let repo = get_json(env, ns, "backuprepository/broker").unwrap();
+    assert_eq!(
+        repo["spec"]["s3"]["credentialProcess"]["command"][0], "/opt/cred-broker/broker",
+        "the API server dropped s3.credentialProcess: {repo:#}"
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "policy.yaml",
+        &backup_policy("broker", "broker"),
+    );
+    let op = Launch::admin(env, ns).start(env, "cred-process");
+    await_backup(env, ns, "broker", &op);
+    let calls = env.ssh_ok(&host, "cat /opt/cred-broker/calls").unwrap();
+    assert!(
+        calls.contains(&format!("--host={host}")),
+        "the broker was not called with the expanded hostname: {calls}"
+    );
+    assert_nowhere(
+        env,
+        ns,
+        &op,
+        &[("the secret key", &sk), ("the session token", &tok)],
+    );
+    step(t0, "backup through a credential_process broker succeeded");
+}
