@@ -530,8 +530,8 @@ fn a_credential_process_named_by_the_repository_backs_up() {
         .ssh(
             &host,
             "umask 077; mkdir -p /opt/cred-broker; cat > /opt/cred-broker/session.json; \
-             printf '#!/bin/sh\\necho \"$(date +%s) $*\" >> /opt/cred-broker/calls\\nexec cat /opt/cred-broker/session.json\\n' \
-             > /opt/cred-broker/broker; chmod 700 /opt/cred-broker/broker; rm -f /opt/cred-broker/calls",
+             printf '#!/bin/sh\\necho \"called $*\" >> /var/lib/fleetsnap/cred-broker-calls\\nexec cat /opt/cred-broker/session.json\\n' \
+             > /opt/cred-broker/broker; chmod 700 /opt/cred-broker/broker; rm -f /var/lib/fleetsnap/cred-broker-calls",
             doc.to_string().as_bytes(),
         )
         .unwrap();
@@ -567,7 +567,9 @@ fn a_credential_process_named_by_the_repository_backs_up() {
     );
     let op = Launch::admin(env, ns).start(env, "cred-process");
     await_backup(env, ns, "broker", &op);
-    let calls = env.ssh_ok(&host, "cat /opt/cred-broker/calls").unwrap();
+    let calls = env
+        .ssh_ok(&host, "cat /var/lib/fleetsnap/cred-broker-calls")
+        .unwrap();
     assert!(
         calls.contains(&format!("--host={host}")),
         "the broker was not called with the expanded hostname: {calls}"

@@ -72,10 +72,21 @@ pub fn spec_problem(
                     format!("schedule.onCalendar {:?}: {e}", spec.schedule.on_calendar),
                 ));
             }
-            let s3 = repo.spec.s3.as_ref();
+            if repo.spec.local.is_some() {
+                return Some((
+                    INVALID_SPEC,
+                    "a local repository lives on each host, out of the operator's reach: use runOn: Host".into(),
+                ));
+            }
+            // The operator needs an identity of its own: the maintenance keys, the shared
+            // S3 keys, its own AWS chain (no keys named at all), or a REST server's login
+            // (or an open server). Per-host keys and a host-side broker are the hosts' own.
             let has_keys = repo.spec.maintenance_credentials_secret_ref.is_some()
-                || s3.is_some_and(|s| s.credentials_secret_ref.is_some())
-                || s3.is_some_and(|s| s.per_host_credentials.is_none());
+                || repo.spec.rest.is_some()
+                || repo.spec.s3.as_ref().is_some_and(|s| {
+                    s.credentials_secret_ref.is_some()
+                        || (s.per_host_credentials.is_none() && s.credential_process.is_none())
+                });
             if repo.spec.append_only && repo.spec.maintenance_credentials_secret_ref.is_none() {
                 return Some((
                     INVALID_SPEC,
@@ -796,6 +807,43 @@ mod tests {
         );
         let p = policy(RunOn::Operator, KeepRules::default(), "daily");
         assert_eq!(spec_problem(&p, &repo(true, true)).unwrap().0, INVALID_SPEC);
+    }
+
+    #[test]
+    fn operator_side_identity_by_backend() {
+        let p = policy(RunOn::Operator, keep7(), "daily");
+        let mut rest = repo(false, false);
+        rest.spec.s3 = None;
+        rest.spec.rest = Some(fleetsnap_crds::repository::RestBackend {
+            url: "https://rest:8000/".into(),
+            credentials_secret_ref: Some(SecretRef {
+                name: "rest-login".into(),
+            }),
+        });
+        assert!(
+            spec_problem(&p, &rest).is_none(),
+            "a REST login is the operator's too"
+        );
+        rest.spec.rest.as_mut().unwrap().credentials_secret_ref = None;
+        assert!(
+            spec_problem(&p, &rest).is_none(),
+            "an open REST server needs none"
+        );
+        let mut local = rest.clone();
+        local.spec.rest = None;
+        local.spec.local = Some(fleetsnap_crds::repository::LocalBackend {
+            path: "/srv/backup".into(),
+        });
+        let (_, msg) = spec_problem(&p, &local).unwrap();
+        assert!(msg.contains("runOn: Host"), "{msg}");
+        let mut broker = repo(false, false);
+        let s3 = broker.spec.s3.as_mut().unwrap();
+        s3.per_host_credentials = None;
+        s3.credential_process = Some(fleetsnap_crds::repository::CredentialProcess {
+            command: vec!["/usr/local/bin/broker".into()],
+        });
+        let (_, msg) = spec_problem(&p, &broker).unwrap();
+        assert!(msg.contains("maintenanceCredentialsSecretRef"), "{msg}");
     }
 
     #[test]
