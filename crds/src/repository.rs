@@ -70,6 +70,9 @@ use crate::common::{Condition, SecretKeyRef, SecretRef};
     "!self.appendOnly || has(self.maintenanceCredentialsSecretRef)"
 ).message("appendOnly repositories need maintenanceCredentialsSecretRef: hosts cannot delete, so forget/prune runs in the operator with these separate credentials"))]
 #[x_kube(validation = kube::core::Rule::new(
+    "!has(self.s3) || !has(self.s3.operatorSts) || has(self.maintenanceCredentialsSecretRef)"
+).message("s3.operatorSts needs maintenanceCredentialsSecretRef: the operator mints host keys with those credentials"))]
+#[x_kube(validation = kube::core::Rule::new(
     "!(self.appendOnly && has(self.local))"
 ).message("a local repository cannot be append-only: the host owns the directory and can overwrite or delete any file in it; use s3 (with versioning or Object Lock) or rest (a server run with --append-only)"))]
 #[x_kube(validation = kube::core::Rule::new(
@@ -133,8 +136,8 @@ fn default_path_template() -> String {
 /// An S3-compatible bucket.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("(has(self.credentialsSecretRef) ? 1 : 0) + (has(self.perHostCredentials) ? 1 : 0) + (has(self.credentialProcess) ? 1 : 0) <= 1")
-    .message("set at most one of credentialsSecretRef, perHostCredentials and credentialProcess"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.credentialsSecretRef) ? 1 : 0) + (has(self.perHostCredentials) ? 1 : 0) + (has(self.credentialProcess) ? 1 : 0) + (has(self.operatorSts) ? 1 : 0) <= 1")
+    .message("set at most one of credentialsSecretRef, perHostCredentials, credentialProcess and operatorSts"))]
 pub struct S3Backend {
     /// Endpoint URL, e.g. `https://s3.us-east-1.amazonaws.com` or `http://minio.minio:9000`.
     #[schemars(length(min = 1, max = 2048))]
@@ -172,6 +175,37 @@ pub struct S3Backend {
     /// on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_process: Option<CredentialProcess>,
+    /// The operator mints each host's key itself: STS `AssumeRole` with the maintenance
+    /// credentials and an inline session policy that allows the host's own prefix only and
+    /// no delete except of its own lock files. The key lives at most `duration` and is
+    /// replaced before it runs out and before the host's next run, so no long-lived key is
+    /// ever on a host. Needs `maintenanceCredentialsSecretRef`; retention then runs in the
+    /// operator (`runOn: Operator`), since hosts cannot delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_sts: Option<OperatorSts>,
+}
+
+/// Host keys minted by the operator with STS.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorSts {
+    /// Role to assume (AWS needs one: its trust policy must let the maintenance identity
+    /// assume it, and its own policy must allow what hosts do). MinIO ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 20, max = 2048))]
+    pub role_arn: Option<String>,
+    /// Lifetime of each host key, `15m` to `12h` (STS's limits; on AWS also at most the
+    /// role's MaxSessionDuration). A key is replaced once half of it is used up, and so that
+    /// every run starts with at least half a lifetime left: a backup must finish within
+    /// half of `duration`.
+    #[serde(default = "default_sts_duration")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(m|h)$') && (self.endsWith('h') ? int(self.substring(0, size(self) - 1)) >= 1 && int(self.substring(0, size(self) - 1)) <= 12 : int(self.substring(0, size(self) - 1)) >= 15 && int(self.substring(0, size(self) - 1)) <= 720)")
+        .message("operatorSts.duration must be 15m..720m or 1h..12h, e.g. '1h'"))]
+    pub duration: String,
+}
+
+fn default_sts_duration() -> String {
+    "1h".to_string()
 }
 
 /// The AWS `credential_process` contract: the program prints

@@ -449,6 +449,8 @@ mod tests {
             &m.backup_last_duration,
             &m.backup_last_bytes_added,
             &m.backup_consecutive_failures,
+            &m.backup_next_run,
+            &m.backup_credential_expiry,
             &m.verify_host_selected,
             &m.verify_last_success,
             &m.verify_consecutive_failures,
@@ -482,7 +484,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `fleetsnap_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        assert_eq!(names.len(), 19, "{names:?}");
+        assert_eq!(names.len(), 21, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
             let present = text.lines().any(|l| {

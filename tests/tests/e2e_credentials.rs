@@ -582,3 +582,176 @@ fn a_credential_process_named_by_the_repository_backs_up() {
     );
     step(t0, "backup through a credential_process broker succeeded");
 }
+
+/// The minted key's parts as the host's job holds them (decrypted on the host itself).
+fn host_job_keys(env: &TestEnv, host: &str, slug: &str) -> Vec<String> {
+    let script = format!(
+        "for id in aws-access-key-id aws-secret-access-key aws-session-token; do \
+           e=/etc/fleetsnap/credstore.encrypted/{slug}.$id; p=/etc/fleetsnap/credstore/{slug}.$id; \
+           if [ -f \"$e\" ]; then systemd-creds decrypt --name=\"$id\" \"$e\" - ; else cat \"$p\"; fi; echo; \
+         done"
+    );
+    env.ssh_ok(host, &script)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn operator_minted_host_keys_back_up_cannot_delete_and_are_replaced() {
+    let _host = host_lock();
+    let env = env();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, bucket) = ("cred-opsts", "cred-opsts");
+    base(env, ns, dir.path());
+    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
+    let maint = bucket_user(env, dir.path(), "cred-opsts-maint", bucket);
+    secret_from_files(
+        env,
+        ns,
+        dir.path(),
+        "maintenance",
+        &[
+            ("AWS_ACCESS_KEY_ID", &maint.0),
+            ("AWS_SECRET_ACCESS_KEY", &maint.1),
+        ],
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "repo.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: minted}}\nspec:\n  \
+             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, operatorSts: {{duration: 15m}}}}\n  \
+             maintenanceCredentialsSecretRef: {{name: maintenance}}\n  \
+             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            env.var("S3_ENDPOINT_FROM_HOSTS")
+        ),
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "policy.yaml",
+        &backup_policy("opsts", "minted"),
+    );
+    // The operator's clock runs 9 minutes ahead (libfaketime; SigV4 tolerates 15): every
+    // 15-minute key it mints is already past half its life, so the replacement path runs on
+    // every pass instead of after 7.5 minutes.
+    let op = Launch::admin(env, ns).start_variant(env, "cred-opsts", &Variant::clock("+9m"));
+    let entry = await_backup(env, ns, "opsts", &op);
+    step(t0, "backup with an operator-minted host key succeeded");
+
+    let host = env.hosts()[0].clone();
+    let keys = host_job_keys(env, &host, "backup-opsts");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let (ak, sk, tok) = (&keys[0], &keys[1], &keys[2]);
+    assert!(
+        !ak.is_empty() && !tok.is_empty(),
+        "the host got no session key"
+    );
+    assert_ne!(ak, &maint.0, "the host got the maintenance identity");
+    let restic = |args: &[&str]| {
+        Command::new(env.tool("restic"))
+            .args([
+                "-r",
+                &format!("s3:{}/{bucket}/hosts/{host}", env.var("S3_ENDPOINT")),
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ak)
+            .env("AWS_SECRET_ACCESS_KEY", sk)
+            .env("AWS_SESSION_TOKEN", tok)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let listed = restic(&["snapshots", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let snaps: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    let forget = restic(&["forget", &id]);
+    let out = String::from_utf8_lossy(&forget.stderr).to_string();
+    assert!(
+        out.contains("Access Denied") || out.contains("AccessDenied"),
+        "the host's key deleted a snapshot (or failed otherwise): {out}"
+    );
+    let still = restic(&["snapshots", "--json"]);
+    let after: Vec<Value> = serde_json::from_slice(&still.stdout).unwrap();
+    assert!(after.iter().any(|s| s["id"] == id), "snapshot {id} is gone");
+    // Another host's prefix is out of reach.
+    let other = Command::new(env.tool("restic"))
+        .args([
+            "-r",
+            &format!("s3:{}/{bucket}/hosts/not-{host}", env.var("S3_ENDPOINT")),
+        ])
+        .args(["init"])
+        .env("AWS_ACCESS_KEY_ID", ak)
+        .env("AWS_SECRET_ACCESS_KEY", sk)
+        .env("AWS_SESSION_TOKEN", tok)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        !other.status.success(),
+        "the host's key wrote below another host's prefix"
+    );
+    step(
+        t0,
+        "the minted key reads and adds, cannot delete, cannot leave its prefix",
+    );
+
+    // Replacement: a newer key reaches the host and the next backup succeeds with it.
+    let first_expiry = entry["credentialExpiry"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!first_expiry.is_empty(), "no credentialExpiry: {entry:#}");
+    let first_success = entry["lastSuccess"].as_str().unwrap().to_string();
+    let mut last = Value::Null;
+    wait::until(
+        "a replaced key and a backup with it",
+        Duration::from_secs(180),
+        || {
+            let now = host_job_keys(env, &host, "backup-opsts");
+            let h = get_json(env, ns, &format!("host/{host}"))?;
+            last = policy_entry(&h, "BackupPolicy", "opsts")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let newer = last["lastSuccess"]
+                .as_str()
+                .is_some_and(|s| s > first_success.as_str());
+            Ok((now[0] != *ak && newer).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{last:#}\n{}", op.tail()));
+    let minted = op.log_text().matches("host key minted").count();
+    assert!(minted >= 2, "{minted} keys minted");
+    let expiry =
+        chrono::DateTime::parse_from_rfc3339(last["credentialExpiry"].as_str().unwrap()).unwrap();
+    let lifetime = expiry.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        lifetime <= 15 * 60,
+        "a key outlives its 15-minute duration: {lifetime} s"
+    );
+    assert_nowhere(
+        env,
+        ns,
+        &op,
+        &[
+            ("the maintenance secret key", &maint.1),
+            ("a minted secret key", sk),
+            ("a session token", tok),
+        ],
+    );
+    step(
+        t0,
+        &format!("{minted} keys minted; backups go on with the replaced key"),
+    );
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
 use fleetsnap_crds::common::reasons;
 use fleetsnap_crds::host::HostPolicyStatus;
@@ -104,6 +104,8 @@ struct Converged {
     changed: Vec<String>,
     /// When the storage keys delivered to the host expire, where known.
     credential_expiry: Option<chrono::DateTime<Utc>>,
+    /// When a minted key must be replaced (`s3.operatorSts`).
+    refresh_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// dereference → plan → apply → observe for one (policy, host) pair.
@@ -119,11 +121,21 @@ async fn converge_host(
     let derived = (|| -> Result<_, DeriveError> {
         Ok((
             derive::host_target(host, &secrets)?,
-            derive::credentials(repo, host, &secrets)?,
             derive::backup_policy_spec(policy, host, repo)?,
         ))
     })();
-    let (target, credentials, spec) = derived.map_err(|e| Failure::from_derive(&e))?;
+    let (target, spec) = derived.map_err(|e| Failure::from_derive(&e))?;
+    let next_run = host_status::current_entry(
+        ctx,
+        &ns,
+        &host.name_any(),
+        fleetsnap_crds::host::PolicyKind::BackupPolicy,
+        &spec.name,
+    )
+    .and_then(|e| e.next_run)
+    .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    let resolved = super::host_credentials::resolve(ctx, repo, host, &secrets, next_run).await?;
+    let (credentials, refresh_at) = (resolved.credentials, resolved.refresh_at);
     let job = JobId::new(PolicyKind::Backup, &spec.name).map_err(|detail| Failure {
         reason: super::error::INVALID_SPEC,
         message: detail,
@@ -166,6 +178,7 @@ async fn converge_host(
                 observation,
                 changed: report.actions,
                 credential_expiry: None,
+                refresh_at: None,
             })
         }
         .boxed()
@@ -176,6 +189,7 @@ async fn converge_host(
         Ok(Err(e)) => Err(Failure::from_host(&e)),
         Ok(Ok(c)) => Ok(Converged {
             credential_expiry: expires,
+            refresh_at,
             ..c
         }),
     }
@@ -330,6 +344,11 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
                 if let Some(wait) = observe_again_in(&c.observation, now.timestamp()) {
                     requeue = requeue.min(wait);
+                }
+                if let Some(at) = c.refresh_at {
+                    // At least a few seconds: a key due now was just minted.
+                    let wait = (at - now).to_std().unwrap_or_default();
+                    requeue = requeue.min(wait.max(Duration::from_secs(5)));
                 }
                 debug!(host = %hname, systemd = %c.facts.systemd, "observed");
                 host_results.push(HostResult {

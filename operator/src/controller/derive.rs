@@ -54,6 +54,16 @@ pub fn referenced_secrets(host: &Host, repo: &BackupRepository) -> Vec<String> {
     if let Ok(Some(name)) = host_keys_secret(repo, host) {
         names.push(name);
     }
+    // Read to mint the host's key, never delivered to it.
+    if repo
+        .spec
+        .s3
+        .as_ref()
+        .is_some_and(|s| s.operator_sts.is_some())
+        && let Some(r) = &repo.spec.maintenance_credentials_secret_ref
+    {
+        names.push(r.name.clone());
+    }
     names.sort();
     names.dedup();
     names
@@ -506,6 +516,7 @@ mod tests {
                     credentials_secret_ref: Some(SecretRef { name: "s3".into() }),
                     per_host_credentials: None,
                     credential_process: None,
+                    operator_sts: None,
                 }),
                 local: None,
                 rest: None,

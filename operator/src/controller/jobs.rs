@@ -182,6 +182,8 @@ pub struct Converged {
     pub failure_log: Vec<String>,
     /// When the storage keys delivered to the host expire, where known.
     pub credential_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a minted key must be replaced (`s3.operatorSts`).
+    pub refresh_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Prints the `error:` lines the service logged since a given time (the run that failed):
@@ -212,8 +214,17 @@ pub async fn converge_host(
     let spec = spec.map_err(|e| Failure::from_derive(&e))?;
     let secrets = read_secrets(ctx, &ns, &derive::referenced_secrets(host, repo)).await?;
     let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
-    let credentials =
-        derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+    let next_run = super::host_status::current_entry(
+        ctx,
+        &ns,
+        &host.name_any(),
+        crd_kind(spec.kind),
+        &spec.name,
+    )
+    .and_then(|e| e.next_run)
+    .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0));
+    let resolved = super::host_credentials::resolve(ctx, repo, host, &secrets, next_run).await?;
+    let (credentials, refresh_at) = (resolved.credentials, resolved.refresh_at);
     let job = JobId::new(spec.kind, &spec.name).map_err(|detail| Failure {
         reason: super::error::INVALID_SPEC,
         message: detail,
@@ -275,6 +286,7 @@ pub async fn converge_host(
                 observation,
                 failure_log,
                 credential_expiry: None,
+                refresh_at: None,
             })
         }
         .boxed()
@@ -286,6 +298,7 @@ pub async fn converge_host(
         Ok(Err(e)) => Err(Failure::from_host(&e)),
         Ok(Ok(c)) => Ok(Converged {
             credential_expiry: expires,
+            refresh_at,
             ..c
         }),
     }

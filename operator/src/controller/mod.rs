@@ -8,6 +8,7 @@ pub mod derive;
 pub mod error;
 pub mod events;
 pub mod finalized;
+pub mod host_credentials;
 pub mod host_job;
 pub mod host_status;
 pub mod identity;
@@ -67,6 +68,8 @@ pub struct Context {
     caches_ready: tokio::sync::watch::Receiver<bool>,
     /// Consecutive transient failures per `<kind>/<namespace>/<object>/<host>`, for backoff.
     attempts: std::sync::Mutex<HashMap<String, u32>>,
+    /// Host keys minted for `s3.operatorSts` repositories.
+    pub minted: host_credentials::MintedKeys,
 }
 
 impl Context {
@@ -196,6 +199,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
         repos: repos.clone(),
         host_timeout: settings.host_timeout,
         attempts: Default::default(),
+        minted: Default::default(),
         caches_ready,
     });
     let policies = Controller::new(api::<BackupPolicy>(&client, ns), wc.clone());

@@ -499,6 +499,7 @@ async fn mint_read_only(
         access_key_id: &ak,
         secret_access_key: &sk,
         policy,
+        role_arn: None,
         duration,
         session_name: format!("fleetsnap-restore-{target}")
             .chars()
@@ -576,8 +577,10 @@ async fn restore_on_host(
             script_stdin(Some(&session), None, &password)
         }
         _ => {
-            let own =
-                derive::credentials(repo, host, &secrets).map_err(|e| Failure::from_derive(&e))?;
+            // The host's own key, as for its backups (minted for operatorSts repositories).
+            let own = super::host_credentials::resolve(ctx, repo, host, &secrets, None)
+                .await?
+                .credentials;
             script_stdin(own.aws.as_ref(), own.rest.as_ref(), &password)
         }
     }
@@ -698,6 +701,7 @@ mod tests {
                         secret_name_template: "s3-{host}".into(),
                     }),
                     credential_process: None,
+                    operator_sts: None,
                 }),
                 local: None,
                 rest: None,

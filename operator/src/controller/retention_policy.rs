@@ -55,7 +55,20 @@ pub fn spec_problem(
             "keep has no rule; refusing to forget every snapshot".into(),
         ));
     }
+    let minted = repo
+        .spec
+        .s3
+        .as_ref()
+        .is_some_and(|s| s.operator_sts.is_some());
     match spec.run_on {
+        RunOn::Host if minted => Some((
+            INVALID_SPEC,
+            format!(
+                "BackupRepository {:?} gives its hosts keys minted by the operator (s3.operatorSts), \
+                 which cannot delete: set runOn: Operator",
+                repo.name_any()
+            ),
+        )),
         RunOn::Host if repo.spec.append_only => Some((
             INVALID_SPEC,
             format!(

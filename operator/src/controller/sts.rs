@@ -54,6 +54,30 @@ pub fn read_only_policy(bucket: &str, prefix: &str) -> String {
     .to_string()
 }
 
+/// What a host's own minted key may do (`s3.operatorSts`): read and add files below its
+/// own `prefix`, list it, and delete nothing but its own lock files (restic removes its
+/// lock when a run ends). No overwrite protection comes from this policy alone: S3 lets a
+/// PutObject replace an object, so the bucket's versioning or Object Lock keeps the old
+/// version, as for any append-only host key.
+pub fn host_policy(bucket: &str, prefix: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+             "Resource": [format!("arn:aws:s3:::{bucket}/{prefix}/*")]},
+            {"Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [format!("arn:aws:s3:::{bucket}")],
+             "Condition": {"StringLike": {"s3:prefix": [format!("{prefix}/*"), prefix.to_string()]}}},
+            {"Effect": "Allow", "Action": ["s3:GetBucketLocation"],
+             "Resource": [format!("arn:aws:s3:::{bucket}")]},
+            {"Effect": "Allow", "Action": ["s3:DeleteObject"],
+             "Resource": [format!("arn:aws:s3:::{bucket}/{prefix}/locks/*")]}
+        ]
+    })
+    .to_string()
+}
+
 /// How long to ask for: the longest the work may take plus a margin, within what STS
 /// grants. The work itself is cut off at `work_limit`, so the credential outlives it by no
 /// more than the margin (or up to STS's 15-minute minimum).
@@ -69,8 +93,10 @@ pub struct AssumeRole<'a> {
     /// The identity the session is derived from.
     pub access_key_id: &'a SecretBytes,
     pub secret_access_key: &'a SecretBytes,
-    /// Inline session policy ([`read_only_policy`]).
+    /// Inline session policy ([`read_only_policy`], [`host_policy`]).
     pub policy: String,
+    /// The role to assume; MinIO needs none.
+    pub role_arn: Option<String>,
     pub duration: Duration,
     /// Shows in the storage's audit log.
     pub session_name: String,
@@ -104,6 +130,7 @@ pub async fn assume_role(req: AssumeRole<'_>) -> Result<TemporaryCredentials, St
     let seconds = i32::try_from(req.duration.as_secs()).unwrap_or(i32::MAX);
     let out = client
         .assume_role()
+        .set_role_arn(req.role_arn)
         .role_session_name(req.session_name)
         .policy(req.policy)
         .duration_seconds(seconds)
@@ -165,6 +192,29 @@ mod tests {
         assert!(!text.contains("hosts/db2"));
         // STS limits inline policies to 2048 characters.
         assert!(read_only_policy(&"b".repeat(63), &"p".repeat(400)).len() < 2048);
+    }
+
+    #[test]
+    fn host_policy_adds_to_one_prefix_and_deletes_only_its_locks() {
+        let p: Value = serde_json::from_str(&host_policy("b1", "/hosts/db1/")).unwrap();
+        let st = p["Statement"].as_array().unwrap();
+        assert!(st.iter().all(|s| s["Effect"] == "Allow"));
+        let delete: Vec<&Value> = st
+            .iter()
+            .filter(|s| s["Action"].to_string().contains("Delete"))
+            .collect();
+        assert_eq!(delete.len(), 1);
+        assert_eq!(
+            delete[0]["Resource"],
+            serde_json::json!(["arn:aws:s3:::b1/hosts/db1/locks/*"])
+        );
+        let text = host_policy("b1", "hosts/db1");
+        for word in ["s3:*", "Bypass", "PutBucket", "DeleteBucket", "hosts/db2"] {
+            assert!(!text.contains(word), "{word} in {text}");
+        }
+        // STS limits inline policies to 2048 characters; host prefixes are short (a path
+        // template and a hostname), so a 63-character bucket and a 200-character prefix fit.
+        assert!(host_policy(&"b".repeat(63), &"p".repeat(200)).len() < 2048);
     }
 
     #[test]

@@ -256,6 +256,10 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                 if let Some(wait) = host_job::after_next_elapse(obs, now) {
                     requeue = requeue.min(wait);
                 }
+                if let Some(at) = c.refresh_at {
+                    let wait = (at - now).to_std().unwrap_or_default();
+                    requeue = requeue.min(wait.max(std::time::Duration::from_secs(5)));
+                }
             }
             Err(f) => {
                 all_verified = false;
