@@ -524,8 +524,9 @@ fn a_credential_process_named_by_the_repository_backs_up() {
     // The broker on the host prints a session minted by MinIO's STS in the credential_process
     // contract (the hosts have no route to an STS of their own to ask).
     let host = env.hosts()[0].clone();
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(55);
     let doc = json!({"Version": 1, "AccessKeyId": ak, "SecretAccessKey": sk, "SessionToken": tok,
-        "Expiration": (chrono::Utc::now() + chrono::Duration::minutes(55)).to_rfc3339()});
+        "Expiration": expires.to_rfc3339()});
     let out = env
         .ssh(
             &host,
@@ -566,7 +567,18 @@ fn a_credential_process_named_by_the_repository_backs_up() {
         &backup_policy("broker", "broker"),
     );
     let op = Launch::admin(env, ns).start(env, "cred-process");
-    await_backup(env, ns, "broker", &op);
+    let entry = await_backup(env, ns, "broker", &op);
+    // The broker's Expiration comes back through the run record into Host status.
+    let shown = entry["credentialExpiry"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no credentialExpiry from the broker's key: {entry:#}"));
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(shown)
+            .unwrap()
+            .timestamp(),
+        expires.timestamp(),
+        "{entry:#}"
+    );
     let calls = env
         .ssh_ok(&host, "cat /var/lib/fleetsnap/cred-broker-calls")
         .unwrap();

@@ -25,6 +25,15 @@ pub const PROCESS_OUTPUT_CAP: usize = 64 * 1024;
 /// How long a credential process may take.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Expiration of the newest key a credential process printed in this process, for the run
+/// record (one job per process).
+static LAST_EXPIRY: std::sync::Mutex<Option<SystemTime>> = std::sync::Mutex::new(None);
+
+/// When the newest key from a credential process expires, if one was fetched.
+pub fn last_process_expiry() -> Option<SystemTime> {
+    *LAST_EXPIRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The `credential_process` provider.
 #[derive(Debug)]
 pub struct CredentialProcess {
@@ -100,9 +109,11 @@ impl CredentialProcess {
                 first.collect::<String>()
             )));
         }
-        parse_process_output(&out, SystemTime::now()).map_err(|m| {
+        let creds = parse_process_output(&out, SystemTime::now()).map_err(|m| {
             CredentialsError::provider_error(format!("credential process {program}: {m}"))
-        })
+        })?;
+        *LAST_EXPIRY.lock().unwrap_or_else(|e| e.into_inner()) = creds.expiry();
+        Ok(creds)
     }
 }
 

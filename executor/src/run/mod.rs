@@ -139,6 +139,8 @@ fn run_job(path: &Path, creds: Option<&Path>, under_systemd: bool) -> i32 {
         bytes_added: 0,
         duration_seconds: t0.elapsed().as_secs_f64(),
         error: None,
+        credential_expiry: crate::backend::aws_credentials::last_process_expiry()
+            .map(chrono::DateTime::<chrono::Utc>::from),
     };
     match res {
         Ok(o) => {
@@ -206,6 +208,7 @@ fn watch_for_sigterm(cfg: &JobConfig, started: chrono::DateTime<chrono::Utc>, t0
                 "stopped by SIGTERM after {secs:.0}s: the policy's maxRuntime elapsed, or the \
                  host is shutting down; no snapshot was written"
             )),
+            credential_expiry: None,
         };
         eprintln!(
             "fleetsnap run: {}",

@@ -55,6 +55,32 @@ pub struct RunRecord {
     pub duration_seconds: f64,
     #[serde(default)]
     pub error: Option<String>,
+    /// When the storage key the run used last expires, where the executor learned it (a
+    /// `credential_process` key's `Expiration`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    pub credential_expiry: Option<DateTime<Utc>>,
+}
+
+mod rfc3339_opt {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
 }
 
 /// `2025-03-01T02:00:03.123Z`: UTC with a `Z`, which every RFC 3339 parser accepts.
@@ -163,6 +189,7 @@ mod tests {
             bytes_added: 4096,
             duration_seconds: 62.5,
             error: None,
+            credential_expiry: None,
         }
     }
 
@@ -200,6 +227,14 @@ mod tests {
         let back: RunRecord = serde_json::from_str(op).unwrap();
         assert_eq!(back.kind, JobKind::Verify);
         assert_eq!(back.bytes_added, 0);
+        assert_eq!(back.credential_expiry, None);
+        // A broker's key expiry, when there was one, travels with the record.
+        let mut r = record(3);
+        r.credential_expiry = Some("2025-03-01T03:00:00Z".parse().unwrap());
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["credential_expiry"], "2025-03-01T03:00:00Z");
+        let back: RunRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.credential_expiry, r.credential_expiry);
     }
 
     #[test]

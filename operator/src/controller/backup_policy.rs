@@ -334,11 +334,16 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                     info!(host = %hname, actions = ?c.changed, "host converged");
                 }
                 ctx.metrics.observe_backup(&labels, &c.observation);
+                // What the operator delivered, else what the executor reported (a broker's
+                // key on the host).
+                let expiry = c
+                    .credential_expiry
+                    .or_else(|| c.observation.last_run().and_then(|r| r.credential_expiry));
                 ctx.metrics
-                    .credential_expiry(&labels, c.credential_expiry, &c.observation);
+                    .credential_expiry(&labels, expiry, &c.observation);
                 ctx.metrics.host_contact(&hlabels, true, now);
                 let entry = HostPolicyStatus {
-                    credential_expiry: c.credential_expiry.map(summary::to_time),
+                    credential_expiry: expiry.map(summary::to_time),
                     ..summary::host_policy_entry(&name, &c.observation)
                 };
                 host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;

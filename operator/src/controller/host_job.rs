@@ -264,10 +264,16 @@ pub async fn sync_host_entry<P: HostJob>(
 ) {
     let kind = jobs::crd_kind(P::JOB);
     let entry = match result {
-        Ok(c) => HostPolicyStatus {
-            credential_expiry: c.credential_expiry.map(summary::to_time),
-            ..summary::job_entry(kind, policy, &c.observation)
-        },
+        Ok(c) => {
+            let entry = summary::job_entry(kind, policy, &c.observation);
+            HostPolicyStatus {
+                credential_expiry: c
+                    .credential_expiry
+                    .map(summary::to_time)
+                    .or(entry.credential_expiry.clone()),
+                ..entry
+            }
+        }
         Err(f) => summary::unreached_entry(
             kind,
             policy,

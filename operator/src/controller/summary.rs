@@ -107,7 +107,7 @@ pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolic
             .and_then(|t| t.next_elapse)
             .map(unix_time),
         consecutive_failures: consecutive_failures(obs),
-        credential_expiry: None,
+        credential_expiry: last.and_then(|r| r.credential_expiry).map(to_time),
     }
 }
 
@@ -513,6 +513,7 @@ mod tests {
             bytes_added: 100,
             duration_seconds: 5.0,
             error: (exit_code != 0).then(|| "repository unreachable".into()),
+            credential_expiry: None,
         }
     }
 

@@ -576,6 +576,7 @@ mod tests {
             bytes_added: 0,
             duration_seconds: 5.0,
             error: error.map(str::to_string),
+            credential_expiry: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub struct RunRecord {
     /// Human-readable error for failed runs; never contains secrets.
     #[serde(default)]
     pub error: Option<String>,
+    /// When the storage key the run used expires, where the executor learned it (a
+    /// `credential_process` key).
+    #[serde(default)]
+    pub credential_expiry: Option<DateTime<Utc>>,
 }
 
 impl RunRecord {
