@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go-based test tools from their Go modules into the cache, one directory per
 # component and version:  $FLEETSNAP_CACHE/tools/<name>-<version>/
-#   tools.sh [all|NAME...]     NAME = kubernetes etcd minio mc restic helm toxiproxy
+#   tools.sh [all|NAME...]     NAME = kubernetes etcd minio mc restic helm toxiproxy aemm
 # A component is rebuilt only when its directory lacks the ".ok" marker, so a warm run
 # takes well under a second. Prints "<name> <version> <seconds>s" for every build.
 set -euo pipefail
@@ -68,12 +68,19 @@ build_toxiproxy() {   # fault-injecting TCP proxy for the fault campaign (server
      && go build -trimpath -ldflags "-s -w" -o "$out/toxiproxy-cli" github.com/Shopify/toxiproxy/v2/cmd/cli)
 }
 
+build_aemm() {   # amazon-ec2-metadata-mock: an instance-metadata service for the host's own AWS chain
+  local out=$1 w=$1.work
+  wrapper_module "$w" github.com/aws/amazon-ec2-metadata-mock "$AEMM_VERSION"
+  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$out/ec2-metadata-mock" \
+     github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock)
+}
+
 version_of() {
   case $1 in
     kubernetes) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;;
     minio) echo "$MINIO_VERSION" ;; mc) echo "$MC_VERSION" ;;
     restic) echo "$RESTIC_VERSION" ;; helm) echo "$HELM_VERSION" ;;
-    toxiproxy) echo "$TOXIPROXY_VERSION" ;;
+    toxiproxy) echo "$TOXIPROXY_VERSION" ;; aemm) echo "$AEMM_VERSION" ;;
     *) echo "tools.sh: unknown component '$1'" >&2; exit 2 ;;
   esac
 }
@@ -94,5 +101,5 @@ ensure() {
 # Prints the bin directory of a component (for PATH assembly by callers).
 if [ "${1:-}" = path ]; then echo "$CACHE/tools/$2-$(version_of "$2")"; exit 0; fi
 names=${*:-all}
-[ "$names" = all ] && names="etcd restic toxiproxy kubernetes minio mc helm"
+[ "$names" = all ] && names="etcd restic toxiproxy aemm kubernetes minio mc helm"
 for n in $names; do ensure "$n"; done

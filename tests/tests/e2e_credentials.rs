@@ -767,3 +767,166 @@ fn operator_minted_host_keys_back_up_cannot_delete_and_are_replaced() {
         &format!("{minted} keys minted; backups go on with the replaced key"),
     );
 }
+
+/// amazon-ec2-metadata-mock serving one STS session as the instance profile's credentials,
+/// reachable by the hosts at 169.254.169.254:80 like the real instance metadata service.
+struct Imds {
+    children: Vec<Child>,
+    netns: String,
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args([
+                "-n",
+                &self.netns,
+                "addr",
+                "del",
+                "169.254.169.254/32",
+                "dev",
+                "br0",
+            ])
+            .status();
+    }
+}
+
+fn imds(env: &TestEnv, dir: &Path, creds: (&str, &str, &str, &str)) -> Imds {
+    let bin = fleetsnap_tests::repo_root().join("tests/testenv/tools.sh");
+    let out = Command::new(&bin).args(["path", "aemm"]).output().unwrap();
+    let aemm = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("ec2-metadata-mock");
+    assert!(
+        aemm.exists(),
+        "amazon-ec2-metadata-mock is missing at {} (tests/testenv/tools.sh aemm builds it)",
+        aemm.display()
+    );
+    let config = dir.join("aemm-config.json");
+    let (ak, sk, tok, exp) = creds;
+    std::fs::write(
+        &config,
+        json!({"metadata": {"values": {"iam-security-credentials": {
+            "Code": "Success", "LastUpdated": chrono::Utc::now().to_rfc3339(), "Type": "AWS-HMAC",
+            "AccessKeyId": ak, "SecretAccessKey": sk, "Token": tok, "Expiration": exp}}}})
+        .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("aemm.log")).unwrap();
+    let mock = Command::new(&aemm)
+        .args(["-n", "127.0.0.1", "-p", &port.to_string(), "-c"])
+        .arg(&config)
+        .env("HOME", dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let netns = env.var("NETNS").to_string();
+    let ok = Command::new("ip")
+        .args([
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            "br0",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "cannot add 169.254.169.254 in {netns}");
+    let sock = dir.join("imds.sock");
+    let outer = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+        .arg(format!("TCP:127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let inner = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("socat")
+        .arg("TCP-LISTEN:80,bind=169.254.169.254,reuseaddr,fork")
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Imds {
+        children: vec![mock, outer, inner],
+        netns,
+    };
+    let url = format!("http://127.0.0.1:{port}/latest/meta-data/iam/security-credentials/");
+    wait::until("the metadata mock answers", Duration::from_secs(30), || {
+        let o = Command::new("curl").args(["-sf", &url]).output()?;
+        Ok(o.status.success().then_some(()))
+    })
+    .unwrap();
+    server
+}
+
+#[test]
+fn the_hosts_own_identity_from_instance_metadata_backs_up() {
+    let _host = host_lock();
+    let env = env();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, bucket) = ("cred-ambient", "cred-ambient");
+    base(env, ns, dir.path());
+    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
+    let user = bucket_user(env, dir.path(), "cred-ambient-user", bucket);
+    let (ak, sk, tok, exp) = assume_role(env, &user);
+    let _imds = imds(env, dir.path(), (&ak, &sk, &tok, &exp));
+    // No credentials in the repository at all: the executor's S3 client takes the SDK's
+    // default chain, which ends at the instance metadata service.
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "repo.yaml",
+        &format!(
+            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: ambient}}\nspec:\n  \
+             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true}}\n  \
+             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            env.var("S3_ENDPOINT_FROM_HOSTS")
+        ),
+    );
+    apply_yaml(
+        env,
+        ns,
+        dir.path(),
+        "policy.yaml",
+        &backup_policy("ambient", "ambient"),
+    );
+    let op = Launch::admin(env, ns).start(env, "cred-ambient");
+    await_backup(env, ns, "ambient", &op);
+    let host = &env.hosts()[0];
+    let keys = env
+        .mc(&[
+            "ls",
+            "--recursive",
+            &format!("testenv/{bucket}/hosts/{host}/snapshots/"),
+        ])
+        .unwrap();
+    assert!(
+        !keys.trim().is_empty(),
+        "no snapshot file written with the instance profile's key"
+    );
+    // The key came from the metadata service: the mock logged the role's credentials read.
+    let log = std::fs::read_to_string(dir.path().join("aemm.log")).unwrap();
+    assert!(
+        log.contains("/latest/meta-data/iam/security-credentials/baskinc-role"),
+        "the instance metadata service was never asked for the role's credentials:\n{log}"
+    );
+    assert_nowhere(
+        env,
+        ns,
+        &op,
+        &[("the secret key", &sk), ("the session token", &tok)],
+    );
+    step(
+        t0,
+        "backup with the host's own identity (instance metadata) succeeded",
+    );
+}
