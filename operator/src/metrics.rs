@@ -261,15 +261,12 @@ impl Metrics {
         expiry: Option<chrono::DateTime<chrono::Utc>>,
         obs: &JobObservation,
     ) {
-        match obs.timer.as_ref().and_then(|t| t.next_elapse) {
-            Some(next) => {
-                self.backup_next_run
-                    .get_or_create(l)
-                    .set(obs.local_secs(next) as f64);
-            }
-            None => {
-                self.backup_next_run.remove(l);
-            }
+        // While a run is in progress systemd may show no next elapse: the last known one
+        // stays until the next observation says otherwise.
+        if let Some(next) = obs.timer.as_ref().and_then(|t| t.next_elapse) {
+            self.backup_next_run
+                .get_or_create(l)
+                .set(obs.local_secs(next) as f64);
         }
         match expiry {
             Some(t) => {

@@ -120,6 +120,13 @@ fn base(env: &TestEnv, ns: &str, dir: &Path) {
     );
 }
 
+/// [`base`] plus an empty bucket and a MinIO user with every right on it.
+fn s3_case(env: &TestEnv, ns: &str, dir: &Path, bucket: &str) -> (String, String) {
+    base(env, ns, dir);
+    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
+    bucket_user(env, dir, &format!("{ns}-user"), bucket)
+}
+
 fn backup_policy(name: &str, repo: &str) -> String {
     format!(
         r#"---
@@ -133,6 +140,38 @@ spec:
   schedule: {{onCalendar: "*-*-* *:*:00/20", persistent: false}}
 "#
     )
+}
+
+/// BackupRepository `name` with `body` (the backend and its credentials, each line after the
+/// first indented by two spaces) and the suite's password Secret.
+fn repository(env: &TestEnv, ns: &str, dir: &Path, name: &str, body: &str) {
+    let yaml = format!(
+        "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: {name}}}\nspec:\n  \
+         {body}  passwordSecretRef: {{name: repo-password, key: password}}\n"
+    );
+    apply_yaml(env, ns, dir, &format!("repo-{name}.yaml"), &yaml);
+}
+
+/// BackupPolicy `policy` on `repo`, an operator started as `cred-<policy>` with `variant`,
+/// and the host's first successful backup (its `Host.status.policies[]` entry).
+fn back_up(
+    env: &TestEnv,
+    ns: &str,
+    dir: &Path,
+    policy: &str,
+    repo: &str,
+    variant: &Variant,
+) -> (Operator, Value) {
+    apply_yaml(
+        env,
+        ns,
+        dir,
+        &format!("policy-{policy}.yaml"),
+        &backup_policy(policy, repo),
+    );
+    let op = Launch::admin(env, ns).start_variant(env, &format!("cred-{policy}"), variant);
+    let entry = await_backup(env, ns, policy, &op);
+    (op, entry)
 }
 
 /// Waits for the host's entry of BackupPolicy `name` to show a success; on timeout the
@@ -194,9 +233,7 @@ fn a_session_token_in_the_secret_reaches_the_host_job() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (ns, bucket) = ("cred-sts", "cred-sts");
-    base(env, ns, dir.path());
-    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
-    let user = bucket_user(env, dir.path(), "cred-sts-user", bucket);
+    let user = s3_case(env, ns, dir.path(), bucket);
     let (ak, sk, tok, expiration) = assume_role(env, &user);
     secret_from_files(
         env,
@@ -210,27 +247,17 @@ fn a_session_token_in_the_secret_reaches_the_host_job() {
             ("AWS_CREDENTIAL_EXPIRATION", &expiration),
         ],
     );
-    apply_yaml(
+    repository(
         env,
         ns,
         dir.path(),
-        "repo.yaml",
+        "sts",
         &format!(
-            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: sts}}\nspec:\n  \
-             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, credentialsSecretRef: {{name: sts-keys}}}}\n  \
-             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            "s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, credentialsSecretRef: {{name: sts-keys}}}}\n",
             env.var("S3_ENDPOINT_FROM_HOSTS")
         ),
     );
-    apply_yaml(
-        env,
-        ns,
-        dir.path(),
-        "policy.yaml",
-        &backup_policy("sts", "sts"),
-    );
-    let op = Launch::admin(env, ns).start(env, "cred-sts");
-    let entry = await_backup(env, ns, "sts", &op);
+    let (op, entry) = back_up(env, ns, dir.path(), "sts", "sts", &Variant::default());
     step(t0, "backup with a Secret's STS session succeeded");
 
     // The snapshot is real: stock restic lists it with the same session.
@@ -284,22 +311,33 @@ fn a_session_token_in_the_secret_reaches_the_host_job() {
         expected,
         "{entry:#}"
     );
-    let scrape = op.scrape().unwrap();
-    let value = |name: &str| {
-        scrape
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!("{name}{{")) && l.contains(&format!("host=\"{host}\""))
-            })
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} for {host} is not served:\n{scrape}"))
-    };
-    assert_eq!(
-        value("fleetsnap_backup_credential_expiry_timestamp_seconds") as i64,
-        expected
-    );
-    let next = value("fleetsnap_backup_next_run_timestamp_seconds") as i64;
+    // Both series the alert compares, from one scrape (the next run is known once the
+    // operator has observed the timer between two runs).
+    let mut scrape = String::new();
+    let (expiry_metric, next) = wait::until(
+        "the expiry and next-run series served",
+        Duration::from_secs(60),
+        || {
+            scrape = op.scrape()?;
+            let value = |name: &str| {
+                scrape
+                    .lines()
+                    .find(|l| {
+                        l.starts_with(&format!("{name}{{"))
+                            && l.contains(&format!("host=\"{host}\""))
+                    })
+                    .and_then(|l| l.split_whitespace().last())
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            Ok(
+                value("fleetsnap_backup_credential_expiry_timestamp_seconds")
+                    .zip(value("fleetsnap_backup_next_run_timestamp_seconds")),
+            )
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{scrape}"));
+    assert_eq!(expiry_metric as i64, expected);
+    let next = next as i64;
     assert!(
         next < expected,
         "next run {next} is not before the expiry {expected}"
@@ -308,6 +346,35 @@ fn a_session_token_in_the_secret_reaches_the_host_job() {
         t0,
         "credentialExpiry and the expiry metric show STS's Expiration",
     );
+}
+
+/// Makes 127.0.0.1:`port` of the test machine reachable by the hosts at `bind`:`bind_port`
+/// inside their network namespace, the two-hop way testenv forwards MinIO: a socat on the
+/// machine behind a unix socket, and one inside the namespace in front of it.
+fn forward_to_hosts(
+    env: &TestEnv,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    bind: &str,
+    bind_port: u16,
+) -> Vec<Child> {
+    let sock = dir.join(format!("{name}.sock"));
+    let outer = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+        .arg(format!("TCP:127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let inner = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.var("NETNS")))
+        .arg("socat")
+        .arg(format!("TCP-LISTEN:{bind_port},bind={bind},reuseaddr,fork"))
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    vec![outer, inner]
 }
 
 /// `rclone serve restic` with basic auth on the test machine, reachable by the hosts at
@@ -352,26 +419,10 @@ fn rest_server(env: &TestEnv, dir: &Path, user: &str, password: &str) -> RestSer
         .stderr(log)
         .spawn()
         .unwrap();
-    let sock = dir.join("rest.sock");
-    let outer = Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
-        .arg(format!("TCP:127.0.0.1:{port}"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let inner_port = free_port();
-    let inner = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", env.var("NETNS")))
-        .arg("socat")
-        .arg(format!(
-            "TCP-LISTEN:{inner_port},bind=10.0.2.100,reuseaddr,fork"
-        ))
-        .arg(format!("UNIX-CONNECT:{}", sock.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let forward = forward_to_hosts(env, dir, "rest", port, "10.0.2.100", inner_port);
     let server = RestServer {
-        children: vec![rclone, outer, inner],
+        children: std::iter::once(rclone).chain(forward).collect(),
         local_url: format!("http://127.0.0.1:{port}/"),
         host_url: format!("http://10.0.2.100:{inner_port}/"),
     };
@@ -413,24 +464,15 @@ fn rest_basic_auth_reaches_host_jobs_restore_and_operator_retention() {
         "rest-auth",
         &[("username", user), ("password", pass)],
     );
-    apply_yaml(
+    repository(
         env,
         ns,
         dir.path(),
-        "repo.yaml",
+        "rest",
         &format!(
-            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: rest}}\nspec:\n  \
-             rest: {{url: \"{}\", credentialsSecretRef: {{name: rest-auth}}}}\n  \
-             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            "rest: {{url: \"{}\", credentialsSecretRef: {{name: rest-auth}}}}\n",
             server.host_url
         ),
-    );
-    apply_yaml(
-        env,
-        ns,
-        dir.path(),
-        "policy.yaml",
-        &backup_policy("rest", "rest"),
     );
     let variant = Variant {
         binary: None,
@@ -439,8 +481,7 @@ fn rest_basic_auth_reaches_host_jobs_restore_and_operator_retention() {
             server.local_url.clone(),
         )],
     };
-    let op = Launch::admin(env, ns).start_variant(env, "cred-rest", &variant);
-    await_backup(env, ns, "rest", &op);
+    let (op, _) = back_up(env, ns, dir.path(), "rest", "rest", &variant);
     step(t0, "backup to a REST server with basic auth succeeded");
 
     // Operator-side retention opens the same repository with the same Secret.
@@ -517,9 +558,7 @@ fn a_credential_process_named_by_the_repository_backs_up() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (ns, bucket) = ("cred-process", "cred-process");
-    base(env, ns, dir.path());
-    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
-    let user = bucket_user(env, dir.path(), "cred-process-user", bucket);
+    let user = s3_case(env, ns, dir.path(), bucket);
     let (ak, sk, tok, _) = assume_role(env, &user);
     // The broker on the host prints a session minted by MinIO's STS in the credential_process
     // contract (the hosts have no route to an STS of their own to ask).
@@ -541,16 +580,13 @@ fn a_credential_process_named_by_the_repository_backs_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    apply_yaml(
+    repository(
         env,
         ns,
         dir.path(),
-        "repo.yaml",
+        "broker",
         &format!(
-            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: broker}}\nspec:\n  \
-             s3:\n    endpoint: \"{}\"\n    bucket: {bucket}\n    pathStyle: true\n    \
-             credentialProcess: {{command: [/opt/cred-broker/broker, \"--host={{hostname}}\"]}}\n  \
-             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            "s3:\n    endpoint: \"{}\"\n    bucket: {bucket}\n    pathStyle: true\n    credentialProcess: {{command: [/opt/cred-broker/broker, \"--host={{hostname}}\"]}}\n",
             env.var("S3_ENDPOINT_FROM_HOSTS")
         ),
     );
@@ -559,15 +595,7 @@ fn a_credential_process_named_by_the_repository_backs_up() {
         repo["spec"]["s3"]["credentialProcess"]["command"][0], "/opt/cred-broker/broker",
         "the API server dropped s3.credentialProcess: {repo:#}"
     );
-    apply_yaml(
-        env,
-        ns,
-        dir.path(),
-        "policy.yaml",
-        &backup_policy("broker", "broker"),
-    );
-    let op = Launch::admin(env, ns).start(env, "cred-process");
-    let entry = await_backup(env, ns, "broker", &op);
+    let (op, entry) = back_up(env, ns, dir.path(), "broker", "broker", &Variant::default());
     // The broker's Expiration comes back through the run record into Host status.
     let shown = entry["credentialExpiry"]
         .as_str()
@@ -617,9 +645,7 @@ fn operator_minted_host_keys_back_up_cannot_delete_and_are_replaced() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (ns, bucket) = ("cred-opsts", "cred-opsts");
-    base(env, ns, dir.path());
-    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
-    let maint = bucket_user(env, dir.path(), "cred-opsts-maint", bucket);
+    let maint = s3_case(env, ns, dir.path(), bucket);
     secret_from_files(
         env,
         ns,
@@ -630,31 +656,27 @@ fn operator_minted_host_keys_back_up_cannot_delete_and_are_replaced() {
             ("AWS_SECRET_ACCESS_KEY", &maint.1),
         ],
     );
-    apply_yaml(
+    repository(
         env,
         ns,
         dir.path(),
-        "repo.yaml",
+        "minted",
         &format!(
-            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: minted}}\nspec:\n  \
-             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, operatorSts: {{duration: 15m}}}}\n  \
-             maintenanceCredentialsSecretRef: {{name: maintenance}}\n  \
-             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            "s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true, operatorSts: {{duration: 15m}}}}\n  maintenanceCredentialsSecretRef: {{name: maintenance}}\n",
             env.var("S3_ENDPOINT_FROM_HOSTS")
         ),
-    );
-    apply_yaml(
-        env,
-        ns,
-        dir.path(),
-        "policy.yaml",
-        &backup_policy("opsts", "minted"),
     );
     // The operator's clock runs 9 minutes ahead (libfaketime; SigV4 tolerates 15): every
     // 15-minute key it mints is already past half its life, so the replacement path runs on
     // every pass instead of after 7.5 minutes.
-    let op = Launch::admin(env, ns).start_variant(env, "cred-opsts", &Variant::clock("+9m"));
-    let entry = await_backup(env, ns, "opsts", &op);
+    let (op, entry) = back_up(
+        env,
+        ns,
+        dir.path(),
+        "opsts",
+        "minted",
+        &Variant::clock("+9m"),
+    );
     step(t0, "backup with an operator-minted host key succeeded");
 
     let host = env.hosts()[0].clone();
@@ -838,23 +860,9 @@ fn imds(env: &TestEnv, dir: &Path, creds: (&str, &str, &str, &str)) -> Imds {
         .status()
         .unwrap();
     assert!(ok.success(), "cannot add 169.254.169.254 in {netns}");
-    let sock = dir.join("imds.sock");
-    let outer = Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
-        .arg(format!("TCP:127.0.0.1:{port}"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let inner = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .arg("socat")
-        .arg("TCP-LISTEN:80,bind=169.254.169.254,reuseaddr,fork")
-        .arg(format!("UNIX-CONNECT:{}", sock.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let forward = forward_to_hosts(env, dir, "imds", port, "169.254.169.254", 80);
     let server = Imds {
-        children: vec![mock, outer, inner],
+        children: std::iter::once(mock).chain(forward).collect(),
         netns,
     };
     let url = format!("http://127.0.0.1:{port}/latest/meta-data/iam/security-credentials/");
@@ -873,34 +881,29 @@ fn the_hosts_own_identity_from_instance_metadata_backs_up() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (ns, bucket) = ("cred-ambient", "cred-ambient");
-    base(env, ns, dir.path());
-    env.mc(&["mb", &format!("testenv/{bucket}")]).unwrap();
-    let user = bucket_user(env, dir.path(), "cred-ambient-user", bucket);
+    let user = s3_case(env, ns, dir.path(), bucket);
     let (ak, sk, tok, exp) = assume_role(env, &user);
     let _imds = imds(env, dir.path(), (&ak, &sk, &tok, &exp));
     // No credentials in the repository at all: the executor's S3 client takes the SDK's
     // default chain, which ends at the instance metadata service.
-    apply_yaml(
+    repository(
         env,
         ns,
         dir.path(),
-        "repo.yaml",
+        "ambient",
         &format!(
-            "apiVersion: fleetsnap.io/v1alpha1\nkind: BackupRepository\nmetadata: {{name: ambient}}\nspec:\n  \
-             s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true}}\n  \
-             passwordSecretRef: {{name: repo-password, key: password}}\n",
+            "s3: {{endpoint: \"{}\", bucket: {bucket}, pathStyle: true}}\n",
             env.var("S3_ENDPOINT_FROM_HOSTS")
         ),
     );
-    apply_yaml(
+    let (op, _) = back_up(
         env,
         ns,
         dir.path(),
-        "policy.yaml",
-        &backup_policy("ambient", "ambient"),
+        "ambient",
+        "ambient",
+        &Variant::default(),
     );
-    let op = Launch::admin(env, ns).start(env, "cred-ambient");
-    await_backup(env, ns, "ambient", &op);
     let host = &env.hosts()[0];
     let keys = env
         .mc(&[

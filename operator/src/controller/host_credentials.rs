@@ -199,7 +199,7 @@ async fn mint(
         })?;
     let override_ = std::env::var("FLEETSNAP_MAINTENANCE_S3_ENDPOINT").ok();
     let endpoint = super::restore::sts_endpoint(&s3.endpoint, override_.as_deref());
-    let call = sts::assume_role(sts::AssumeRole {
+    let c = sts::assume_role_within(sts::AssumeRole {
         endpoint: &endpoint,
         region: &s3.region,
         access_key_id: &keys.access_key_id,
@@ -207,21 +207,15 @@ async fn mint(
         policy: sts::host_policy(&s3.bucket, &prefix),
         role_arn: sts_spec.role_arn.clone(),
         duration: lifetime,
-        session_name: format!("fleetsnap-host-{}", host.name_any())
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
-            .take(64)
-            .collect(),
-    });
-    let c = match tokio::time::timeout(Duration::from_secs(60), call).await {
-        Err(_) => return Err(failed(format!("STS AssumeRole at {endpoint} timed out"))),
-        Ok(r) => r.map_err(|e| {
-            failed(format!(
-                "cannot mint the host's key with the maintenance credentials (Secret {:?}): {e}",
-                secret.name
-            ))
-        })?,
-    };
+        session_name: sts::session_name("fleetsnap-host-", &host.name_any()),
+    })
+    .await
+    .map_err(|e| {
+        failed(format!(
+            "cannot mint the host's key with the maintenance credentials (Secret {:?}): {e}",
+            secret.name
+        ))
+    })?;
     info!(
         host = %host.name_any(),
         prefix,

@@ -493,7 +493,7 @@ async fn mint_read_only(
     let endpoint = sts_endpoint(&s3.endpoint, override_.as_deref());
     let duration = sts::session_duration(ctx.host_timeout);
     let policy = sts::read_only_policy(bucket, prefix);
-    let call = sts::assume_role(sts::AssumeRole {
+    let creds = sts::assume_role_within(sts::AssumeRole {
         endpoint: &endpoint,
         region: &s3.region,
         access_key_id: &ak,
@@ -501,21 +501,15 @@ async fn mint_read_only(
         policy,
         role_arn: None,
         duration,
-        session_name: format!("fleetsnap-restore-{target}")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
-            .take(64)
-            .collect(),
-    });
-    let creds = match tokio::time::timeout(Duration::from_secs(60), call).await {
-        Err(_) => return Err(refused(format!("STS AssumeRole at {endpoint} timed out"))),
-        Ok(r) => r.map_err(|e| {
-            refused(format!(
-                "cannot mint a read-only credential for {prefix:?} with the maintenance \
-                 credentials (Secret {secret:?}): {e}"
-            ))
-        })?,
-    };
+        session_name: sts::session_name("fleetsnap-restore-", target),
+    })
+    .await
+    .map_err(|e| {
+        refused(format!(
+            "cannot mint a read-only credential for {prefix:?} with the maintenance \
+             credentials (Secret {secret:?}): {e}"
+        ))
+    })?;
     info!(
         prefix,
         lifetime_seconds = duration.as_secs(),

@@ -106,6 +106,29 @@ fn text(b: &SecretBytes) -> String {
     String::from_utf8_lossy(b.expose()).trim().to_string()
 }
 
+/// A session name STS accepts (`[A-Za-z0-9=,.@-]`, at most 64), shown in the audit log.
+pub fn session_name(prefix: &str, who: &str) -> String {
+    format!("{prefix}{who}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "=,.@-".contains(*c))
+        .take(64)
+        .collect()
+}
+
+/// How long one `AssumeRole` may take before the caller gives up on it.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// [`assume_role`] within [`CALL_DEADLINE`].
+pub async fn assume_role_within(req: AssumeRole<'_>) -> Result<TemporaryCredentials, String> {
+    let endpoint = req.endpoint.to_string();
+    match tokio::time::timeout(CALL_DEADLINE, assume_role(req)).await {
+        Err(_) => Err(format!(
+            "STS AssumeRole at {endpoint} did not answer within {CALL_DEADLINE:?}"
+        )),
+        Ok(r) => r,
+    }
+}
+
 /// Calls STS. Errors carry the service's error code and message, never a key.
 pub async fn assume_role(req: AssumeRole<'_>) -> Result<TemporaryCredentials, String> {
     let http = aws_smithy_http_client::Builder::new()
