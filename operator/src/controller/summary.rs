@@ -905,4 +905,59 @@ mod tests {
         assert_eq!(st.hosts_failing, 200);
         assert_eq!(st.hosts_succeeded, 1);
     }
+
+    /// A fleet in trouble: 1,000 and 5,000 hosts failing with realistic error text (~200
+    /// bytes each). The policy's status must stay small and must not grow with the fleet,
+    /// or the status write fails at etcd's 1.5 MiB object limit exactly when it matters.
+    #[test]
+    fn policy_status_stays_bounded_with_thousands_of_failing_hosts() {
+        let failing = |n: usize| -> Vec<HostResult> {
+            (0..n)
+                .map(|i| HostResult {
+                    host: format!("db-{i:05}.prod.eu-west-1.example.com"),
+                    observation: None,
+                    failure: Some(Failure {
+                        reason: reasons::HOST_UNREACHABLE,
+                        message: format!(
+                            "ssh: connect to host 10.{}.{}.{} port 22: Connection timed out \
+                             after 30s (ControlMaster /run/fleetsnap/ssh/cm-{i:05}); the host \
+                             is down, firewalled, or its sshd does not answer",
+                            i / 65536,
+                            (i / 256) % 256,
+                            i % 256
+                        ),
+                        retry: super::super::error::Retry::Backoff,
+                    }),
+                })
+                .collect()
+        };
+        let mut sizes = Vec::new();
+        for n in [1_000, 5_000] {
+            let rs = failing(n);
+            assert!(
+                rs.iter().all(|r| {
+                    let t = failure_text(r.failure.as_ref().unwrap());
+                    (180..=260).contains(&t.len())
+                }),
+                "error text is about 200 bytes"
+            );
+            let failures: Vec<&Failure> = rs.iter().filter_map(|r| r.failure.as_ref()).collect();
+            let st = policy_status(summaries(&rs), None, &failures, None, Some(1), at(1000));
+            assert_eq!(st.hosts_failing, n as i32);
+            assert_eq!(st.hosts_total, n as i32);
+            let bytes = serde_json::to_vec(&st).unwrap().len();
+            println!("BackupPolicy.status for {n} failing hosts: {bytes} bytes");
+            sizes.push(bytes);
+        }
+        for (n, bytes) in [1_000, 5_000].iter().zip(&sizes) {
+            assert!(
+                *bytes <= 16 << 10,
+                "status for {n} failing hosts is {bytes} bytes, over 16 KiB"
+            );
+        }
+        assert!(
+            sizes[1].abs_diff(sizes[0]) <= 64,
+            "status grows with the fleet: {sizes:?}"
+        );
+    }
 }
