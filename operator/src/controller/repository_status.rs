@@ -205,10 +205,22 @@ pub fn usage(
     for p in &using_bp {
         out.policies += 1;
         selectors.push(&p.spec.host_selector);
+        // Listed by a status written before bounded status.
         for h in p.status.iter().flat_map(|s| &s.hosts) {
             if h.last_success.is_some() {
                 out.initialized.insert(h.name.clone());
             }
+        }
+    }
+    // Each Host's entry of a policy using this repository says whether a backup succeeded.
+    for h in hosts {
+        let succeeded = h.status.iter().flat_map(|s| &s.policies).any(|e| {
+            e.kind == fleetsnap_crds::host::PolicyKind::BackupPolicy
+                && e.last_success.is_some()
+                && using_bp.iter().any(|p| p.name_any() == e.name)
+        });
+        if succeeded {
+            out.initialized.insert(h.name_any());
         }
     }
     // A Retention/VerifyPolicy targets either a BackupPolicy (whose hosts are counted
