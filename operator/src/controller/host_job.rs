@@ -29,13 +29,23 @@ use crate::host::observe::JobObservation;
 
 /// Longest gap between two looks at a policy.
 pub const MAX_RESYNC: Duration = Duration::from_secs(300);
+/// Most entries of a policy's `status.errors`; `errorsTotal` counts them all.
+pub const MAX_ERRORS: usize = 10;
 
 /// The status of a policy with a host-side job, as far as the shared cycle touches it.
 pub trait JobStatus: Clone + Default + PartialEq + Serialize {
     /// One entry of `status.errors`.
     type Error;
+    /// The record of an older status (`status.installedHosts`), read only for the upgrade.
     fn installed_hosts(&self) -> Option<&Vec<String>>;
+    /// `status.hostsInstalled`: set once the record lives in the Hosts' entries.
+    fn hosts_installed(&self) -> Option<i32>;
+    /// Records how many hosts may carry the job (their entries are the record itself) and
+    /// drops an older status's list.
     fn set_installed_hosts(&mut self, hosts: Vec<String>);
+    /// Cuts `status.errors`, as the round computed them, to [`MAX_ERRORS`], counting them
+    /// all in `errorsTotal`.
+    fn cap_errors(&mut self);
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn errors_mut(&mut self) -> &mut Vec<Self::Error>;
     /// A `status.errors` entry that is a note (no run behind it, so no time).
@@ -79,8 +89,17 @@ macro_rules! host_job_kind {
             fn installed_hosts(&self) -> Option<&Vec<String>> {
                 self.installed_hosts.as_ref()
             }
+            fn hosts_installed(&self) -> Option<i32> {
+                self.hosts_installed
+            }
             fn set_installed_hosts(&mut self, hosts: Vec<String>) {
-                self.installed_hosts = Some(hosts);
+                self.hosts_installed = Some(i32::try_from(hosts.len()).unwrap_or(i32::MAX));
+                self.installed_hosts = None;
+            }
+            fn cap_errors(&mut self) {
+                self.errors_total = i32::try_from(self.errors.len()).unwrap_or(i32::MAX);
+                self.errors
+                    .truncate($crate::controller::host_job::MAX_ERRORS);
             }
             fn conditions_mut(&mut self) -> &mut Vec<fleetsnap_crds::common::Condition> {
                 &mut self.conditions
@@ -224,9 +243,9 @@ pub async fn plan_round<P: HostJob>(
     status: &mut P::Status,
 ) -> Result<Round<P::Status>, Error> {
     let name = policy.name_any();
-    let recorded: Option<BTreeSet<String>> = previous
-        .installed_hosts()
-        .map(|r| r.iter().cloned().collect());
+    let kind = jobs::crd_kind(P::JOB);
+    let entries = host_status::hosts_with_entry(ctx, ns, kind, &name);
+    let recorded = recorded_hosts(previous, &entries);
     let refused = identity::refused_in_namespace(ctx, ns);
     let plan = units::plan_units(
         mode,
@@ -235,11 +254,24 @@ pub async fn plan_round<P: HostJob>(
         &jobs::existing_hosts(ctx, ns),
         &refused.keys().cloned().collect(),
     );
-    let mut written = previous.clone();
-    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
-        status.set_installed_hosts(record);
-        write(ctx, policy, &written, status).await?;
-        written = status.clone();
+    let written = previous.clone();
+    // The record is each host's entry: written before the job is installed (and, after an
+    // upgrade, for every host only the old status listed), so no crash in between can
+    // forget a host that carries the job.
+    if let Some(record) = units::record_before_install(&plan, recorded.as_ref())
+        .or_else(|| previous.installed_hosts().cloned())
+    {
+        for host in record.iter().filter(|h| !entries.contains(*h)) {
+            host_status::apply_entry(
+                ctx,
+                ns,
+                host,
+                kind,
+                &name,
+                Some(&host_status::install_record(kind, &name)),
+            )
+            .await?;
+        }
     }
     let removal = jobs::remove_planned(ctx, ns, P::JOB, &name, &plan, selected).await;
     let record = units::next_record(&plan, &removal.keys().cloned().collect());
@@ -251,6 +283,21 @@ pub async fn plan_round<P: HostJob>(
         removal,
         written,
     })
+}
+
+/// Every host that may carry the job: those with this policy's `Host.status` entry, plus
+/// those an older status listed in `installedHosts`. `None` for a status that predates any
+/// record (neither `installedHosts` nor `hostsInstalled`): the selection then stands in.
+pub fn recorded_hosts<S: JobStatus>(
+    previous: &S,
+    entries: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
+    if previous.installed_hosts().is_none() && previous.hosts_installed().is_none() {
+        return None;
+    }
+    let mut out = entries.clone();
+    out.extend(previous.installed_hosts().into_iter().flatten().cloned());
+    Some(out)
 }
 
 /// Writes a converged host's `Host.status.policies` entry: from its run records, or for a
@@ -348,8 +395,14 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let previous = policy.job_status().cloned().unwrap_or_default();
     let (bp, selector, repo) = policy.target_refs();
-    let recorded =
-        jobs::recorded_or_selected(ctx, &ns, previous.installed_hosts(), bp, selector, repo).await;
+    let kind = jobs::crd_kind(P::JOB);
+    let name = policy.name_any();
+    let record = recorded_hosts(
+        &previous,
+        &host_status::hosts_with_entry(ctx, &ns, kind, &name),
+    )
+    .map(|r| r.into_iter().collect::<Vec<_>>());
+    let recorded = jobs::recorded_or_selected(ctx, &ns, record.as_ref(), bp, selector, repo).await;
     let pending = jobs::remove_everywhere(
         ctx,
         &policy.object_ref(&()),
@@ -359,7 +412,20 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
     )
     .await;
     if !pending.is_empty() {
-        // Hosts already cleaned leave the record, so the retry contacts only the rest.
+        // Hosts already cleaned leave the record, so the retry contacts only the rest; a
+        // host only an older status listed gets its entry, the record from now on.
+        let with_entry = host_status::hosts_with_entry(ctx, &ns, kind, &name);
+        for host in pending.iter().filter(|h| !with_entry.contains(*h)) {
+            host_status::apply_entry(
+                ctx,
+                &ns,
+                host,
+                kind,
+                &name,
+                Some(&host_status::install_record(kind, &name)),
+            )
+            .await?;
+        }
         let mut status = previous.clone();
         status.set_installed_hosts(pending.clone());
         write(ctx, policy, &previous, &status).await?;

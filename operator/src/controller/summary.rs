@@ -330,7 +330,7 @@ pub const MAX_NAMED_ERROR: usize = 160;
 
 /// At most [`MAX_HOSTS_NAMED`] of `first` joined with "; ", as many as fit into `max` bytes
 /// (the first one cut if even it does not), then "and N more" for the rest of `total`.
-fn name_some(first: Vec<String>, total: usize, max: usize) -> String {
+pub fn name_some(first: Vec<String>, total: usize, max: usize) -> String {
     let sep = "; ";
     let tail = |shown: usize| {
         (total > shown)
