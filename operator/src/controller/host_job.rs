@@ -285,8 +285,8 @@ pub async fn plan_round<P: HostJob>(
     })
 }
 
-/// Every host that may carry the job: those with this policy's `Host.status` entry, plus
-/// those an older status listed in `installedHosts`. `None` for a status that predates any
+/// Every host that may carry the job: those with this policy's `Host.status` entry (unless
+/// `hostsInstalled` is 0), plus those an older status listed in `installedHosts`. `None` for a status that predates any
 /// record (neither `installedHosts` nor `hostsInstalled`): the selection then stands in.
 pub fn recorded_hosts<S: JobStatus>(
     previous: &S,
@@ -295,7 +295,13 @@ pub fn recorded_hosts<S: JobStatus>(
     if previous.installed_hosts().is_none() && previous.hosts_installed().is_none() {
         return None;
     }
-    let mut out = entries.clone();
+    // With no host carrying the job (`runOn: Operator` after its removal), entries are
+    // the operator-side runs' reports, not install records.
+    let mut out = if previous.hosts_installed() == Some(0) {
+        BTreeSet::new()
+    } else {
+        entries.clone()
+    };
     out.extend(previous.installed_hosts().into_iter().flatten().cloned());
     Some(out)
 }
