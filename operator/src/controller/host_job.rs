@@ -442,3 +442,66 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetsnap_crds::RetentionPolicyStatus;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The record is the Hosts' entries; an older status's list adds to it, a status older
+    /// still has none (the selection stands in), and with no host carrying the job the
+    /// entries are operator-side reports.
+    #[test]
+    fn the_record_is_the_entries_plus_an_older_list() {
+        let entries = set(&["a", "b"]);
+        let fresh = RetentionPolicyStatus::default();
+        assert_eq!(recorded_hosts(&fresh, &entries), None);
+        let counted = RetentionPolicyStatus {
+            hosts_installed: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(recorded_hosts(&counted, &entries), Some(entries.clone()));
+        let legacy = RetentionPolicyStatus {
+            installed_hosts: Some(vec!["c".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            recorded_hosts(&legacy, &entries),
+            Some(set(&["a", "b", "c"]))
+        );
+        let none = RetentionPolicyStatus {
+            hosts_installed: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(recorded_hosts(&none, &entries), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn errors_are_capped_and_counted_and_the_old_list_goes() {
+        let mut s = RetentionPolicyStatus {
+            installed_hosts: Some(vec!["a".into()]),
+            errors: (0..500)
+                .map(|i| fleetsnap_crds::retention_policy::RunError {
+                    host: format!("h{i:03}"),
+                    message: "x".repeat(200),
+                    time: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        s.cap_errors();
+        s.set_installed_hosts((0..500).map(|i| format!("h{i:03}")).collect());
+        assert_eq!((s.errors.len(), s.errors_total), (MAX_ERRORS, 500));
+        assert_eq!(s.errors[0].host, "h000");
+        assert_eq!(
+            (s.hosts_installed, s.installed_hosts.as_ref()),
+            (Some(500), None)
+        );
+        let bytes = serde_json::to_vec(&s).unwrap().len();
+        assert!(bytes < 4096, "{bytes} bytes");
+    }
+}
