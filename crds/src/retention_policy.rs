@@ -284,6 +284,10 @@ pub struct RetentionPolicyStatus {
     pub observed_generation: Option<i64>,
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,8 +313,4 @@ mod tests {
         };
         assert!(off.to_cli_args().is_empty());
     }
-}
-
-fn is_zero(n: &i32) -> bool {
-    *n == 0
 }

@@ -258,6 +258,10 @@ pub struct VerifyPolicyStatus {
     pub observed_generation: Option<i64>,
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,8 +309,4 @@ mod tests {
         };
         assert_eq!(d.subset_at(ts("2026-11-22T00:00:00Z")), (1, 1));
     }
-}
-
-fn is_zero(n: &i32) -> bool {
-    *n == 0
 }

@@ -468,16 +468,12 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     // longer selected: take the job off them.
     let selected_names: BTreeSet<String> = selected.iter().map(|h| h.name_any()).collect();
     let mut leaving_pending = Vec::new();
-    for host in recorded
-        .iter()
-        .filter(|h| !selected_names.contains(*h))
-        .cloned()
-    {
+    for host in recorded.iter().filter(|h| !selected_names.contains(*h)) {
         // A refused duplicate may share its machine with the older Host, which may still
         // want this job: it stays recorded until the refusal ends.
-        let removal = match refused.get(&host) {
+        let removal = match refused.get(host) {
             Some(message) => Err(duplicate_failure(message)),
-            None => remove_from_host(ctx, &ns, &name, &host).await,
+            None => remove_from_host(ctx, &ns, &name, host).await,
         };
         match removal {
             Ok(()) => {
@@ -491,7 +487,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
             Err(f) => {
                 warn!(host = %host, reason = f.reason, "removing the job from a deselected host failed");
                 requeue = requeue.min(retry_after(&f, 1).unwrap_or(MAX_RESYNC));
-                let prev = prev_by_name.get(&host);
+                let prev = prev_by_name.get(host);
                 let message = bounded(
                     &format!(
                         "left the selector; removing the job is pending: {}: {}",
@@ -504,12 +500,12 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 let entry = HostPolicyStatus {
                     error: Some(message.clone()),
                     state: Some(HostBackupState::Failing),
-                    ..entries.get(&host).cloned().unwrap_or_else(|| {
+                    ..entries.get(host).cloned().unwrap_or_else(|| {
                         host_status::install_record(CrdKind::BackupPolicy, &name)
                     })
                 };
-                if host_status::entry_differs(entries.get(&host), Some(&entry)) {
-                    host_status::apply_policy_entry(ctx, &ns, &host, &name, Some(entry)).await?;
+                if host_status::entry_differs(entries.get(host), Some(&entry)) {
+                    host_status::apply_policy_entry(ctx, &ns, host, &name, Some(entry)).await?;
                 }
                 leaving_pending.push(PolicyHostSummary {
                     name: host.clone(),

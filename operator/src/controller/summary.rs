@@ -333,9 +333,11 @@ pub const MAX_NAMED_ERROR: usize = 160;
 pub fn name_some(first: Vec<String>, total: usize, max: usize) -> String {
     let sep = "; ";
     let tail = |shown: usize| {
-        (total > shown)
-            .then(|| format!("and {} more", total - shown))
-            .unwrap_or_default()
+        if total > shown {
+            format!("and {} more", total - shown)
+        } else {
+            String::new()
+        }
     };
     let mut out = String::new();
     let mut shown = 0;
