@@ -756,6 +756,61 @@ mod tests {
         }
     }
 
+    /// After an upgrade the old `status.hosts` still counts as the record and as what was
+    /// known; entries win where both exist, and an entry without `state` gets one.
+    #[test]
+    fn the_record_and_previous_state_come_from_entries_and_an_older_list() {
+        let legacy = |name: &str, state| PolicyHostSummary {
+            name: name.into(),
+            state,
+            last_success: Some(summary::unix_time(100)),
+            snapshot_id: Some("s100".into()),
+            message: None,
+        };
+        let previous = BackupPolicyStatus {
+            hosts: vec![
+                legacy("old-only", HostBackupState::Succeeded),
+                legacy("both", HostBackupState::Failing),
+            ],
+            ..BackupPolicyStatus::default()
+        };
+        let entry = |state, error: Option<&str>| HostPolicyStatus {
+            error: error.map(Into::into),
+            state,
+            last_success: Some(summary::unix_time(200)),
+            ..host_status::install_record(CrdKind::BackupPolicy, "p")
+        };
+        let entries: BTreeMap<String, HostPolicyStatus> = [
+            (
+                "both".to_string(),
+                entry(Some(HostBackupState::Succeeded), None),
+            ),
+            ("no-state".to_string(), entry(None, Some("boom"))),
+            (
+                "new".to_string(),
+                entry(Some(HostBackupState::Pending), None),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            recorded_hosts(&previous, &entries),
+            ["both", "new", "no-state", "old-only"]
+                .map(String::from)
+                .into()
+        );
+        let prev = previous_summaries(&previous, &entries);
+        assert_eq!(prev["old-only"].state, HostBackupState::Succeeded);
+        assert_eq!(prev["old-only"].snapshot_id.as_deref(), Some("s100"));
+        assert_eq!(prev["both"].state, HostBackupState::Succeeded);
+        assert_eq!(prev["both"].last_success, Some(summary::unix_time(200)));
+        assert_eq!(prev["no-state"].state, HostBackupState::Failing);
+        assert_eq!(prev["new"].state, HostBackupState::Pending);
+        // A fresh install: nothing recorded, nothing known.
+        let none = BackupPolicyStatus::default();
+        assert!(recorded_hosts(&none, &BTreeMap::new()).is_empty());
+    }
+
     #[test]
     fn requeue_follows_the_timer() {
         let t = |next, state| timer(next, state, 0);
