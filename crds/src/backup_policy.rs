@@ -283,7 +283,9 @@ pub enum HostBackupState {
     Stale,
 }
 
-/// One selected host as seen by this policy.
+/// One selected host as the policy's reconcile sees it. Not part of the policy's status any
+/// more (per-host detail lives in `Host.status.policies[]`); kept as the input of the status
+/// computation and to read `status.hosts` written by earlier versions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyHostSummary {
@@ -302,7 +304,30 @@ pub struct PolicyHostSummary {
     pub message: Option<String>,
 }
 
-/// Observed state of a BackupPolicy.
+/// Most entries of `status.worstHosts`.
+pub const MAX_WORST_HOSTS: usize = 10;
+/// Longest `error` of one `status.worstHosts` entry, in bytes (plus a trailing `…`).
+pub const MAX_WORST_HOST_ERROR: usize = 256;
+
+/// One of the hosts worst off under this policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorstHost {
+    /// Name of the Host object; its `status.policies[]` has the full detail.
+    pub name: String,
+    /// Summary state: `Failing`, `Stale` or `Pending`.
+    pub state: HostBackupState,
+    /// When the host's last successful backup finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Time>,
+    /// Why the host is failing or stale, cut to 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Observed state of a BackupPolicy. Its size does not depend on the number of hosts:
+/// counts, times, conditions and at most ten worst hosts; per-host detail is in each
+/// `Host.status.policies[]`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicyStatus {
@@ -318,6 +343,9 @@ pub struct BackupPolicyStatus {
     /// Hosts without a success within the staleness window.
     #[serde(default)]
     pub hosts_stale: i32,
+    /// Selected hosts without any observed run yet.
+    #[serde(default)]
+    pub hosts_pending: i32,
     /// The oldest "last success" over all selected hosts: how far back the worst-off host's
     /// newest backup is. Unset while some host has never succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,12 +353,22 @@ pub struct BackupPolicyStatus {
     /// Time of the newest snapshot written by any host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot_time: Option<Time>,
-    /// Per-host summary, sorted by host name.
+    /// At most 10 hosts that are not `Succeeded`, worst first: failing, then stale, then
+    /// pending; within each, the oldest last success (never is oldest), then by name. Hosts
+    /// that left the selector and still carry the job (removal pending) are listed as
+    /// failing without being counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub worst_hosts: Vec<WorstHost>,
+    /// Written by versions before bounded status: every host with its detail. Never written
+    /// now; read once after an upgrade, so that hosts listed only here still lose the job
+    /// when they leave the selector, and dropped with the next status write.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub hosts: Vec<PolicyHostSummary>,
     /// Standard conditions: `Ready` (every selected host succeeded recently), `Reconciling`,
-    /// `Stalled`; reasons such as `HostsFailing`, `HostsStale`, `NoHostsSelected`.
+    /// `Stalled`; reasons such as `HostsFailing`, `HostsStale`, `NoHostsSelected`. The `Ready`
+    /// message names at most five hosts and counts the rest ("and N more").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

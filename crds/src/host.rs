@@ -191,6 +191,10 @@ pub struct HostPolicyStatus {
     /// Failed runs since the last success.
     #[serde(default)]
     pub consecutive_failures: i32,
+    /// BackupPolicy entries only: the host's summary state under the policy (`Pending`,
+    /// `Succeeded`, `Failing`, `Stale`), the per-host detail behind the policy's counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::backup_policy::HostBackupState>,
 }
 
 /// Observed state of a Host.

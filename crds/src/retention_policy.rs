@@ -249,20 +249,31 @@ pub struct RetentionPolicyStatus {
     /// are freed by the bucket's lifecycle rules once the lock expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_objects_retained: Option<i64>,
-    /// Hosts that carry, or may still carry, this policy's job (timer, service, config and
-    /// credentials). The operator records a host here before installing the job and drops it
-    /// only once the job was removed, so it can take the job off a host that leaves the
-    /// selection, when `runOn` switches to `Operator` or when the policy is deleted. Absent when written by an operator
-    /// older than this field: every selected host is then treated as a candidate.
+    /// Number of Hosts that carry, or may still carry, this policy's job (timer, service,
+    /// config and credentials). Each of them has this policy's entry in
+    /// `Host.status.policies[]`: the operator writes it before installing the job and removes
+    /// it only once the job was removed, so it can take the job off a host that leaves the
+    /// selection, when `runOn` switches to `Operator` or when the policy is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_installed: Option<i32>,
+    /// Written by versions before bounded status: the hosts that may carry the job, by name.
+    /// Never written now; read once after an upgrade (its hosts get their `Host.status`
+    /// entry) and dropped with the next status write. When neither this nor
+    /// `hostsInstalled` is set, every selected host is treated as a candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_hosts: Option<Vec<String>>,
+    /// Number of errors of the last run, of which `errors` lists at most the first 10.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors_total: i32,
     /// Snapshots the last run kept without counting them because their claimed time
     /// contradicts the storage's write time or lies in the future (see `snapshotTimes`),
     /// summed over repositories. Anything above 0 needs a look: forged or badly dated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspicious_snapshots: Option<i64>,
-    /// Errors of the last run, at most one per host.
+    /// Errors of the last run, at most one per host and at most 10 (`errorsTotal` counts
+    /// them all; each host's own is in its `Host.status.policies[]` entry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
     pub errors: Vec<RunError>,
     /// Standard conditions: `Ready`, `Reconciling`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -271,6 +282,10 @@ pub struct RetentionPolicyStatus {
     /// The `metadata.generation` the status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

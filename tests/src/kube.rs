@@ -62,12 +62,24 @@ pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// A policy's `status.hosts` entry for `host`.
-pub fn host_entry<'a>(policy: &'a Value, host: &str) -> Option<&'a Value> {
-    policy["status"]["hosts"]
+/// A BackupPolicy's `status.worstHosts` entry for `host` (only hosts that are not
+/// `Succeeded` are listed, at most ten).
+pub fn worst_host<'a>(policy: &'a Value, host: &str) -> Option<&'a Value> {
+    policy["status"]["worstHosts"]
         .as_array()?
         .iter()
         .find(|h| h["name"] == host)
+}
+
+/// The `state` of the BackupPolicy `policy` on Host `host`, from the Host's
+/// `status.policies[]` entry (the per-host detail behind the policy's counts); empty when
+/// the Host has no entry.
+pub fn backup_state(env: &TestEnv, ns: &str, host: &str, policy: &str) -> Result<String> {
+    let h = get_json(env, ns, &format!("host/{host}"))?;
+    Ok(policy_entry(&h, "BackupPolicy", policy)
+        .and_then(|e| e["state"].as_str())
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// A Host's `status.policies` entry for the policy `kind`/`name`.

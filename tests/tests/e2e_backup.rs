@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use fleetsnap_tests::kube::{
-    self, apply_yaml, condition, event_names, get_json, host_entry, host_yaml, set_suspend,
+    self, apply_yaml, backup_state, condition, event_names, get_json, host_yaml, set_suspend,
+    worst_host,
 };
 use fleetsnap_tests::operator::{Launch, Operator};
 use fleetsnap_tests::{Options, TestEnv, Tier, repo_root, step, wait, workspace_bin};
@@ -258,11 +259,11 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[..5], &[POLICY, "3", "3", "0", "0"], "{table}");
     assert_eq!(condition(&policy, "Ready").unwrap()["status"], "True");
+    // Counts only: no per-host list on the policy, and no host among the worst.
+    assert!(policy["status"]["hosts"].is_null(), "{policy:#}");
+    assert!(policy["status"]["worstHosts"].is_null(), "{policy:#}");
+    assert_eq!(policy["status"]["hostsPending"], 0, "{policy:#}");
     for h in &hosts {
-        assert!(
-            host_entry(&policy, h).unwrap()["snapshotId"].is_string(),
-            "{policy:#}"
-        );
         let host = get_json(env, NS, &format!("host/{h}")).unwrap();
         let entry = host["status"]["policies"]
             .as_array()
@@ -271,6 +272,8 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
             .unwrap_or_else(|| panic!("no policy entry on {h}: {host:#}"));
         assert_eq!(entry["kind"], "BackupPolicy");
         assert!(entry["lastSuccess"].is_string(), "{entry:#}");
+        assert!(entry["snapshotId"].is_string(), "{entry:#}");
+        assert_eq!(entry["state"], "Succeeded", "{entry:#}");
     }
 
     // Stock restic reads and verifies every byte of each host's repository. It needs the
@@ -417,18 +420,18 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         Duration::from_secs(240),
         || {
             let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
-            let state = |h: &str| {
-                host_entry(&p, h)
-                    .map(|e| e["state"].as_str().unwrap_or_default().to_string())
-                    .unwrap_or_default()
-            };
-            let down = host_entry(&p, "host2")
-                .and_then(|e| e["message"].as_str())
-                .is_some_and(|m| m.contains("HostUnreachable"));
+            let state = |h: &str| backup_state(env, NS, h, POLICY);
+            // The policy names the failing host among its worst, with why.
+            let down = worst_host(&p, "host2").is_some_and(|e| {
+                e["state"] == "Failing"
+                    && e["error"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("HostUnreachable"))
+            });
             Ok((down
-                && state("host2") == "Failing"
-                && state("host1") == "Succeeded"
-                && state("host3") == "Succeeded")
+                && state("host2")? == "Failing"
+                && state("host1")? == "Succeeded"
+                && state("host3")? == "Succeeded")
                 .then_some(p))
         },
     )
@@ -476,7 +479,10 @@ fn policy_backs_up_every_host_reports_failures_and_cleans_up() {
         Duration::from_secs(120),
         || {
             let p = get_json(env, NS, &format!("backuppolicy/{POLICY}"))?;
-            Ok((p["status"]["hostsTotal"] == 2 && host_entry(&p, "host3").is_none()).then_some(()))
+            let host3 = get_json(env, NS, "host/host3")?;
+            Ok((p["status"]["hostsTotal"] == 2
+                && kube::policy_entry(&host3, "BackupPolicy", POLICY).is_none())
+            .then_some(()))
         },
     )
     .unwrap_or_else(|e| op.fail(e));

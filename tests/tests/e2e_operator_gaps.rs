@@ -156,9 +156,18 @@ fn operator_gaps() {
         })
         .unwrap_or_else(|e| fail(e));
     }
-    wait::until("installedHosts to list both hosts", WAIT, || {
+    // The record is each Host's entry; the policy only counts them.
+    wait::until("hostsInstalled to count both hosts", WAIT, || {
         let rp = get_json(env, NS, "retentionpolicy/gaps")?;
-        Ok((rp["status"]["installedHosts"] == serde_json::json!(hosts)).then_some(()))
+        let mut recorded = true;
+        for h in &hosts {
+            let host = get_json(env, NS, &format!("host/{h}"))?;
+            recorded &= policy_entry(&host, "RetentionPolicy", "gaps").is_some();
+        }
+        Ok((rp["status"]["hostsInstalled"] == 2
+            && rp["status"]["installedHosts"].is_null()
+            && recorded)
+            .then_some(()))
     })
     .unwrap_or_else(|e| fail(e));
 
@@ -239,22 +248,28 @@ spec:
     assert!(msg.contains(&format!("older Host {}", hosts[0])), "{msg}");
     wait::until("duponly to report its host as DuplicateHost", WAIT, || {
         let p = get_json(env, NS, "backuppolicy/duponly")?;
-        let refused = p["status"]["hosts"].as_array().is_some_and(|hs| {
+        let refused = p["status"]["worstHosts"].as_array().is_some_and(|hs| {
             hs.iter().any(|h| {
                 h["name"] == "host1-dup"
                     && h["state"] == "Failing"
-                    && h["message"]
+                    && h["error"]
                         .as_str()
                         .is_some_and(|m| m.contains("DuplicateHost"))
             })
         });
-        Ok(refused.then_some(()))
+        Ok((refused && p["status"]["hostsFailing"] == 1).then_some(()))
     })
     .unwrap_or_else(|e| fail(e));
     let units = env
         .ssh_ok(&hosts[1], "ls /etc/systemd/system /etc/fleetsnap")
         .unwrap_or_else(|e| fail(e));
     assert!(!units.contains("duponly"), "{}: {units}", hosts[1]);
+    // Nothing was installed, so nothing is recorded on the refused Host.
+    let dup = get_json(env, NS, "host/host1-dup").unwrap();
+    assert!(
+        policy_entry(&dup, "BackupPolicy", "duponly").is_none(),
+        "{dup:#}"
+    );
     // The older Host is untouched by the refusal.
     let h1 = get_json(env, NS, &format!("host/{}", hosts[0])).unwrap();
     assert!(condition(&h1, "Stalled").is_none(), "{h1:#}");
@@ -285,9 +300,9 @@ spec:
             "{h}: {timers}"
         );
     }
-    wait::until("installedHosts to be empty", WAIT, || {
+    wait::until("hostsInstalled to be 0", WAIT, || {
         let rp = get_json(env, NS, "retentionpolicy/gaps")?;
-        Ok((rp["status"]["installedHosts"] == serde_json::json!([])).then_some(()))
+        Ok((rp["status"]["hostsInstalled"] == 0).then_some(()))
     })
     .unwrap_or_else(|e| fail(e));
     let log = op.log_text();

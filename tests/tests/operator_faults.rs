@@ -199,12 +199,17 @@ fn lease_renew_time(env: &TestEnv, ns: &str) -> Result<String> {
     ])
 }
 
-/// The policy lists every one of `hosts`, none failing.
+/// The policy counts every one of `hosts`, none failing, and each Host has the policy's
+/// entry (its per-host state).
 fn policy_converged(env: &TestEnv, ns: &str, hosts: &[&str]) -> Result<bool> {
     let p = get_json(env, ns, &format!("backuppolicy/{POLICY}"))?;
     let s = &p["status"];
-    let listed = s["hosts"].as_array().map_or(0, |a| a.len());
-    Ok(s["hostsTotal"] == hosts.len() && listed == hosts.len() && s["hostsFailing"] == 0)
+    let mut entries = true;
+    for h in hosts {
+        let host = get_json(env, ns, &format!("host/{h}"))?;
+        entries &= fleetsnap_tests::kube::policy_entry(&host, "BackupPolicy", POLICY).is_some();
+    }
+    Ok(s["hostsTotal"] == hosts.len() && s["hostsFailing"] == 0 && entries)
 }
 
 /// Completed host actions in an operator log, by `host_action{...}` span (host, job and
@@ -538,9 +543,9 @@ fn sigkill_at_every_failpoint_converges_to_a_clean_install() {
             // The host is done; only the policy's status is lost.
             assert_eq!(left, reference, "{point}");
             assert!(
-                status["status"]["hosts"]
-                    .as_array()
-                    .is_none_or(|a| a.is_empty()),
+                status["status"]["hostsTotal"]
+                    .as_i64()
+                    .is_none_or(|n| n == 0),
                 "{point}: {status:#}"
             );
         } else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
 use fleetsnap_crds::common::reasons;
-use fleetsnap_crds::host::HostPolicyStatus;
+use fleetsnap_crds::host::{HostPolicyStatus, PolicyKind as CrdKind};
 use fleetsnap_crds::{BackupPolicy, BackupRepository, Host};
 use futures::FutureExt;
 use futures::future::join_all;
@@ -35,6 +35,7 @@ use crate::host::layout::JobId;
 use crate::host::model::PolicyKind;
 use crate::host::observe::{JobObservation, observe_job};
 use crate::host::plan::{Action as HostAction, HostPlan, JobInputs, fact_query, plan_job};
+use crate::limits::{MAX_ERROR_TEXT, bounded};
 use crate::metrics::{HostLabels, PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "BackupPolicy";
@@ -228,6 +229,77 @@ fn policy_problem(
     None
 }
 
+/// Every host that may carry this policy's job: those with an entry in `Host.status`
+/// (written before the first install), and those an older status listed in `status.hosts`.
+fn recorded_hosts(
+    previous: &BackupPolicyStatus,
+    entries: &BTreeMap<String, HostPolicyStatus>,
+) -> BTreeSet<String> {
+    entries
+        .keys()
+        .cloned()
+        .chain(previous.hosts.iter().map(|h| h.name.clone()))
+        .collect()
+}
+
+/// What was last known of each host: its `Host.status` entry, else what an older status
+/// listed for it. An entry written before hosts had a `state` gets one from its error.
+fn previous_summaries(
+    previous: &BackupPolicyStatus,
+    entries: &BTreeMap<String, HostPolicyStatus>,
+) -> BTreeMap<String, PolicyHostSummary> {
+    let mut out: BTreeMap<String, PolicyHostSummary> = previous
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), h.clone()))
+        .collect();
+    for (host, e) in entries {
+        let legacy = out.get(host).map(|h| h.state);
+        let state = e
+            .state
+            .or(legacy)
+            .unwrap_or(match (&e.error, &e.last_success) {
+                (Some(_), _) => HostBackupState::Failing,
+                (None, Some(_)) => HostBackupState::Succeeded,
+                (None, None) => HostBackupState::Pending,
+            });
+        out.insert(
+            host.clone(),
+            PolicyHostSummary {
+                name: host.clone(),
+                state,
+                last_success: e.last_success.clone(),
+                snapshot_id: e.snapshot_id.clone(),
+                message: e.error.clone(),
+            },
+        );
+    }
+    out
+}
+
+/// Before the job is first installed on a host, its entry is written: the record that the
+/// host may carry the job, so it is removed when the host leaves the selector even if the
+/// operator stops right after installing.
+async fn record_install(
+    ctx: &Context,
+    ns: &str,
+    policy: &str,
+    host: &str,
+    entries: &BTreeMap<String, HostPolicyStatus>,
+) -> Result<(), Failure> {
+    if entries.contains_key(host) {
+        return Ok(());
+    }
+    let entry = host_status::install_record(CrdKind::BackupPolicy, policy);
+    host_status::apply_policy_entry(ctx, ns, host, policy, Some(entry))
+        .await
+        .map_err(|e| Failure {
+            reason: "KubeApiError",
+            message: format!("recording the host before installing the job failed: {e}"),
+            retry: Retry::Backoff,
+        })
+}
+
 async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
@@ -255,12 +327,11 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
         .get_or_create(&plabels)
         .set(window.as_secs_f64());
 
-    let prev_by_name: BTreeMap<&str, &PolicyHostSummary> = previous
-        .hosts
-        .iter()
-        .map(|h| (h.name.as_str(), h))
-        .collect();
-
+    // What is known per host: this policy's Host.status entries, and for a status written
+    // before bounded status, its per-host list (read only to carry it over).
+    let entries = host_status::entries_of(ctx, &ns, CrdKind::BackupPolicy, &name);
+    let prev_by_name = previous_summaries(&previous, &entries);
+    let recorded = recorded_hosts(&previous, &entries);
     if let Some(problem) = policy_problem(policy, repo.as_ref()) {
         // Nothing can be planned; keep what was known about each host.
         let hosts = selected
@@ -268,7 +339,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
             .map(|h| {
                 prev_by_name
                     .get(h.name_any().as_str())
-                    .map(|p| (*p).clone())
+                    .cloned()
                     .unwrap_or(PolicyHostSummary {
                         name: h.name_any(),
                         state: HostBackupState::Pending,
@@ -278,7 +349,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                     })
             })
             .collect();
-        let status = summary::policy_status(
+        let mut status = summary::policy_status(
             hosts,
             Some(&problem),
             &[],
@@ -286,6 +357,9 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
             policy.metadata.generation,
             now,
         );
+        // An older status's host list is the only record of some hosts until a normal
+        // pass has moved it onto their entries.
+        status.hosts = previous.hosts.clone();
         ctx.metrics.reconcile_error(KIND, problem.reason);
         warn!(reason = problem.reason, message = %problem.message, "policy cannot be applied");
         write_status(ctx, policy, &previous, status).await?;
@@ -299,13 +373,21 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
     let refused = identity::refused_in_namespace(ctx, &ns);
     let repo = &repo;
     let refused_ref = &refused;
+    let entries_ref = &entries;
+    let (ns_ref, name_ref) = (ns.as_str(), name.as_str());
     let results: Vec<(Arc<Host>, Result<Converged, Failure>)> =
         join_all(selected.iter().map(|host| {
             let span = info_span!("host", host = %host.name_any());
             async move {
-                let r = match refused_ref.get(&host.name_any()) {
+                let hname = host.name_any();
+                let r = match refused_ref.get(&hname) {
                     Some(message) => Err(duplicate_failure(message)),
-                    None => converge_host(ctx, policy, repo, host).await,
+                    None => {
+                        match record_install(ctx, ns_ref, name_ref, &hname, entries_ref).await {
+                            Ok(()) => converge_host(ctx, policy, repo, host).await,
+                            Err(f) => Err(f),
+                        }
+                    }
                 };
                 (host.clone(), r)
             }
@@ -314,6 +396,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
         .await;
 
     let mut host_results = Vec::new();
+    let mut new_entries: BTreeMap<String, HostPolicyStatus> = BTreeMap::new();
     let mut requeue = MAX_RESYNC;
     for (host, result) in results {
         let hname = host.name_any();
@@ -346,7 +429,7 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                     credential_expiry: expiry.map(summary::to_time),
                     ..summary::host_policy_entry(&name, &c.observation)
                 };
-                host_status::apply_policy_entry(ctx, &ns, &hname, &name, Some(entry)).await?;
+                new_entries.insert(hname.clone(), entry);
                 if let Some(wait) = observe_again_in(&c.observation, now.timestamp()) {
                     requeue = requeue.min(wait);
                 }
@@ -383,6 +466,19 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
                 if let Some(d) = retry_after(&f, attempt) {
                     requeue = requeue.min(d);
                 }
+                // A refused duplicate never got the job: it gets no entry (no record) of its
+                // own; every other host has one since its install record.
+                if f.reason != reasons::DUPLICATE_HOST || recorded.contains(&hname) {
+                    new_entries.insert(
+                        hname.clone(),
+                        summary::unreached_entry(
+                            CrdKind::BackupPolicy,
+                            &name,
+                            entries.get(&hname),
+                            &f,
+                        ),
+                    );
+                }
                 host_results.push(HostResult {
                     host: hname,
                     observation: None,
@@ -392,41 +488,55 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    // Hosts that had the policy but are no longer selected: take the job off them.
+    // Hosts that may carry the job (an entry, or listed by an older status) but are no
+    // longer selected: take the job off them.
     let selected_names: BTreeSet<String> = selected.iter().map(|h| h.name_any()).collect();
     let mut leaving_pending = Vec::new();
-    for prev in previous
-        .hosts
-        .iter()
-        .filter(|h| !selected_names.contains(&h.name))
-    {
+    for host in recorded.iter().filter(|h| !selected_names.contains(*h)) {
         // A refused duplicate may share its machine with the older Host, which may still
-        // want this job: it stays listed until the refusal ends.
-        let removal = match refused.get(&prev.name) {
+        // want this job: it stays recorded until the refusal ends.
+        let removal = match refused.get(host) {
             Some(message) => Err(duplicate_failure(message)),
-            None => remove_from_host(ctx, &ns, &name, &prev.name).await,
+            None => remove_from_host(ctx, &ns, &name, host).await,
         };
         match removal {
             Ok(()) => {
-                info!(host = %prev.name, "host left the selector; job removed");
+                info!(host = %host, "host left the selector; job removed");
                 ctx.metrics.forget_backup_host(&PolicyHostLabels {
                     namespace: ns.clone(),
                     policy: name.clone(),
-                    host: prev.name.clone(),
+                    host: host.clone(),
                 });
             }
             Err(f) => {
-                warn!(host = %prev.name, reason = f.reason, "removing the job from a deselected host failed");
+                warn!(host = %host, reason = f.reason, "removing the job from a deselected host failed");
                 requeue = requeue.min(retry_after(&f, 1).unwrap_or(MAX_RESYNC));
-                leaving_pending.push(PolicyHostSummary {
-                    name: prev.name.clone(),
-                    state: HostBackupState::Failing,
-                    last_success: prev.last_success.clone(),
-                    snapshot_id: prev.snapshot_id.clone(),
-                    message: Some(format!(
+                let prev = prev_by_name.get(host);
+                let message = bounded(
+                    &format!(
                         "left the selector; removing the job is pending: {}: {}",
                         f.reason, f.message
-                    )),
+                    ),
+                    MAX_ERROR_TEXT,
+                );
+                // The entry stays (or, for a host only an older status listed, is written)
+                // so the removal is retried.
+                let entry = HostPolicyStatus {
+                    error: Some(message.clone()),
+                    state: Some(HostBackupState::Failing),
+                    ..entries.get(host).cloned().unwrap_or_else(|| {
+                        host_status::install_record(CrdKind::BackupPolicy, &name)
+                    })
+                };
+                if host_status::entry_differs(entries.get(host), Some(&entry)) {
+                    host_status::apply_policy_entry(ctx, &ns, host, &name, Some(entry)).await?;
+                }
+                leaving_pending.push(PolicyHostSummary {
+                    name: host.clone(),
+                    state: HostBackupState::Failing,
+                    last_success: prev.and_then(|p| p.last_success.clone()),
+                    snapshot_id: prev.and_then(|p| p.snapshot_id.clone()),
+                    message: Some(message),
                 });
             }
         }
@@ -434,24 +544,35 @@ async fn apply(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> {
 
     let summaries: Vec<PolicyHostSummary> = host_results
         .iter()
-        .map(|r| summary::host_summary(r, prev_by_name.get(r.host.as_str()).copied(), now, window))
+        .map(|r| summary::host_summary(r, prev_by_name.get(&r.host), now, window))
         .collect();
+    // Each host's entry carries its state; written only when it changed.
+    for h in &summaries {
+        if let Some(mut entry) = new_entries.remove(&h.name) {
+            entry.state = Some(h.state);
+            if host_status::entry_differs(entries.get(&h.name), Some(&entry)) {
+                host_status::apply_policy_entry(ctx, &ns, &h.name, &name, Some(entry)).await?;
+            }
+        }
+    }
     let failures: Vec<&Failure> = host_results
         .iter()
         .filter_map(|r| r.failure.as_ref())
         .collect();
     let mut status = summary::policy_status(
-        summaries,
+        summaries.clone(),
         None,
         &failures,
         Some(&previous),
         policy.metadata.generation,
         now,
     );
-    // Still tracked (so cleanup is retried) but not counted: they are not selected.
-    status.hosts.extend(leaving_pending);
+    // Listed (their removal is pending) but not counted: they are not selected.
+    status.worst_hosts = summary::worst_hosts(summaries.iter().chain(&leaving_pending));
 
-    for ev in summary::transitions(&previous.hosts, &status.hosts) {
+    let before: Vec<PolicyHostSummary> = prev_by_name.into_values().collect();
+    let after: Vec<PolicyHostSummary> = summaries.into_iter().chain(leaving_pending).collect();
+    for ev in summary::transitions(&before, &after) {
         publish(ctx, policy, &ev).await;
     }
     // Only here, after host work: the early status writes (a policy that cannot be
@@ -549,9 +670,11 @@ async fn cleanup(policy: &BackupPolicy, ctx: &Context) -> Result<Action, Error> 
         .iter()
         .map(|h| h.name_any())
         .collect();
-    if let Some(s) = &policy.status {
-        hosts.extend(s.hosts.iter().map(|h| h.name.clone()));
-    }
+    let previous = policy.status.clone().unwrap_or_default();
+    hosts.extend(recorded_hosts(
+        &previous,
+        &host_status::entries_of(ctx, &ns, CrdKind::BackupPolicy, &name),
+    ));
     let (ns_ref, name_ref) = (&ns, &name);
     let results = join_all(
         hosts
@@ -655,6 +778,61 @@ mod tests {
             clock_offset_secs: offset,
             ..JobObservation::default()
         }
+    }
+
+    /// After an upgrade the old `status.hosts` still counts as the record and as what was
+    /// known; entries win where both exist, and an entry without `state` gets one.
+    #[test]
+    fn the_record_and_previous_state_come_from_entries_and_an_older_list() {
+        let legacy = |name: &str, state| PolicyHostSummary {
+            name: name.into(),
+            state,
+            last_success: Some(summary::unix_time(100)),
+            snapshot_id: Some("s100".into()),
+            message: None,
+        };
+        let previous = BackupPolicyStatus {
+            hosts: vec![
+                legacy("old-only", HostBackupState::Succeeded),
+                legacy("both", HostBackupState::Failing),
+            ],
+            ..BackupPolicyStatus::default()
+        };
+        let entry = |state, error: Option<&str>| HostPolicyStatus {
+            error: error.map(Into::into),
+            state,
+            last_success: Some(summary::unix_time(200)),
+            ..host_status::install_record(CrdKind::BackupPolicy, "p")
+        };
+        let entries: BTreeMap<String, HostPolicyStatus> = [
+            (
+                "both".to_string(),
+                entry(Some(HostBackupState::Succeeded), None),
+            ),
+            ("no-state".to_string(), entry(None, Some("boom"))),
+            (
+                "new".to_string(),
+                entry(Some(HostBackupState::Pending), None),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            recorded_hosts(&previous, &entries),
+            ["both", "new", "no-state", "old-only"]
+                .map(String::from)
+                .into()
+        );
+        let prev = previous_summaries(&previous, &entries);
+        assert_eq!(prev["old-only"].state, HostBackupState::Succeeded);
+        assert_eq!(prev["old-only"].snapshot_id.as_deref(), Some("s100"));
+        assert_eq!(prev["both"].state, HostBackupState::Succeeded);
+        assert_eq!(prev["both"].last_success, Some(summary::unix_time(200)));
+        assert_eq!(prev["no-state"].state, HostBackupState::Failing);
+        assert_eq!(prev["new"].state, HostBackupState::Pending);
+        // A fresh install: nothing recorded, nothing known.
+        let none = BackupPolicyStatus::default();
+        assert!(recorded_hosts(&none, &BTreeMap::new()).is_empty());
     }
 
     #[test]

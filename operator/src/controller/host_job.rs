@@ -29,13 +29,23 @@ use crate::host::observe::JobObservation;
 
 /// Longest gap between two looks at a policy.
 pub const MAX_RESYNC: Duration = Duration::from_secs(300);
+/// Most entries of a policy's `status.errors`; `errorsTotal` counts them all.
+pub const MAX_ERRORS: usize = 10;
 
 /// The status of a policy with a host-side job, as far as the shared cycle touches it.
 pub trait JobStatus: Clone + Default + PartialEq + Serialize {
     /// One entry of `status.errors`.
     type Error;
+    /// The record of an older status (`status.installedHosts`), read only for the upgrade.
     fn installed_hosts(&self) -> Option<&Vec<String>>;
+    /// `status.hostsInstalled`: set once the record lives in the Hosts' entries.
+    fn hosts_installed(&self) -> Option<i32>;
+    /// Records how many hosts may carry the job (their entries are the record itself) and
+    /// drops an older status's list.
     fn set_installed_hosts(&mut self, hosts: Vec<String>);
+    /// Cuts `status.errors`, as the round computed them, to [`MAX_ERRORS`], counting them
+    /// all in `errorsTotal`.
+    fn cap_errors(&mut self);
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn errors_mut(&mut self) -> &mut Vec<Self::Error>;
     /// A `status.errors` entry that is a note (no run behind it, so no time).
@@ -79,8 +89,17 @@ macro_rules! host_job_kind {
             fn installed_hosts(&self) -> Option<&Vec<String>> {
                 self.installed_hosts.as_ref()
             }
+            fn hosts_installed(&self) -> Option<i32> {
+                self.hosts_installed
+            }
             fn set_installed_hosts(&mut self, hosts: Vec<String>) {
-                self.installed_hosts = Some(hosts);
+                self.hosts_installed = Some(i32::try_from(hosts.len()).unwrap_or(i32::MAX));
+                self.installed_hosts = None;
+            }
+            fn cap_errors(&mut self) {
+                self.errors_total = i32::try_from(self.errors.len()).unwrap_or(i32::MAX);
+                self.errors
+                    .truncate($crate::controller::host_job::MAX_ERRORS);
             }
             fn conditions_mut(&mut self) -> &mut Vec<fleetsnap_crds::common::Condition> {
                 &mut self.conditions
@@ -224,9 +243,9 @@ pub async fn plan_round<P: HostJob>(
     status: &mut P::Status,
 ) -> Result<Round<P::Status>, Error> {
     let name = policy.name_any();
-    let recorded: Option<BTreeSet<String>> = previous
-        .installed_hosts()
-        .map(|r| r.iter().cloned().collect());
+    let kind = jobs::crd_kind(P::JOB);
+    let entries = host_status::hosts_with_entry(ctx, ns, kind, &name);
+    let recorded = recorded_hosts(previous, &entries);
     let refused = identity::refused_in_namespace(ctx, ns);
     let plan = units::plan_units(
         mode,
@@ -235,11 +254,24 @@ pub async fn plan_round<P: HostJob>(
         &jobs::existing_hosts(ctx, ns),
         &refused.keys().cloned().collect(),
     );
-    let mut written = previous.clone();
-    if let Some(record) = units::record_before_install(&plan, recorded.as_ref()) {
-        status.set_installed_hosts(record);
-        write(ctx, policy, &written, status).await?;
-        written = status.clone();
+    let written = previous.clone();
+    // The record is each host's entry: written before the job is installed (and, after an
+    // upgrade, for every host only the old status listed), so no crash in between can
+    // forget a host that carries the job.
+    if let Some(record) = units::record_before_install(&plan, recorded.as_ref())
+        .or_else(|| previous.installed_hosts().cloned())
+    {
+        for host in record.iter().filter(|h| !entries.contains(*h)) {
+            host_status::apply_entry(
+                ctx,
+                ns,
+                host,
+                kind,
+                &name,
+                Some(&host_status::install_record(kind, &name)),
+            )
+            .await?;
+        }
     }
     let removal = jobs::remove_planned(ctx, ns, P::JOB, &name, &plan, selected).await;
     let record = units::next_record(&plan, &removal.keys().cloned().collect());
@@ -251,6 +283,27 @@ pub async fn plan_round<P: HostJob>(
         removal,
         written,
     })
+}
+
+/// Every host that may carry the job: those with this policy's `Host.status` entry (unless
+/// `hostsInstalled` is 0), plus those an older status listed in `installedHosts`. `None` for a status that predates any
+/// record (neither `installedHosts` nor `hostsInstalled`): the selection then stands in.
+pub fn recorded_hosts<S: JobStatus>(
+    previous: &S,
+    entries: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
+    if previous.installed_hosts().is_none() && previous.hosts_installed().is_none() {
+        return None;
+    }
+    // With no host carrying the job (`runOn: Operator` after its removal), entries are
+    // the operator-side runs' reports, not install records.
+    let mut out = if previous.hosts_installed() == Some(0) {
+        BTreeSet::new()
+    } else {
+        entries.clone()
+    };
+    out.extend(previous.installed_hosts().into_iter().flatten().cloned());
+    Some(out)
 }
 
 /// Writes a converged host's `Host.status.policies` entry: from its run records, or for a
@@ -354,8 +407,14 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let previous = policy.job_status().cloned().unwrap_or_default();
     let (bp, selector, repo) = policy.target_refs();
-    let recorded =
-        jobs::recorded_or_selected(ctx, &ns, previous.installed_hosts(), bp, selector, repo).await;
+    let kind = jobs::crd_kind(P::JOB);
+    let name = policy.name_any();
+    let record = recorded_hosts(
+        &previous,
+        &host_status::hosts_with_entry(ctx, &ns, kind, &name),
+    )
+    .map(|r| r.into_iter().collect::<Vec<_>>());
+    let recorded = jobs::recorded_or_selected(ctx, &ns, record.as_ref(), bp, selector, repo).await;
     let pending = jobs::remove_everywhere(
         ctx,
         &policy.object_ref(&()),
@@ -365,7 +424,20 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
     )
     .await;
     if !pending.is_empty() {
-        // Hosts already cleaned leave the record, so the retry contacts only the rest.
+        // Hosts already cleaned leave the record, so the retry contacts only the rest; a
+        // host only an older status listed gets its entry, the record from now on.
+        let with_entry = host_status::hosts_with_entry(ctx, &ns, kind, &name);
+        for host in pending.iter().filter(|h| !with_entry.contains(*h)) {
+            host_status::apply_entry(
+                ctx,
+                &ns,
+                host,
+                kind,
+                &name,
+                Some(&host_status::install_record(kind, &name)),
+            )
+            .await?;
+        }
         let mut status = previous.clone();
         status.set_installed_hosts(pending.clone());
         write(ctx, policy, &previous, &status).await?;
@@ -375,4 +447,67 @@ pub async fn cleanup<P: HostJob>(policy: &P, ctx: &Context) -> Result<Action, Er
         });
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetsnap_crds::RetentionPolicyStatus;
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The record is the Hosts' entries; an older status's list adds to it, a status older
+    /// still has none (the selection stands in), and with no host carrying the job the
+    /// entries are operator-side reports.
+    #[test]
+    fn the_record_is_the_entries_plus_an_older_list() {
+        let entries = set(&["a", "b"]);
+        let fresh = RetentionPolicyStatus::default();
+        assert_eq!(recorded_hosts(&fresh, &entries), None);
+        let counted = RetentionPolicyStatus {
+            hosts_installed: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(recorded_hosts(&counted, &entries), Some(entries.clone()));
+        let legacy = RetentionPolicyStatus {
+            installed_hosts: Some(vec!["c".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            recorded_hosts(&legacy, &entries),
+            Some(set(&["a", "b", "c"]))
+        );
+        let none = RetentionPolicyStatus {
+            hosts_installed: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(recorded_hosts(&none, &entries), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn errors_are_capped_and_counted_and_the_old_list_goes() {
+        let mut s = RetentionPolicyStatus {
+            installed_hosts: Some(vec!["a".into()]),
+            errors: (0..500)
+                .map(|i| fleetsnap_crds::retention_policy::RunError {
+                    host: format!("h{i:03}"),
+                    message: "x".repeat(200),
+                    time: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        s.cap_errors();
+        s.set_installed_hosts((0..500).map(|i| format!("h{i:03}")).collect());
+        assert_eq!((s.errors.len(), s.errors_total), (MAX_ERRORS, 500));
+        assert_eq!(s.errors[0].host, "h000");
+        assert_eq!(
+            (s.hosts_installed, s.installed_hosts.as_ref()),
+            (Some(500), None)
+        );
+        let bytes = serde_json::to_vec(&s).unwrap().len();
+        assert!(bytes < 4096, "{bytes} bytes");
+    }
 }

@@ -158,6 +158,44 @@ pub fn hosts_with_entry(
         .collect()
 }
 
+/// This policy's entries on the namespace's Hosts, by Host name, from the cache: the
+/// per-host state behind the policy's counts, and the record of which hosts may carry the
+/// policy's job.
+pub fn entries_of(
+    ctx: &Context,
+    ns: &str,
+    kind: PolicyKind,
+    policy: &str,
+) -> std::collections::BTreeMap<String, HostPolicyStatus> {
+    ctx.hosts
+        .state()
+        .into_iter()
+        .filter(|h| h.namespace().as_deref() == Some(ns))
+        .filter_map(|h| cached_entry(&h, kind, policy).map(|e| (h.name_any(), e)))
+        .collect()
+}
+
+/// The entry written for a host before its job is first installed: it records that the
+/// host may carry the job (so a crash between install and the next status write cannot
+/// forget it), with no run known yet.
+pub fn install_record(kind: PolicyKind, policy: &str) -> HostPolicyStatus {
+    HostPolicyStatus {
+        kind,
+        name: policy.to_string(),
+        last_run: None,
+        last_success: None,
+        snapshot_id: None,
+        bytes_added: None,
+        duration_seconds: None,
+        error: None,
+        next_run: None,
+        credential_expiry: None,
+        consecutive_failures: 0,
+        state: (kind == PolicyKind::BackupPolicy)
+            .then_some(fleetsnap_crds::backup_policy::HostBackupState::Pending),
+    }
+}
+
 /// Sets (or removes) the entry unless the cached Host already shows exactly that. Failures
 /// are logged, not returned: the entry is a report, and the next reconcile writes it again.
 pub async fn sync_entry(
@@ -595,6 +633,7 @@ mod tests {
             next_run: None,
             consecutive_failures: 0,
             credential_expiry: None,
+            state: None,
         };
         let p = entry_patch(Some(&e));
         assert_eq!(p["kind"], "Host");

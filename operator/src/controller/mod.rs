@@ -230,7 +230,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             .into_iter()
             .filter(|p| p.namespace() == ns)
             .filter(|p| {
+                // Selected, or may still carry the job: the Host has the policy's entry (or
+                // a status written before bounded status lists it).
                 derive::selects(&p.spec.host_selector, &host)
+                    || host.status.as_ref().is_some_and(|s| {
+                        s.policies.iter().any(|e| {
+                            e.kind == fleetsnap_crds::host::PolicyKind::BackupPolicy
+                                && e.name == p.name_any()
+                        })
+                    })
                     || p.status
                         .as_ref()
                         .is_some_and(|s| s.hosts.iter().any(|h| h.name == name))

@@ -205,10 +205,22 @@ pub fn usage(
     for p in &using_bp {
         out.policies += 1;
         selectors.push(&p.spec.host_selector);
+        // Listed by a status written before bounded status.
         for h in p.status.iter().flat_map(|s| &s.hosts) {
             if h.last_success.is_some() {
                 out.initialized.insert(h.name.clone());
             }
+        }
+    }
+    // Each Host's entry of a policy using this repository says whether a backup succeeded.
+    for h in hosts {
+        let succeeded = h.status.iter().flat_map(|s| &s.policies).any(|e| {
+            e.kind == fleetsnap_crds::host::PolicyKind::BackupPolicy
+                && e.last_success.is_some()
+                && using_bp.iter().any(|p| p.name_any() == e.name)
+        });
+        if succeeded {
+            out.initialized.insert(h.name_any());
         }
     }
     // A Retention/VerifyPolicy targets either a BackupPolicy (whose hosts are counted
@@ -726,6 +738,21 @@ mod tests {
         assert_eq!(u.hosts, ["a", "b", "c"].map(String::from).into());
         // "gone" left every policy; d backs up elsewhere.
         assert_eq!(u.initialized, ["a".to_string()].into());
+        // The same known from b's own entry (bounded status: no per-host list on the policy).
+        let mut b = h[1].clone();
+        b.status = Some(fleetsnap_crds::host::HostStatus {
+            policies: vec![fleetsnap_crds::host::HostPolicyStatus {
+                last_success: Some(super::super::summary::unix_time(1000)),
+                ..super::super::host_status::install_record(
+                    fleetsnap_crds::host::PolicyKind::BackupPolicy,
+                    "web",
+                )
+            }],
+            ..Default::default()
+        });
+        let with_entry: Vec<&Host> = vec![&h[0], &b, &h[2], &h[3]];
+        let u = usage("minio", &backup, &retention, &[], &with_entry);
+        assert_eq!(u.initialized, ["a".to_string(), "b".to_string()].into());
         assert_eq!(
             u.last_maintenance,
             Some(super::super::summary::unix_time(700))

@@ -136,8 +136,8 @@ fn time_to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> D
     DateTime::from_timestamp(t.0.as_second(), 0).unwrap_or_default()
 }
 
-// Cleanup removes from exactly the recorded hosts (`status.installedHosts`), whatever
-// `runOn` says now.
+// Cleanup removes from exactly the recorded hosts (those with this policy's `Host.status`
+// entry, or an older status's `installedHosts`), whatever `runOn` says now.
 host_job::host_job_kind!(
     RetentionPolicy,
     RetentionPolicyStatus,
@@ -231,11 +231,35 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         requeue = Some(requeue.map_or(after, |r: Duration| r.min(after)));
     }
     jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
+    host_job::JobStatus::cap_errors(&mut status);
     host_job::write(ctx, policy, &round.written, &status).await?;
     Ok(match requeue {
         Some(r) => Action::requeue(r),
         None => Action::await_change(),
     })
+}
+
+/// "N host(s) failing: " and at most five of them with their errors, bounded.
+fn failing_note(errors: &[RunError]) -> String {
+    format!(
+        "{} host(s) failing: {}",
+        errors.len(),
+        summary::name_some(
+            errors
+                .iter()
+                .take(summary::MAX_HOSTS_NAMED)
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.host,
+                        crate::limits::bounded(&e.message, summary::MAX_NAMED_ERROR)
+                    )
+                })
+                .collect(),
+            errors.len(),
+            crate::limits::MAX_ERROR_TEXT,
+        )
+    )
 }
 
 /// The retention job's executor arguments: keep rules, then prune limits.
@@ -271,6 +295,14 @@ async fn host_mode(
         )
     }))
     .await;
+    // Which hosts failed before this round, from their entries (`status.errors` lists only
+    // the first few).
+    let failing_before: BTreeSet<String> =
+        host_status::entries_of(ctx, &ns, CrdKind::RetentionPolicy, &name)
+            .into_iter()
+            .filter(|(_, e)| e.error.is_some())
+            .map(|(h, _)| h)
+            .collect();
     let mut errors = Vec::new();
     let mut last_run: Option<DateTime<Utc>> = None;
     let mut all_ok = true;
@@ -324,18 +356,15 @@ async fn host_mode(
         }
     }
     let failing = !errors.is_empty();
-    let before: Vec<&RunError> = status
-        .errors
-        .iter()
-        .filter(|e| !host_job::is_note::<RetentionPolicy>(e))
-        .collect();
-    if failing && before != errors.iter().collect::<Vec<_>>() {
-        let note = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.host, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        jobs::event(ctx, &policy.object_ref(&()), true, "RetentionFailed", note).await;
+    if errors.iter().any(|e| !failing_before.contains(&e.host)) {
+        jobs::event(
+            ctx,
+            &policy.object_ref(&()),
+            true,
+            "RetentionFailed",
+            failing_note(&errors),
+        )
+        .await;
     }
     status.errors = errors;
     if failing {
@@ -715,11 +744,7 @@ async fn operator_mode(
         jobs::event(ctx, &obj, false, "RetentionSucceeded",
             format!("operator-side retention over {} repositories: kept {}, removed {}, reclaimed {} bytes", hosts.len(), total.kept, total.removed, total.reclaimed_bytes)).await;
     } else {
-        let note = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.host, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let note = failing_note(&errors);
         condition(
             &mut status.conditions,
             condition_types::READY,

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fleetsnap_crds::backup_policy::{BackupPolicyStatus, HostBackupState, PolicyHostSummary};
+use fleetsnap_crds::backup_policy::{
+    BackupPolicyStatus, HostBackupState, MAX_WORST_HOST_ERROR, MAX_WORST_HOSTS, PolicyHostSummary,
+    WorstHost,
+};
 use fleetsnap_crds::common::{
     Condition, ConditionStatus, condition_types, reasons, upsert_condition,
 };
@@ -17,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::error::Failure;
 use crate::host::observe::JobObservation;
 use crate::host::record::RunRecord;
-use crate::limits::{MAX_CONDITION_MESSAGE, MAX_ERROR_TEXT, bounded, join_bounded};
+use crate::limits::{MAX_CONDITION_MESSAGE, MAX_ERROR_TEXT, bounded};
 
 pub fn to_time(t: DateTime<Utc>) -> Time {
     Time(
@@ -108,6 +111,7 @@ pub fn job_entry(kind: CrdKind, policy: &str, obs: &JobObservation) -> HostPolic
             .map(unix_time),
         consecutive_failures: consecutive_failures(obs),
         credential_expiry: last.and_then(|r| r.credential_expiry).map(to_time),
+        state: None,
     }
 }
 
@@ -136,6 +140,7 @@ pub fn unreached_entry(
             next_run: None,
             consecutive_failures: 0,
             credential_expiry: None,
+            state: None,
         })
     }
 }
@@ -172,6 +177,7 @@ pub fn operator_run_entry(
                 .saturating_add(1)
         },
         credential_expiry: None,
+        state: None,
     }
 }
 
@@ -272,7 +278,102 @@ pub struct PolicyProblem {
     pub message: String,
 }
 
-/// The new `BackupPolicy.status`. `previous` provides condition transition times.
+/// Hosts named in a condition message or Event; the rest are counted ("and N more").
+pub const MAX_HOSTS_NAMED: usize = 5;
+
+/// Rank of a state among the worst hosts: failing first, then stale, then pending.
+fn badness(s: HostBackupState) -> u8 {
+    match s {
+        HostBackupState::Failing => 0,
+        HostBackupState::Stale => 1,
+        HostBackupState::Pending => 2,
+        HostBackupState::Succeeded => 3,
+    }
+}
+
+/// The order of `status.worstHosts`: failing, stale, pending; within a state the oldest last
+/// success first (never succeeded is oldest), then by name.
+pub fn worst_first(a: &PolicyHostSummary, b: &PolicyHostSummary) -> std::cmp::Ordering {
+    badness(a.state)
+        .cmp(&badness(b.state))
+        .then_with(|| {
+            let t = |h: &PolicyHostSummary| h.last_success.as_ref().map(|t| t.0);
+            t(a).cmp(&t(b))
+        })
+        .then_with(|| a.name.cmp(&b.name))
+}
+
+/// The at most [`MAX_WORST_HOSTS`] hosts that are not `Succeeded`, worst first, errors cut to
+/// [`MAX_WORST_HOST_ERROR`]. `extra` are hosts listed without being counted (removal pending).
+pub fn worst_hosts<'a>(hosts: impl IntoIterator<Item = &'a PolicyHostSummary>) -> Vec<WorstHost> {
+    let mut bad: Vec<&PolicyHostSummary> = hosts
+        .into_iter()
+        .filter(|h| h.state != HostBackupState::Succeeded)
+        .collect();
+    bad.sort_by(|a, b| worst_first(a, b));
+    bad.into_iter()
+        .take(MAX_WORST_HOSTS)
+        .map(|h| WorstHost {
+            name: h.name.clone(),
+            state: h.state,
+            last_success: h.last_success.clone(),
+            error: h
+                .message
+                .as_deref()
+                .map(|m| bounded(m, MAX_WORST_HOST_ERROR)),
+        })
+        .collect()
+}
+
+/// Error text per host in a condition message or Event that names several hosts.
+pub const MAX_NAMED_ERROR: usize = 160;
+
+/// At most [`MAX_HOSTS_NAMED`] of `first` joined with "; ", as many as fit into `max` bytes
+/// (the first one cut if even it does not), then "and N more" for the rest of `total`.
+pub fn name_some(first: Vec<String>, total: usize, max: usize) -> String {
+    let sep = "; ";
+    let tail = |shown: usize| {
+        if total > shown {
+            format!("and {} more", total - shown)
+        } else {
+            String::new()
+        }
+    };
+    let mut out = String::new();
+    let mut shown = 0;
+    for item in first.iter().take(MAX_HOSTS_NAMED) {
+        let t = tail(shown + 1);
+        let need = out.len()
+            + if shown > 0 { sep.len() } else { 0 }
+            + item.len()
+            + if t.is_empty() { 0 } else { sep.len() + t.len() };
+        if need > max {
+            if shown == 0 {
+                let room = max.saturating_sub(sep.len() + t.len() + crate::limits::ELLIPSIS.len());
+                out = bounded(item, room);
+                shown = 1;
+            }
+            break;
+        }
+        if shown > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(item);
+        shown += 1;
+    }
+    let t = tail(shown);
+    if !t.is_empty() {
+        if !out.is_empty() {
+            out.push_str(sep);
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
+/// The new `BackupPolicy.status`. `previous` provides condition transition times. Its size
+/// does not depend on the number of hosts: counts, at most [`MAX_WORST_HOSTS`] worst hosts,
+/// and a `Ready` message naming at most [`MAX_HOSTS_NAMED`].
 pub fn policy_status(
     hosts: Vec<PolicyHostSummary>,
     problem: Option<&PolicyProblem>,
@@ -282,7 +383,7 @@ pub fn policy_status(
     now: DateTime<Utc>,
 ) -> BackupPolicyStatus {
     let mut hosts = hosts;
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    hosts.sort_by(worst_first);
     let count = |s: HostBackupState| hosts.iter().filter(|h| h.state == s).count() as i32;
     let total = hosts.len() as i32;
     let succeeded = count(HostBackupState::Succeeded);
@@ -303,20 +404,20 @@ pub fn policy_status(
         .filter_map(|h| h.last_success.clone())
         .max_by_key(|t| t.0);
 
-    // Lists hosts with their messages within the condition's budget (the prefix
-    // "N of M host(s) failing: " is a few dozen bytes), the rest as "and N more".
+    // The worst hosts of one state with their (bounded) errors, at most MAX_HOSTS_NAMED,
+    // the rest as "and N more", within the condition's budget (the prefix "N of M host(s)
+    // failing: " is a few dozen bytes).
     let names = |s: HostBackupState| {
-        join_bounded(
-            hosts
-                .iter()
-                .filter(|h| h.state == s)
-                .map(|h| match &h.message {
-                    Some(m) => format!("{} ({m})", h.name),
-                    None => h.name.clone(),
-                }),
-            "; ",
-            MAX_CONDITION_MESSAGE - 64,
-        )
+        let items: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.state == s)
+            .take(MAX_HOSTS_NAMED)
+            .map(|h| match &h.message {
+                Some(m) => format!("{} ({})", h.name, bounded(m, MAX_NAMED_ERROR)),
+                None => h.name.clone(),
+            })
+            .collect();
+        name_some(items, count(s) as usize, MAX_CONDITION_MESSAGE - 64)
     };
     let (ready, ready_reason, ready_msg) = if let Some(p) = problem {
         (ConditionStatus::False, p.reason, p.message.clone())
@@ -419,9 +520,11 @@ pub fn policy_status(
         hosts_succeeded: succeeded,
         hosts_failing: failing,
         hosts_stale: stale,
+        hosts_pending: pending,
         oldest_last_success,
         last_snapshot_time,
-        hosts,
+        worst_hosts: worst_hosts(&hosts),
+        hosts: Vec::new(),
         conditions,
         observed_generation: generation,
     }
@@ -436,7 +539,9 @@ pub struct EventSpec {
 }
 
 /// Events for state changes only, so a host failing for a week produces one Warning, not
-/// one per reconcile.
+/// one per reconcile; and one Event per kind of change (failing, stale, recovered) per
+/// reconcile, naming at most [`MAX_HOSTS_NAMED`] hosts, so a fleet-wide outage is three
+/// Events, not one per host.
 pub fn transitions(
     previous: &[PolicyHostSummary],
     current: &[PolicyHostSummary],
@@ -445,44 +550,92 @@ pub fn transitions(
         .iter()
         .map(|h| (h.name.as_str(), h.state))
         .collect();
-    let mut out = Vec::new();
+    let (mut failing, mut stale, mut recovered) = (Vec::new(), Vec::new(), Vec::new());
     for h in current {
         let prev = before.get(h.name.as_str()).copied();
-        let msg = h.message.clone().unwrap_or_default();
         match (prev, h.state) {
-            (p, HostBackupState::Failing) if p != Some(HostBackupState::Failing) => {
-                out.push(EventSpec {
-                    warning: true,
-                    reason: "BackupFailing",
-                    note: format!("host {}: {msg}", h.name),
-                })
-            }
-            (p, HostBackupState::Stale) if p != Some(HostBackupState::Stale) => {
-                out.push(EventSpec {
-                    warning: true,
-                    reason: "BackupStale",
-                    note: format!("host {}: {msg}", h.name),
-                })
-            }
+            (p, HostBackupState::Failing) if p != Some(HostBackupState::Failing) => failing.push(h),
+            (p, HostBackupState::Stale) if p != Some(HostBackupState::Stale) => stale.push(h),
             // A host that comes back empty (reinstalled VM) is re-provisioned and shows
             // Pending until its first run; that is the recovery worth telling.
             (
                 Some(HostBackupState::Failing | HostBackupState::Stale),
                 HostBackupState::Succeeded | HostBackupState::Pending,
-            ) => out.push(EventSpec {
-                warning: false,
-                reason: "BackupRecovered",
-                note: if h.state == HostBackupState::Succeeded {
-                    format!("host {} backed up successfully again", h.name)
-                } else {
-                    format!(
-                        "host {} is reachable and configured again; waiting for its next backup",
-                        h.name
-                    )
-                },
-            }),
+            ) => recovered.push(h),
             _ => {}
         }
+    }
+    let budget = MAX_ERROR_TEXT;
+    let problem = |hs: &[&PolicyHostSummary], what: &str| -> String {
+        let detail = |h: &PolicyHostSummary| {
+            bounded(h.message.as_deref().unwrap_or_default(), MAX_NAMED_ERROR)
+        };
+        match hs {
+            [h] => bounded(
+                &format!(
+                    "host {}: {}",
+                    h.name,
+                    h.message.as_deref().unwrap_or_default()
+                ),
+                budget,
+            ),
+            _ => format!(
+                "{} hosts {what}: {}",
+                hs.len(),
+                name_some(
+                    hs.iter()
+                        .take(MAX_HOSTS_NAMED)
+                        .map(|h| format!("{} ({})", h.name, detail(h)))
+                        .collect(),
+                    hs.len(),
+                    budget,
+                )
+            ),
+        }
+    };
+    let mut out = Vec::new();
+    if !failing.is_empty() {
+        out.push(EventSpec {
+            warning: true,
+            reason: "BackupFailing",
+            note: problem(&failing, "started failing"),
+        });
+    }
+    if !stale.is_empty() {
+        out.push(EventSpec {
+            warning: true,
+            reason: "BackupStale",
+            note: problem(&stale, "became stale"),
+        });
+    }
+    if !recovered.is_empty() {
+        let how = |h: &PolicyHostSummary| {
+            if h.state == HostBackupState::Succeeded {
+                "backed up successfully again"
+            } else {
+                "is reachable and configured again; waiting for its next backup"
+            }
+        };
+        let note = match recovered.as_slice() {
+            [h] => format!("host {} {}", h.name, how(h)),
+            hs => format!(
+                "{} hosts recovered: {}",
+                hs.len(),
+                name_some(
+                    hs.iter()
+                        .take(MAX_HOSTS_NAMED)
+                        .map(|h| format!("{} ({})", h.name, how(h)))
+                        .collect(),
+                    hs.len(),
+                    budget,
+                )
+            ),
+        };
+        out.push(EventSpec {
+            warning: false,
+            reason: "BackupRecovered",
+            note: bounded(&note, budget + 64),
+        });
     }
     out
 }
@@ -739,10 +892,16 @@ mod tests {
             ),
             (3, 2, 1, 0)
         );
+        assert_eq!(st.hosts_pending, 0);
+        // Only hosts that are not Succeeded are listed, and no per-host list any more.
         assert_eq!(
-            st.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
-            vec!["a", "b", "c"]
+            st.worst_hosts
+                .iter()
+                .map(|h| (h.name.as_str(), h.state))
+                .collect::<Vec<_>>(),
+            vec![("b", HostBackupState::Failing)]
         );
+        assert!(st.hosts.is_empty());
         // b never succeeded: no "oldest last success" yet.
         assert_eq!(st.oldest_last_success, None);
         assert_eq!(st.last_snapshot_time, Some(unix_time(900)));
@@ -905,5 +1064,169 @@ mod tests {
         );
         assert_eq!(st.hosts_failing, 200);
         assert_eq!(st.hosts_succeeded, 1);
+    }
+
+    /// A fleet in trouble: 1,000 and 5,000 hosts failing with realistic error text (~200
+    /// bytes each). The policy's status must stay small and must not grow with the fleet,
+    /// or the status write fails at etcd's 1.5 MiB object limit exactly when it matters.
+    #[test]
+    fn policy_status_stays_bounded_with_thousands_of_failing_hosts() {
+        let failing = |n: usize| -> Vec<HostResult> {
+            (0..n)
+                .map(|i| HostResult {
+                    host: format!("db-{i:05}.prod.eu-west-1.example.com"),
+                    observation: None,
+                    failure: Some(Failure {
+                        reason: reasons::HOST_UNREACHABLE,
+                        message: format!(
+                            "ssh: connect to host 10.{}.{}.{} port 22: Connection timed out \
+                             after 30s (ControlMaster /run/fleetsnap/ssh/cm-{i:05}); the host \
+                             is down, firewalled, or its sshd does not answer",
+                            i / 65536,
+                            (i / 256) % 256,
+                            i % 256
+                        ),
+                        retry: super::super::error::Retry::Backoff,
+                    }),
+                })
+                .collect()
+        };
+        let mut sizes = Vec::new();
+        for n in [1_000, 5_000] {
+            let rs = failing(n);
+            assert!(
+                rs.iter().all(|r| {
+                    let t = failure_text(r.failure.as_ref().unwrap());
+                    (180..=260).contains(&t.len())
+                }),
+                "error text is about 200 bytes"
+            );
+            let failures: Vec<&Failure> = rs.iter().filter_map(|r| r.failure.as_ref()).collect();
+            let st = policy_status(summaries(&rs), None, &failures, None, Some(1), at(1000));
+            assert_eq!(st.hosts_failing, n as i32);
+            assert_eq!(st.hosts_total, n as i32);
+            let bytes = serde_json::to_vec(&st).unwrap().len();
+            println!("BackupPolicy.status for {n} failing hosts: {bytes} bytes");
+            sizes.push(bytes);
+        }
+        for (n, bytes) in [1_000, 5_000].iter().zip(&sizes) {
+            assert!(
+                *bytes <= 16 << 10,
+                "status for {n} failing hosts is {bytes} bytes, over 16 KiB"
+            );
+        }
+        assert!(
+            sizes[1].abs_diff(sizes[0]) <= 64,
+            "status grows with the fleet: {sizes:?}"
+        );
+    }
+
+    fn summary(name: &str, state: HostBackupState, last: Option<i64>) -> PolicyHostSummary {
+        PolicyHostSummary {
+            name: name.into(),
+            state,
+            last_success: last.map(unix_time),
+            snapshot_id: None,
+            message: (state != HostBackupState::Succeeded)
+                .then(|| format!("{name}: {}", "e".repeat(600))),
+        }
+    }
+
+    /// Failing first, then stale, then pending; within a state the oldest success first
+    /// (never succeeded is oldest), then the name; at most ten, errors cut.
+    #[test]
+    fn worst_hosts_are_bounded_and_deterministic() {
+        use HostBackupState::*;
+        let mut hosts = vec![
+            summary("ok", Succeeded, Some(900)),
+            summary("pending", Pending, None),
+            summary("stale-new", Stale, Some(500)),
+            summary("stale-old", Stale, Some(100)),
+            summary("fail-b", Failing, Some(300)),
+            summary("fail-a", Failing, Some(300)),
+            summary("fail-never", Failing, None),
+            summary("fail-old", Failing, Some(10)),
+        ];
+        let names = |w: &[WorstHost]| w.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        let w = worst_hosts(&hosts);
+        assert_eq!(
+            names(&w),
+            [
+                "fail-never",
+                "fail-old",
+                "fail-a",
+                "fail-b",
+                "stale-old",
+                "stale-new",
+                "pending"
+            ]
+        );
+        assert!(
+            w.iter()
+                .all(|h| h.error.as_ref().unwrap().len() <= MAX_WORST_HOST_ERROR + 3)
+        );
+        assert_eq!(w[1].last_success, Some(unix_time(10)));
+        // Input order does not matter.
+        hosts.reverse();
+        assert_eq!(names(&worst_hosts(&hosts)), names(&w));
+        // Never more than ten.
+        let many: Vec<PolicyHostSummary> = (0..50)
+            .map(|i| summary(&format!("h{i:02}"), Failing, Some(1000 - i)))
+            .collect();
+        let w = worst_hosts(&many);
+        assert_eq!(w.len(), MAX_WORST_HOSTS);
+        assert_eq!(w[0].name, "h49", "oldest success first");
+    }
+
+    #[test]
+    fn ready_names_five_hosts_and_counts_the_rest() {
+        let hosts: Vec<PolicyHostSummary> = (0..40)
+            .map(|i| summary(&format!("h{i:02}"), HostBackupState::Failing, Some(100 + i)))
+            .collect();
+        let st = policy_status(hosts, None, &[], None, Some(1), at(1000));
+        let ready = fleetsnap_crds::common::find_condition(&st.conditions, "Ready").unwrap();
+        assert!(
+            ready.message.starts_with("40 of 40 host(s) failing: h00 ("),
+            "{}",
+            ready.message
+        );
+        assert!(
+            ready.message.ends_with("; and 35 more"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(ready.message.matches("(h").count(), 5, "{}", ready.message);
+        assert_eq!(st.worst_hosts.len(), 10);
+    }
+
+    #[test]
+    fn events_aggregate_per_kind_of_change() {
+        let before: Vec<PolicyHostSummary> = (0..300)
+            .map(|i| summary(&format!("h{i:03}"), HostBackupState::Succeeded, Some(900)))
+            .collect();
+        let mut after: Vec<PolicyHostSummary> = (0..300)
+            .map(|i| summary(&format!("h{i:03}"), HostBackupState::Failing, Some(900)))
+            .collect();
+        after[0].state = HostBackupState::Stale;
+        let evs = transitions(&before, &after);
+        assert_eq!(evs.len(), 2, "one Event per kind of change, not per host");
+        assert_eq!(evs[0].reason, "BackupFailing");
+        assert!(
+            evs[0].note.starts_with("299 hosts started failing: h001 ("),
+            "{}",
+            evs[0].note
+        );
+        assert!(evs[0].note.ends_with("and 294 more"), "{}", evs[0].note);
+        assert!(evs[0].note.len() <= MAX_ERROR_TEXT + 64);
+        assert_eq!(evs[1].reason, "BackupStale");
+        assert!(evs[1].note.starts_with("host h000: "), "{}", evs[1].note);
+        let back = transitions(&after, &before);
+        assert_eq!(back.len(), 1);
+        assert!(
+            back[0].note.starts_with("300 hosts recovered: "),
+            "{}",
+            back[0].note
+        );
+        assert!(back[0].note.len() <= MAX_ERROR_TEXT + 64);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::common::{condition_types, reasons};
+use fleetsnap_crds::host::PolicyKind as CrdKind;
 use fleetsnap_crds::verify_policy::{Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus};
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
@@ -16,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use super::Context;
 use super::error::Error;
 use super::host_job::{self, MAX_RESYNC};
+use super::host_status;
 use super::jobs::{self, condition};
 use super::summary::{self, to_time};
 use super::tamper::{self, ScanCache};
@@ -203,6 +205,14 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     }))
     .await;
 
+    // Which hosts failed before this round, from their entries (`status.errors` lists only
+    // the first few).
+    let failing_before: BTreeSet<String> =
+        host_status::entries_of(ctx, &ns, CrdKind::VerifyPolicy, &name)
+            .into_iter()
+            .filter(|(_, e)| e.error.is_some())
+            .map(|(h, _)| h)
+            .collect();
     let mut errors = Vec::new();
     let mut last_run: Option<DateTime<Utc>> = None;
     let mut last_verified: Option<DateTime<Utc>> = None;
@@ -289,11 +299,10 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
     status.coverage_percent = coverage;
 
     // One Event per newly failing host, naming the packs; one when it recovers.
-    let before: BTreeSet<&str> = previous
-        .errors
+    let before: BTreeSet<&str> = failing_before
         .iter()
-        .filter(|e| !host_job::is_note::<VerifyPolicy>(e) && !tamper::is_report(&e.message))
-        .map(|e| e.host.as_str())
+        .map(String::as_str)
+        .filter(|h| round.plan.converge.contains(*h))
         .collect();
     let after: BTreeSet<&str> = errors.iter().map(|e| e.host.as_str()).collect();
     let obj = policy.object_ref(&());
@@ -317,25 +326,65 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
-    for e in errors.iter().filter(|e| !before.contains(e.host.as_str())) {
-        jobs::event(
-            ctx,
-            &obj,
-            true,
-            "VerifyFailed",
-            format!("{}: {}", e.host, e.message),
-        )
-        .await;
+    // One Event per host while few change; past that, one naming five and counting the rest.
+    let newly: Vec<&VerifyError> = errors
+        .iter()
+        .filter(|e| !before.contains(e.host.as_str()))
+        .collect();
+    if newly.len() <= summary::MAX_HOSTS_NAMED {
+        for e in &newly {
+            jobs::event(
+                ctx,
+                &obj,
+                true,
+                "VerifyFailed",
+                format!("{}: {}", e.host, e.message),
+            )
+            .await;
+        }
+    } else {
+        let note = format!(
+            "{} hosts started failing verification: {}",
+            newly.len(),
+            summary::name_some(
+                newly
+                    .iter()
+                    .take(summary::MAX_HOSTS_NAMED)
+                    .map(|e| format!(
+                        "{}: {}",
+                        e.host,
+                        crate::limits::bounded(&e.message, summary::MAX_NAMED_ERROR)
+                    ))
+                    .collect(),
+                newly.len(),
+                crate::limits::MAX_ERROR_TEXT,
+            )
+        );
+        jobs::event(ctx, &obj, true, "VerifyFailed", note).await;
     }
-    for h in before.difference(&after) {
-        jobs::event(
-            ctx,
-            &obj,
-            false,
-            "VerifyRecovered",
-            format!("{h}: verification passes again"),
-        )
-        .await;
+    let recovered: Vec<&&str> = before.difference(&after).collect();
+    if recovered.len() <= summary::MAX_HOSTS_NAMED {
+        for h in recovered {
+            jobs::event(
+                ctx,
+                &obj,
+                false,
+                "VerifyRecovered",
+                format!("{h}: verification passes again"),
+            )
+            .await;
+        }
+    } else {
+        let note = format!(
+            "{} hosts pass verification again: {}",
+            recovered.len(),
+            summary::name_some(
+                recovered.iter().map(|h| h.to_string()).collect(),
+                recovered.len(),
+                crate::limits::MAX_ERROR_TEXT,
+            )
+        );
+        jobs::event(ctx, &obj, false, "VerifyRecovered", note).await;
     }
     let first_tampered = tampered.first().cloned();
     let tampered_hosts = tampered.len();
@@ -437,6 +486,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
         requeue = requeue.min(after);
     }
     jobs::keep_transition_times(&previous.conditions, &mut status.conditions);
+    host_job::JobStatus::cap_errors(&mut status);
     host_job::write(ctx, policy, &round.written, &status).await?;
     Ok(Action::requeue(requeue.max(MIN_RESYNC)))
 }
