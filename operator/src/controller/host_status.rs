@@ -180,19 +180,9 @@ pub fn entries_of(
 /// forget it), with no run known yet.
 pub fn install_record(kind: PolicyKind, policy: &str) -> HostPolicyStatus {
     HostPolicyStatus {
-        kind,
-        name: policy.to_string(),
-        last_run: None,
-        last_success: None,
-        snapshot_id: None,
-        bytes_added: None,
-        duration_seconds: None,
-        error: None,
-        next_run: None,
-        credential_expiry: None,
-        consecutive_failures: 0,
         state: (kind == PolicyKind::BackupPolicy)
             .then_some(fleetsnap_crds::backup_policy::HostBackupState::Pending),
+        ..super::summary::empty_entry(kind, policy)
     }
 }
 

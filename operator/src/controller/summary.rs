@@ -128,20 +128,27 @@ pub fn unreached_entry(
         kind,
         name: policy.to_string(),
         error: Some(failure_text(failure)),
-        ..previous.cloned().unwrap_or(HostPolicyStatus {
-            kind,
-            name: policy.to_string(),
-            last_run: None,
-            last_success: None,
-            snapshot_id: None,
-            bytes_added: None,
-            duration_seconds: None,
-            error: None,
-            next_run: None,
-            consecutive_failures: 0,
-            credential_expiry: None,
-            state: None,
-        })
+        ..previous
+            .cloned()
+            .unwrap_or_else(|| empty_entry(kind, policy))
+    }
+}
+
+/// An entry with nothing known yet about the host's runs.
+pub fn empty_entry(kind: CrdKind, policy: &str) -> HostPolicyStatus {
+    HostPolicyStatus {
+        kind,
+        name: policy.to_string(),
+        last_run: None,
+        last_success: None,
+        snapshot_id: None,
+        bytes_added: None,
+        duration_seconds: None,
+        error: None,
+        next_run: None,
+        consecutive_failures: 0,
+        credential_expiry: None,
+        state: None,
     }
 }
 
