@@ -30,6 +30,17 @@ struct Cli {
     /// Hosts worked on at the same time, across all policies.
     #[arg(long, default_value_t = 16, env = "FLEETSNAP_MAX_CONCURRENT_HOSTS")]
     max_concurrent_hosts: usize,
+    /// SSH logins in progress at the same time. A login holds no work permit, so hosts that
+    /// hang in the handshake never delay connected hosts.
+    #[arg(long, default_value_t = 16, env = "FLEETSNAP_MAX_CONNECTING")]
+    max_connecting: usize,
+    /// SSH master connections kept open (about 1.3 MiB each); past it, the least recently
+    /// used idle one is closed.
+    #[arg(long, default_value_t = 128, env = "FLEETSNAP_MAX_OPEN_CONNECTIONS")]
+    max_open_connections: usize,
+    /// An SSH master unused for this long is closed.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "FLEETSNAP_SSH_IDLE_CLOSE")]
+    ssh_idle_close: Duration,
     /// Upper bound for one reconcile's work on one host (connect, upload, apply, observe).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "FLEETSNAP_HOST_TIMEOUT")]
     host_timeout: Duration,
@@ -208,7 +219,13 @@ async fn main() -> anyhow::Result<()> {
         }
         let settings = Settings {
             namespace: cli.namespace.clone(),
-            max_concurrent_hosts: cli.max_concurrent_hosts,
+            pool: controller::pool::PoolLimits {
+                max_concurrent_hosts: cli.max_concurrent_hosts,
+                max_connecting: cli.max_connecting,
+                max_open: cli.max_open_connections,
+                idle_close: cli.ssh_idle_close,
+                backoff: Default::default(),
+            },
             artifact: artifact.clone(),
             identity: identity.clone(),
             host_timeout: cli.host_timeout,

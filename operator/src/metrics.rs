@@ -79,6 +79,11 @@ pub struct Metrics {
     pub host_last_contact: Family<HostLabels, FGauge>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<KindLabels, Histogram>,
+    /// The SSH pool, set by its sweep every few seconds.
+    pub ssh_connections_open: Gauge,
+    pub ssh_logins_in_progress: Gauge,
+    pub host_circuits_open: Gauge,
+    pub host_pool_permits_in_use: Gauge,
 }
 
 impl Default for Metrics {
@@ -194,8 +199,33 @@ impl Metrics {
             "Reconcile duration",
             reconcile_duration.clone(),
         );
+        let mut plain = |name: &str, help: &str| -> Gauge {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let ssh_connections_open = plain(
+            "fleetsnap_ssh_connections_open",
+            "SSH master connections the operator holds open",
+        );
+        let ssh_logins_in_progress = plain(
+            "fleetsnap_ssh_logins_in_progress",
+            "SSH logins being attempted now",
+        );
+        let host_circuits_open = plain(
+            "fleetsnap_host_circuits_open",
+            "Hosts not contacted until their backoff passes, after failed logins",
+        );
+        let host_pool_permits_in_use = plain(
+            "fleetsnap_host_pool_permits_in_use",
+            "Hosts being worked on now (of --max-concurrent-hosts)",
+        );
         Metrics {
             registry,
+            ssh_connections_open,
+            ssh_logins_in_progress,
+            host_circuits_open,
+            host_pool_permits_in_use,
             backup_host_selected,
             backup_last_success,
             backup_last_run,
@@ -313,6 +343,14 @@ impl Metrics {
     pub fn forget_policy(&self, l: &PolicyLabels) {
         self.backup_expected_interval.remove(l);
         self.backup_staleness_window.remove(l);
+    }
+
+    pub fn pool(&self, s: crate::controller::pool::PoolStats) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.ssh_connections_open.set(n(s.open));
+        self.ssh_logins_in_progress.set(n(s.connecting));
+        self.host_circuits_open.set(n(s.circuits_open));
+        self.host_pool_permits_in_use.set(n(s.permits_in_use));
     }
 
     pub fn host_contact(

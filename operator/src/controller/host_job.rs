@@ -348,12 +348,20 @@ pub fn after_next_elapse(obs: &JobObservation, now: DateTime<Utc>) -> Option<Dur
 
 /// A host that could not be reached or converged: counted in the metrics; returns when to
 /// try again and its `status.errors` message.
-pub fn unreached<P: HostJob>(ctx: &Context, f: &Failure) -> (Duration, String) {
+/// A host whose circuit is open is looked at again when its backoff ends, not every 10 s.
+pub fn unreached<P: HostJob>(
+    ctx: &Context,
+    ns: &str,
+    host: &str,
+    f: &Failure,
+) -> (Duration, String) {
     ctx.metrics.reconcile_error(P::KIND, f.reason);
-    (
-        retry_after(f, 1).unwrap_or(MAX_RESYNC),
-        super::summary::failure_text(f),
-    )
+    let first = retry_after(f, 1).unwrap_or(MAX_RESYNC);
+    let after = ctx
+        .pool
+        .retry_in(&format!("{ns}/{host}"))
+        .map_or(first, |open| open.max(first));
+    (after, super::summary::failure_text(f))
 }
 
 /// Lists refused duplicates among the selected hosts (`Ready=False`, `DuplicateHost`) and

@@ -119,7 +119,7 @@ impl Context {
 /// Settings of the controllers from the command line.
 pub struct Settings {
     pub namespace: Option<String>,
-    pub max_concurrent_hosts: usize,
+    pub pool: pool::PoolLimits,
     pub artifact: ExecutorArtifact,
     pub identity: String,
     pub host_timeout: Duration,
@@ -194,7 +194,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             },
         ),
         artifact: settings.artifact,
-        pool: HostPool::new(settings.max_concurrent_hosts, SshOptions::default()),
+        pool: HostPool::new(settings.pool, SshOptions::default()),
         hosts: hosts.clone(),
         repos: repos.clone(),
         host_timeout: settings.host_timeout,
@@ -318,13 +318,37 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
 
     let maintenance_loops = run_maintenance_controllers(&client, ns, ctx.clone());
 
+    let sweep = sweep_pool(ctx.clone());
+
     info!("controllers running");
     tokio::select! {
+        _ = sweep => {},
         _ = policy_loop => {},
         _ = maintenance_loops => {},
         _ = host_loop => {},
         _ = repo_cache => {},
         _ = readiness => {},
+    }
+}
+
+/// Closes idle SSH masters and those of deleted Hosts, and publishes the pool's gauges.
+async fn sweep_pool(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ctx.pool.close_idle(std::time::Instant::now());
+        // Only on a full cache: a half-filled one would close connections of live Hosts.
+        if *ctx.caches_ready.borrow() {
+            let live: std::collections::HashSet<String> = ctx
+                .hosts
+                .state()
+                .iter()
+                .map(|h| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any()))
+                .collect();
+            ctx.pool.retain(|key| live.contains(key));
+        }
+        ctx.metrics.pool(ctx.pool.stats());
     }
 }
 

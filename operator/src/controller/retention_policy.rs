@@ -339,7 +339,7 @@ async fn host_mode(
             }
             Err(f) => {
                 all_ok = false;
-                let (after, message) = host_job::unreached::<RetentionPolicy>(ctx, &f);
+                let (after, message) = host_job::unreached::<RetentionPolicy>(ctx, &ns, &host, &f);
                 requeue = requeue.min(after);
                 errors.push(RunError {
                     host: host.clone(),

@@ -276,7 +276,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                 if f.retry == super::error::Retry::OnChange {
                     stalled_reason = Some((f.reason, f.message.clone()));
                 }
-                let (after, message) = host_job::unreached::<VerifyPolicy>(ctx, &f);
+                let (after, message) = host_job::unreached::<VerifyPolicy>(ctx, &ns, &host, &f);
                 requeue = requeue.min(after);
                 errors.push(VerifyError {
                     host,

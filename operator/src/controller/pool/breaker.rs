@@ -109,6 +109,10 @@ impl Breaker {
         wait
     }
 
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     pub fn is_open(&self, now: Instant) -> bool {
         self.open_until.is_some_and(|u| u > now)
     }
@@ -130,13 +134,12 @@ pub fn backoff(failures: u32, s: BackoffSettings, jitter_seed: u64) -> Duration 
     full.saturating_sub(cut)
 }
 
-/// The error a refused caller gets: the same class as the failure that opened the circuit.
-pub fn refused_error(host: &str, last: &Tripped, failures: u32, retry_in: Duration) -> HostError {
+/// The error a refused caller gets: the same class and text as the failure that opened the
+/// circuit (the text changes only when a probe fails again, so status is not rewritten by
+/// every refusal).
+pub fn refused_error(host: &str, last: &Tripped, failures: u32) -> HostError {
     let host = host.to_string();
-    let when = format!(
-        "not contacted: {failures} attempt(s) in a row failed, next attempt in {}s",
-        retry_in.as_secs().max(1)
-    );
+    let when = format!("{failures} attempt(s) in a row failed; retried with backoff");
     match last {
         Tripped::Unreachable(d) => HostError::Unreachable {
             host,
@@ -161,7 +164,15 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_and_jitter_only_shortens() {
-        let table = [(1, 10), (2, 20), (3, 40), (4, 80), (5, 160), (6, 300), (40, 300)];
+        let table = [
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (4, 80),
+            (5, 160),
+            (6, 300),
+            (40, 300),
+        ];
         for (n, secs) in table {
             assert_eq!(backoff(n, S, 0), Duration::from_secs(secs), "failure {n}");
             let j = backoff(n, S, 999);
@@ -209,10 +220,14 @@ mod tests {
 
     #[test]
     fn refusals_keep_the_class_of_the_failure() {
-        let e = refused_error("h", &Tripped::AuthFailed("denied".into()), 2, Duration::ZERO);
+        let e = refused_error("h", &Tripped::AuthFailed("denied".into()), 2);
         assert_eq!(e.reason(), "AuthFailed");
-        assert!(e.to_string().contains("next attempt in 1s"), "{e}");
-        let e = refused_error("h", &Tripped::HostKeyMismatch, 1, Duration::from_secs(5));
+        assert!(
+            e.to_string()
+                .contains("denied (2 attempt(s) in a row failed"),
+            "{e}"
+        );
+        let e = refused_error("h", &Tripped::HostKeyMismatch, 1);
         assert_eq!(e.reason(), "HostKeyMismatch");
         let cmd = HostError::CommandFailed {
             host: "h".into(),
