@@ -512,6 +512,7 @@ mod tests {
         );
         m.reconcile_error("BackupPolicy", "HostUnreachable");
         m.reconcile_took("BackupPolicy", 0.3);
+        m.pool(crate::controller::pool::PoolStats::default());
         let text = m.encode();
         let doc = include_str!("../../docs/metrics.md");
         let names: Vec<&str> = doc
@@ -519,11 +520,13 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `fleetsnap_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        assert_eq!(names.len(), 21, "{names:?}");
+        assert_eq!(names.len(), 25, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
             let present = text.lines().any(|l| {
-                l.starts_with(&format!("{full}{{")) || l.starts_with(&format!("{full}_bucket{{"))
+                l.starts_with(&format!("{full}{{"))
+                    || l.starts_with(&format!("{full} "))
+                    || l.starts_with(&format!("{full}_bucket{{"))
             });
             assert!(present, "{full} missing from:\n{text}");
         }
