@@ -204,7 +204,7 @@ pub struct HostStatus {
     /// Whether the last SSH connection attempt succeeded (with the pinned host key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachable: Option<bool>,
-    /// When the operator last talked to the host successfully.
+    /// When the operator last talked to the host successfully. While the host stays reachable it is refreshed at most every 5 minutes, so a steady host is not rewritten on every contact; `fleetsnap_host_last_contact_timestamp_seconds` has the exact time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<Time>,
     /// Operating-system facts.

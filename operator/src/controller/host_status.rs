@@ -37,6 +37,10 @@ use crate::metrics::HostLabels;
 pub const KIND: &str = "Host";
 /// How often a healthy host is contacted for fresh facts.
 const RESYNC: Duration = Duration::from_secs(60);
+/// `lastContact` of a host that stays reachable is refreshed this often, not on every
+/// contact (one etcd write per host per minute is what Kubernetes dropped for Nodes,
+/// KEP-0009); `fleetsnap_host_last_contact_timestamp_seconds` keeps the exact time.
+pub const LAST_CONTACT_REFRESH: Duration = Duration::from_secs(300);
 /// Reachability condition type (besides the standard `Ready`).
 pub const REACHABLE: &str = "Reachable";
 
@@ -246,6 +250,21 @@ fn condition(
     )
 }
 
+/// The previous `lastContact` while the host stayed reachable and it is younger than
+/// [`LAST_CONTACT_REFRESH`]; otherwise now.
+fn last_contact(
+    previous: &HostStatus,
+    now: DateTime<Utc>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let refresh = LAST_CONTACT_REFRESH.as_secs() as i64;
+    match (&previous.reachable, &previous.last_contact) {
+        (Some(true), Some(t)) if (0..refresh).contains(&(now.timestamp() - t.0.as_second())) => {
+            t.clone()
+        }
+        _ => to_time(now),
+    }
+}
+
 /// Host-level status after a successful contact.
 pub fn reachable_status(
     previous: &HostStatus,
@@ -278,7 +297,7 @@ pub fn reachable_status(
     );
     HostStatus {
         reachable: Some(true),
-        last_contact: Some(to_time(now)),
+        last_contact: Some(last_contact(previous, now)),
         os: Some(OsFacts {
             arch: Some(facts.arch.clone()).filter(|s| !s.is_empty()),
             kernel: Some(facts.kernel.clone()).filter(|s| !s.is_empty()),
@@ -679,6 +698,32 @@ mod tests {
         };
         let down = unreachable_status(&dup, &f, Some(1), now);
         assert!(down.conditions.iter().all(|c| c.type_ != "Stalled"));
+    }
+
+    #[test]
+    fn a_steady_host_is_rewritten_on_change_or_every_few_minutes_not_every_contact() {
+        let t0 = Utc::now();
+        let first = reachable_status(&HostStatus::default(), &facts(), &artifact(), Some(1), t0);
+        let minute = chrono::Duration::seconds(60);
+        let next = reachable_status(&first, &facts(), &artifact(), Some(1), t0 + minute);
+        assert_eq!(
+            host_level(&first),
+            next,
+            "an unchanged host was rewritten one minute after its last contact"
+        );
+        let refresh = chrono::Duration::from_std(LAST_CONTACT_REFRESH).unwrap();
+        let later = t0 + refresh + minute;
+        let refreshed = reachable_status(&first, &facts(), &artifact(), Some(1), later);
+        assert_eq!(refreshed.last_contact, Some(to_time(later)));
+        // Coming back after a failure is a change: written at once, with the exact time.
+        let f = Failure {
+            reason: "HostUnreachable",
+            message: "down".into(),
+            retry: Retry::Backoff,
+        };
+        let down = unreachable_status(&first, &f, Some(1), t0 + minute);
+        let back = reachable_status(&down, &facts(), &artifact(), Some(1), t0 + minute * 2);
+        assert_eq!(back.last_contact, Some(to_time(t0 + minute * 2)));
     }
 
     #[test]
