@@ -302,6 +302,44 @@ async fn apply_is_idempotent_secret_free_and_removable() {
     host.close().await.unwrap();
 }
 
+/// A master whose owner died without closing it (the operator SIGKILLed) must not live for
+/// ever: every restart would otherwise add one `ssh` process per host.
+#[tokio::test]
+async fn a_master_nobody_closes_exits_once_idle() {
+    let dir = tempfile::Builder::new()
+        .prefix("fs-persist-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let opts = SshOptions {
+        control_dir: dir.path().to_path_buf(),
+        control_persist: std::time::Duration::from_secs(2),
+        ..SshOptions::default()
+    };
+    let sh = SshHost::connect(&target(), &opts).await.unwrap();
+    run_ok(&sh, "true", &["true"], b"").await.unwrap();
+    let masters = || -> Vec<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n == "master"))
+            .collect()
+    };
+    assert_eq!(masters().len(), 1, "no control socket in {:?}", dir.path());
+    // What a SIGKILLed operator leaves: nobody runs the Drop that would close it.
+    std::mem::forget(sh);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !masters().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned SSH master was still running 15 s later (ControlPersist 2 s)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn wrong_host_key_is_refused_before_anything_runs() {
     let good = target();

@@ -106,12 +106,21 @@ pub fn selected_hosts(ctx: &Context, selector: &LabelSelector, ns: &str) -> Vec<
     hosts
 }
 
-/// Reads the named Secrets; absent ones are simply missing from the map.
+/// Reads the named Secrets; absent ones are simply missing from the map. Each comes from
+/// the shared cache while the Secret watch shows it unchanged (`secret_cache`).
 pub async fn read_secrets(ctx: &Context, ns: &str, names: &[String]) -> Result<Secrets, Failure> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut out = Secrets::new();
     for name in names {
-        match api.get_opt(name).await {
+        let current = ctx
+            .secret_versions
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|m| m.metadata.resource_version.clone());
+        let got = ctx
+            .secrets
+            .get(ns, name, current.as_deref(), || api.get_opt(name))
+            .await;
+        match got {
             Ok(Some(s)) => {
                 out.insert(name.clone(), s);
             }

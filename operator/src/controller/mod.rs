@@ -18,6 +18,7 @@ pub mod pool;
 pub mod repository_status;
 pub mod restore;
 pub mod retention_policy;
+pub mod secret_cache;
 pub mod storage_probe;
 pub mod sts;
 pub mod summary;
@@ -70,6 +71,10 @@ pub struct Context {
     attempts: std::sync::Mutex<HashMap<String, u32>>,
     /// Host keys minted for `s3.operatorSts` repositories.
     pub minted: host_credentials::MintedKeys,
+    /// Secret values, valid while their resourceVersion matches `secret_versions`.
+    pub secrets: secret_cache::SecretCache,
+    /// Secret metadata from the watch (names and resourceVersions only).
+    pub secret_versions: Store<PartialObjectMeta<Secret>>,
 }
 
 impl Context {
@@ -174,6 +179,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             }
         });
 
+    let (secret_versions, secret_versions_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let (hosts_ready, repos_ready) = (hosts.clone(), repos.clone());
     // One waiter only, then broadcast; parked forever afterwards so select! keeps going.
@@ -200,6 +207,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
         host_timeout: settings.host_timeout,
         attempts: Default::default(),
         minted: Default::default(),
+        secrets: Default::default(),
+        secret_versions,
         caches_ready,
     });
     let policies = Controller::new(api::<BackupPolicy>(&client, ns), wc.clone());
@@ -266,6 +275,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
     let (hosts_for_secrets, repos_for_secrets) = (hosts.clone(), repos.clone());
     let secret_changes = watcher(api::<PartialObjectMeta<Secret>>(&client, ns), wc.clone())
         .default_backoff()
+        .reflect(secret_versions_writer)
         .touched_objects();
     let policies = policies.watches_stream(secret_changes, move |secret| {
         let ns = secret.namespace();
@@ -347,6 +357,9 @@ async fn sweep_pool(ctx: Arc<Context>) {
                 .map(|h| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any()))
                 .collect();
             ctx.pool.retain(|key| live.contains(key));
+            let secrets = &ctx.secret_versions;
+            ctx.secrets
+                .retain(|ns, name| secrets.get(&ObjectRef::new(name).within(ns)).is_some());
         }
         ctx.metrics.pool(ctx.pool.stats());
     }

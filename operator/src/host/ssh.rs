@@ -29,6 +29,10 @@ pub struct SshOptions {
     pub server_alive_interval: Duration,
     /// Parent of the control socket directories (socket paths must stay short).
     pub control_dir: PathBuf,
+    /// How long an unused master lives on by itself (`ControlPersist`). The pool closes
+    /// idle masters sooner; this bounds the ones nobody closes, such as those of an operator
+    /// that was killed.
+    pub control_persist: Duration,
 }
 
 impl Default for SshOptions {
@@ -37,6 +41,7 @@ impl Default for SshOptions {
             connect_timeout: Duration::from_secs(20),
             server_alive_interval: Duration::from_secs(15),
             control_dir: std::env::temp_dir(),
+            control_persist: Duration::from_secs(180),
         }
     }
 }
