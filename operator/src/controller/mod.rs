@@ -201,7 +201,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings) {
             },
         ),
         artifact: settings.artifact,
-        pool: HostPool::new(settings.pool, SshOptions::default()),
+        // ssh's own idle timer outlasts the pool's idle close, so it ends only the masters
+        // nobody closes: those of a replica that was killed.
+        pool: HostPool::new(
+            settings.pool,
+            SshOptions {
+                control_persist: settings.pool.idle_close + Duration::from_secs(60),
+                ..SshOptions::default()
+            },
+        ),
         hosts: hosts.clone(),
         repos: repos.clone(),
         host_timeout: settings.host_timeout,

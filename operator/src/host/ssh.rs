@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info_span};
 
@@ -131,6 +131,14 @@ fn write_private(path: &Path, data: &[u8], host: &str, what: &str) -> Result<(),
     Ok(())
 }
 
+fn persist(d: Duration) -> ControlPersist {
+    match std::num::NonZeroUsize::new(d.as_secs() as usize) {
+        Some(secs) => ControlPersist::IdleFor(secs),
+        // Under a second: the smallest ssh accepts.
+        None => ControlPersist::IdleFor(std::num::NonZeroUsize::MIN),
+    }
+}
+
 /// Maps the master's error text (ssh's own stderr) to a class.
 pub fn classify_connect_error(host: &str, text: &str) -> HostError {
     let host = host.to_string();
@@ -206,7 +214,8 @@ impl SshHost {
                 .known_hosts_check(KnownHosts::Strict)
                 .connect_timeout(opts.connect_timeout)
                 .server_alive_interval(opts.server_alive_interval)
-                .control_directory(&opts.control_dir);
+                .control_directory(&opts.control_dir)
+                .control_persist(persist(opts.control_persist));
 
             // ConnectTimeout bounds each phase inside ssh; this bounds the whole login, e.g.
             // a server that accepts TCP but stalls in the banner exchange.
