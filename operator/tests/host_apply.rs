@@ -302,6 +302,82 @@ async fn apply_is_idempotent_secret_free_and_removable() {
     host.close().await.unwrap();
 }
 
+/// The executor (tens of MiB) is hashed when it changed, not on every gather; a change that
+/// keeps its size and mtime is still seen.
+#[tokio::test]
+async fn the_executor_is_hashed_once_until_it_changes() {
+    let _one = ONE_HOST_USER.lock().await;
+    let host = connect().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "it-hash";
+    let job = JobId::new(PolicyKind::Backup, name).unwrap();
+    remove_job(&host, &job).await.unwrap();
+    rm_rf(&host, &["/usr/local/lib/fleetsnap/0.0.3-it"]).await;
+    let (a, p) = (artifact(tmp.path(), "0.0.3-it"), policy(name));
+    let creds = credentials();
+    let inputs = JobInputs {
+        artifact: &a,
+        policy: &p,
+        credentials: &creds,
+    };
+    reconcile_job(&host, &inputs).await.unwrap();
+    // Every sha256sum the gather runs is logged (/usr/local/sbin comes first in root's PATH).
+    let wrapper = "#!/bin/sh\nprintf '%s\\n' \"$*\" >> /run/it-sha256sum.log\nexec /usr/bin/sha256sum \"$@\"\n";
+    let (code, out) = sh_out(
+        &host,
+        "rm -f /run/it-sha256sum.log; cat > /usr/local/sbin/sha256sum && chmod 755 /usr/local/sbin/sha256sum",
+        wrapper.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let exe = fleetsnap_operator::host::layout::executor_path(&a.version);
+    let hashed = || async {
+        let (_, log) = sh_out(&host, "cat /run/it-sha256sum.log 2>/dev/null", b"").await;
+        log.lines().filter(|l| l.contains(&exe)).count()
+    };
+    let (_, probe) = sh_out(
+        &host,
+        "sha256sum /etc/hostname >/dev/null; cat /run/it-sha256sum.log",
+        b"",
+    )
+    .await;
+    assert!(
+        probe.contains("/etc/hostname"),
+        "the sha256sum wrapper logs nothing: {probe:?}"
+    );
+    let query = plan::fact_query(&job, Some(&a));
+    for _ in 0..3 {
+        let f = gather_facts(&host, &query).await.unwrap();
+        assert_eq!(f.files[&exe].sha256, a.sha256);
+    }
+    let steady = hashed().await;
+    // Same size, same mtime, one byte different.
+    let (code, out) = sh_out(
+        &host,
+        &format!("cp -p {exe} /run/it-exe.orig && printf X | dd of={exe} bs=1 seek=3 conv=notrunc status=none && touch -r /run/it-exe.orig {exe}"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let after = gather_facts(&host, &query).await.unwrap();
+    let (_, _) = sh_out(
+        &host,
+        "rm -f /usr/local/sbin/sha256sum /run/it-sha256sum.log /run/it-exe.orig",
+        b"",
+    )
+    .await;
+    remove_job(&host, &job).await.unwrap();
+    rm_rf(&host, &["/usr/local/lib/fleetsnap/0.0.3-it"]).await;
+    assert_ne!(
+        after.files[&exe].sha256, a.sha256,
+        "an executor changed in place (size and mtime kept) was not noticed"
+    );
+    assert!(
+        steady <= 1,
+        "three gathers of an unchanged host hashed the executor {steady} times"
+    );
+}
+
 /// A master whose owner died without closing it (the operator SIGKILLed) must not live for
 /// ever: every restart would otherwise add one `ssh` process per host.
 #[tokio::test]
