@@ -504,7 +504,7 @@ async fn contact(ctx: &Context, host: &Host, ns: &str) -> Result<HostFacts, Fail
     .await?;
     let target = derive::host_target(host, &secrets).map_err(|e| Failure::from_derive(&e))?;
     let query = FactQuery {
-        files: vec![layout::executor_path(&ctx.artifact.version)],
+        large_files: vec![layout::executor_path(&ctx.artifact.version)],
         links: vec![layout::BIN_LINK.to_string()],
         ..FactQuery::default()
     };

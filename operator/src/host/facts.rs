@@ -16,6 +16,9 @@ pub const MAX_FACT_LINE: usize = 8192;
 pub struct FactQuery {
     /// Plain files: hash the content.
     pub files: Vec<String>,
+    /// Large plain files (the executor): hashed once, then the hash is reused while size,
+    /// mtime, ctime and inode are unchanged, for at most a day (a memo next to the file).
+    pub large_files: Vec<String>,
     /// `systemd-creds encrypt` output: hash the decrypted content (on the host; the secret
     /// itself never travels back).
     pub encrypted_files: Vec<String>,
@@ -90,6 +93,7 @@ impl HostFacts {
 }
 
 /// The remote fact-gathering script. Arguments: groups introduced by `-f` (plain files),
+/// `-F` (large plain files, hash memoized),
 /// `-e` (encrypted credentials), `-d` (dirs), `-l` (links), `-u` (units), `-x` (dirs to
 /// scan for temp-file debris), `-s` (dirs whose every entry is debris).
 ///
@@ -107,15 +111,33 @@ if command -v systemd-creds >/dev/null 2>&1; then
   fi
 fi
 meta() { stat -c '%a	%U	%G' -- "$1"; }
+# sha256 of a large file, memoized in .<name>.fleetsnap-sum beside it. Any write changes the
+# ctime, which no tool can set back, so a kept size and mtime do not hide a change.
+memo_sum() {
+  m="${1%/*}/.${1##*/}.fleetsnap-sum"
+  k=$(stat -c '%s %.9Y %.9Z %i' -- "$1")
+  if [ -f "$m" ] && [ ! -L "$m" ] && [ -n "$(find "$m" -mmin -1440 2>/dev/null)" ]; then
+    read -r m1 m2 m3 m4 mh < "$m" || true
+    if [ "$m1 $m2 $m3 $m4" = "$k" ] && [ ${#mh} -eq 64 ]; then echo "$mh"; return; fi
+  fi
+  h=$(sha256sum -- "$1" | cut -d' ' -f1)
+  # The temporary name matches the debris pattern, so a gather killed here is cleaned up.
+  t="$m.fleetsnap-tmp"
+  { printf '%s %s\n' "$k" "$h" > "$t" && mv -f "$t" "$m"; } 2>/dev/null || rm -f "$t"
+  echo "$h"
+}
 mode=f
 for a in "$@"; do
   case "$a" in
-    -f|-e|-d|-l|-u|-x|-s) mode=${a#-}; continue ;;
+    -f|-F|-e|-d|-l|-u|-x|-s) mode=${a#-}; continue ;;
   esac
   case "$mode" in
     f) if [ -f "$a" ] && [ ! -L "$a" ]; then
          h=$(sha256sum -- "$a" | cut -d' ' -f1)
          printf 'file\t%s\t%s\t%s\n' "$a" "$(meta "$a")" "$h"
+       fi ;;
+    F) if [ -f "$a" ] && [ ! -L "$a" ]; then
+         printf 'file\t%s\t%s\t%s\n' "$a" "$(meta "$a")" "$(memo_sum "$a")"
        fi ;;
     e) if [ -f "$a" ]; then
          id=${a##*.}
@@ -144,6 +166,7 @@ pub fn gather_args(q: &FactQuery) -> Vec<String> {
     let mut args = Vec::new();
     for (flag, list) in [
         ("-f", &q.files),
+        ("-F", &q.large_files),
         ("-e", &q.encrypted_files),
         ("-d", &q.dirs),
         ("-l", &q.links),
@@ -256,6 +279,23 @@ mod tests {
         assert!(f.unit_installed("x.timer"));
         assert!(!f.unit_installed("y.timer"));
         assert!(!f.unit_installed("z.timer"));
+    }
+
+    #[test]
+    fn large_files_go_to_the_memoized_group() {
+        let q = FactQuery {
+            files: vec!["/etc/a".into()],
+            large_files: vec!["/usr/local/lib/fleetsnap/1/fleetsnap".into()],
+            ..FactQuery::default()
+        };
+        let args = gather_args(&q);
+        let at = |flag: &str| args.iter().position(|a| a == flag).unwrap();
+        assert_eq!(args[at("-f") + 1], "/etc/a");
+        assert_eq!(args[at("-F") + 1], "/usr/local/lib/fleetsnap/1/fleetsnap");
+        assert_eq!(at("-F") + 2, at("-e"), "the large file is the only -F argument");
+        // The memo's temporary file is named so that a killed gather leaves recognised debris.
+        assert!(GATHER_SCRIPT.contains(r#"t="$m.fleetsnap-tmp""#));
+        assert!(GATHER_SCRIPT.contains(r#""$a"/.*.fleetsnap-tmp"#));
     }
 
     #[test]

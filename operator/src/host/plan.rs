@@ -219,7 +219,7 @@ pub fn fact_query(job: &JobId, artifact: Option<&ExecutorArtifact>) -> FactQuery
         }
     }
     if let Some(a) = artifact {
-        q.files.push(layout::executor_path(&a.version));
+        q.large_files.push(layout::executor_path(&a.version));
         q.debris_dirs.push(layout::executor_dir(&a.version));
         q.dirs = desired_dirs(job, a, false)
             .into_iter()
