@@ -292,7 +292,11 @@ mod tests {
         let at = |flag: &str| args.iter().position(|a| a == flag).unwrap();
         assert_eq!(args[at("-f") + 1], "/etc/a");
         assert_eq!(args[at("-F") + 1], "/usr/local/lib/fleetsnap/1/fleetsnap");
-        assert_eq!(at("-F") + 2, at("-e"), "the large file is the only -F argument");
+        assert_eq!(
+            at("-F") + 2,
+            at("-e"),
+            "the large file is the only -F argument"
+        );
         // The memo's temporary file is named so that a killed gather leaves recognised debris.
         assert!(GATHER_SCRIPT.contains(r#"t="$m.fleetsnap-tmp""#));
         assert!(GATHER_SCRIPT.contains(r#""$a"/.*.fleetsnap-tmp"#));
