@@ -21,7 +21,7 @@ pub const MAX_STDOUT: usize = 1 << 20;
 pub const MAX_STDERR: usize = 16 << 10;
 
 /// One run record. The executor writes about 400 bytes plus its error text, which it caps
-/// at 8 KiB (`executor/src/run/record.rs`); 64 KiB leaves room for JSON escaping. The host
+/// at 8 KiB (`fleetsnap_contract::record::MAX_ERROR`); 64 KiB leaves room for JSON escaping. The host
 /// side of the read (`head -c`) stops at one byte more, so an oversized record is reported
 /// by name without being transferred whole.
 pub const MAX_RUN_RECORD: usize = 64 << 10;

@@ -106,7 +106,7 @@ pub fn run_file_with(path: &Path, creds: Option<&Path>) -> i32 {
 fn run_job(path: &Path, creds: Option<&Path>, under_systemd: bool) -> i32 {
     let started = record::now();
     let t0 = Instant::now();
-    let cfg = match JobConfig::load(path) {
+    let cfg = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             // Without a config there is no record directory to report into.
@@ -169,7 +169,7 @@ fn run_job(path: &Path, creds: Option<&Path>, under_systemd: bool) -> i32 {
             rec.duration_seconds
         ),
     }
-    match rec.write(Path::new(&cfg.run_record_dir)) {
+    match record::write(&rec, Path::new(&cfg.run_record_dir)) {
         Ok(p) => eprintln!("fleetsnap run: record {}", p.display()),
         Err(e) => {
             eprintln!(
@@ -214,7 +214,7 @@ fn watch_for_sigterm(cfg: &JobConfig, started: chrono::DateTime<chrono::Utc>, t0
             "fleetsnap run: {}",
             rec.error.as_deref().unwrap_or_default()
         );
-        match rec.write(Path::new(&dir)) {
+        match record::write(&rec, Path::new(&dir)) {
             Ok(p) => eprintln!("fleetsnap run: record {}", p.display()),
             Err(e) => eprintln!("fleetsnap run: cannot write the run record into {dir}: {e}"),
         }

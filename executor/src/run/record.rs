@@ -1,137 +1,41 @@
-//! Run records: one JSON file per run, the operator's only view of what happened.
-//!
-//! Shape and naming follow `RunRecord` in `operator/src/host/record.rs`. The file is
-//! written as `<name>.json.tmp`, fsynced and renamed, because the operator reads `*.json`
-//! at any moment and must never see half a record.
+//! Writing run records (the shape is `fleetsnap_contract::record`). A record is written as
+//! `<name>.json.tmp`, fsynced and renamed, because the operator reads `*.json` at any moment
+//! and must never see half a record.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::config::JobKind;
+use fleetsnap_contract::record::is_record_name;
+pub use fleetsnap_contract::record::{KEEP_RECORDS, MAX_ERROR, RunRecord, truncate_text};
 
-/// The contract says "at least the last 50"; keeping exactly that bounds the directory.
-pub const KEEP_RECORDS: usize = 50;
-
-/// The longest `error` text written into a record, in bytes. The operator refuses records
-/// over 64 KiB (`docs/host-layout.md`) and shows 1 KiB of the error; an error chain is rarely
-/// more than a few hundred bytes, so this only cuts runaway messages (e.g. thousands of
-/// unreadable paths), keeping their beginning.
-pub const MAX_ERROR: usize = 8 << 10;
-
-/// `s` cut to at most `max` bytes on a character boundary, ending in `…` when cut.
-pub fn truncate_text(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+/// Write atomically into `dir` (created if missing) and prune old records.
+/// Returns the final path.
+pub fn write(record: &RunRecord, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(record.file_name());
+    let tmp = dir.join(format!("{}.tmp", record.file_name()));
+    let mut rec = record.clone();
+    rec.error = rec.error.map(|e| truncate_text(&e, MAX_ERROR));
+    let mut json = serde_json::to_vec_pretty(&rec).expect("record serializes");
+    json.push(b'\n');
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        // A full disk leaves a partial record behind: remove it, so that it neither
+        // holds on to the space nor looks like a record to anyone listing the directory.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub policy: String,
-    pub kind: JobKind,
-    #[serde(with = "rfc3339")]
-    pub started: DateTime<Utc>,
-    #[serde(with = "rfc3339")]
-    pub finished: DateTime<Utc>,
-    pub exit_code: i32,
-    #[serde(default)]
-    pub snapshot_id: Option<String>,
-    #[serde(default)]
-    pub files_new: u64,
-    #[serde(default)]
-    pub files_changed: u64,
-    #[serde(default)]
-    pub files_unmodified: u64,
-    #[serde(default)]
-    pub bytes_added: u64,
-    pub duration_seconds: f64,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// When the storage key the run used last expires, where the executor learned it (a
-    /// `credential_process` key's `Expiration`).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
-    pub credential_expiry: Option<DateTime<Utc>>,
-}
-
-mod rfc3339_opt {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| {
-            DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(serde::de::Error::custom)
-        })
-        .transpose()
-    }
-}
-
-/// `2025-03-01T02:00:03.123Z`: UTC with a `Z`, which every RFC 3339 parser accepts.
-mod rfc3339 {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl RunRecord {
-    pub fn file_name(&self) -> String {
-        format!("{}.json", self.started.format("%Y%m%dT%H%M%SZ"))
-    }
-
-    /// Write atomically into `dir` (created if missing) and prune old records.
-    /// Returns the final path.
-    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(self.file_name());
-        let tmp = dir.join(format!("{}.tmp", self.file_name()));
-        let mut rec = self.clone();
-        rec.error = rec.error.map(|e| truncate_text(&e, MAX_ERROR));
-        let mut json = serde_json::to_vec_pretty(&rec).expect("record serializes");
-        json.push(b'\n');
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            // A full disk leaves a partial record behind: remove it, so that it neither
-            // holds on to the space nor looks like a record to anyone listing the directory.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        // The rename is only durable once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()?;
-        prune_records(dir, KEEP_RECORDS)?;
-        Ok(path)
-    }
+    // The rename is only durable once the directory entry is.
+    std::fs::File::open(dir)?.sync_all()?;
+    prune_records(dir, KEEP_RECORDS)?;
+    Ok(path)
 }
 
 /// Delete all but the newest `keep` records. Names sort by time, so lexical order is age.
@@ -147,18 +51,6 @@ pub fn prune_records(dir: &Path, keep: usize) -> std::io::Result<usize> {
         std::fs::remove_file(dir.join(n))?;
     }
     Ok(excess)
-}
-
-/// Only our own names (`20250301T020003Z.json`), so foreign files are never deleted.
-fn is_record_name(n: &str) -> bool {
-    let Some(stem) = n.strip_suffix(".json") else {
-        return false;
-    };
-    let b = stem.as_bytes();
-    b.len() == 16
-        && b[8] == b'T'
-        && b[15] == b'Z'
-        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
 }
 
 pub fn now() -> DateTime<Utc> {
@@ -178,7 +70,7 @@ mod tests {
         let started = Utc.with_ymd_and_hms(2025, 3, 1, 2, 0, sec).unwrap();
         RunRecord {
             policy: "nightly".into(),
-            kind: JobKind::Backup,
+            kind: fleetsnap_contract::JobKind::Backup,
             started,
             finished: started + chrono::Duration::milliseconds(62_500),
             exit_code: 0,
@@ -194,56 +86,12 @@ mod tests {
     }
 
     #[test]
-    fn json_matches_the_operator_contract() {
-        let r = record(3);
-        assert_eq!(r.file_name(), "20250301T020003Z.json");
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
-        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "bytes_added",
-                "duration_seconds",
-                "error",
-                "exit_code",
-                "files_changed",
-                "files_new",
-                "files_unmodified",
-                "finished",
-                "kind",
-                "policy",
-                "snapshot_id",
-                "started"
-            ]
-        );
-        assert_eq!(v["started"], "2025-03-01T02:00:03.000Z");
-        assert_eq!(v["kind"], "backup");
-        assert!(v["error"].is_null());
-        // The operator's own test input parses here too.
-        let op = r#"{"policy":"nightly","kind":"verify","started":"2025-03-01T02:00:03Z",
-            "finished":"2025-03-01T02:00:04Z","exit_code":1,"duration_seconds":1.0,
-            "error":"repository locked"}"#;
-        let back: RunRecord = serde_json::from_str(op).unwrap();
-        assert_eq!(back.kind, JobKind::Verify);
-        assert_eq!(back.bytes_added, 0);
-        assert_eq!(back.credential_expiry, None);
-        // A broker's key expiry, when there was one, travels with the record.
-        let mut r = record(3);
-        r.credential_expiry = Some("2025-03-01T03:00:00Z".parse().unwrap());
-        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["credential_expiry"], "2025-03-01T03:00:00Z");
-        let back: RunRecord = serde_json::from_value(v).unwrap();
-        assert_eq!(back.credential_expiry, r.credential_expiry);
-    }
-
-    #[test]
     fn long_errors_are_cut_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record(1);
         r.exit_code = 1;
         r.error = Some("é".repeat(1 << 20));
-        let path = r.write(dir.path()).unwrap();
+        let path = write(&r, dir.path()).unwrap();
         let size = std::fs::metadata(&path).unwrap().len();
         // Well under the operator's 64 KiB per-record limit.
         assert!(size < 16 << 10, "{size}");
@@ -257,7 +105,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
         for s in 0..55 {
-            record(s).write(dir.path()).unwrap();
+            write(&record(s), dir.path()).unwrap();
         }
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()

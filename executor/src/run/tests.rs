@@ -44,7 +44,7 @@ impl Env {
 
     fn run(&self, cfg: &Path) -> (i32, RunRecord) {
         let code = run_file_with(cfg, Some(&self.p("creds")));
-        let c = JobConfig::load(cfg).unwrap();
+        let c = config::load(cfg).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(&c.run_record_dir)
             .unwrap()
             .map(|e| e.unwrap().path())

@@ -19,8 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::error::Failure;
 use crate::host::observe::JobObservation;
-use crate::host::record::RunRecord;
 use crate::limits::{MAX_CONDITION_MESSAGE, MAX_ERROR_TEXT, bounded};
+use fleetsnap_contract::RunRecord;
 
 pub fn to_time(t: DateTime<Utc>) -> Time {
     Time(
@@ -652,8 +652,8 @@ mod tests {
     use super::*;
     use crate::host::model::PolicyKind;
     use crate::host::observe::TimerState;
-    use crate::host::record::RunRecord;
     use chrono::TimeZone;
+    use fleetsnap_contract::RunRecord;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()

@@ -587,7 +587,7 @@ async fn tampering(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::record::RunRecord;
+    use fleetsnap_contract::RunRecord;
     use fleetsnap_crds::common::{LocalObjectRef, Schedule};
     use fleetsnap_crds::verify_policy::{ReadData, RestoreDrill, RotationPeriod, VerifyPolicySpec};
 

@@ -20,13 +20,13 @@ pub const STATE_DIR: &str = "/var/lib/fleetsnap";
 pub const RUNS_DIR: &str = "/var/lib/fleetsnap/runs";
 pub const CACHE_DIR: &str = "/var/cache/fleetsnap";
 
-/// Credential ids as seen by the executor in `$CREDENTIALS_DIRECTORY`.
-pub const CRED_REPOSITORY_PASSWORD: &str = "repository-password";
-pub const CRED_AWS_ACCESS_KEY_ID: &str = "aws-access-key-id";
-pub const CRED_AWS_SECRET_ACCESS_KEY: &str = "aws-secret-access-key";
-pub const CRED_AWS_SESSION_TOKEN: &str = "aws-session-token";
-pub const CRED_REST_USERNAME: &str = "rest-username";
-pub const CRED_REST_PASSWORD: &str = "rest-password";
+/// Credential ids as seen by the executor in `$CREDENTIALS_DIRECTORY` (the contract's).
+pub use fleetsnap_contract::config::credential_id::{
+    AWS_ACCESS_KEY_ID as CRED_AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY as CRED_AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN as CRED_AWS_SESSION_TOKEN, REPOSITORY_PASSWORD as CRED_REPOSITORY_PASSWORD,
+    REST_PASSWORD as CRED_REST_PASSWORD, REST_USERNAME as CRED_REST_USERNAME,
+};
 pub const ALL_CREDENTIALS: [&str; 6] = [
     CRED_REPOSITORY_PASSWORD,
     CRED_AWS_ACCESS_KEY_ID,

@@ -12,7 +12,6 @@ pub mod layout;
 pub mod model;
 pub mod observe;
 pub mod plan;
-pub mod record;
 pub mod render;
 pub mod shell;
 pub mod ssh;

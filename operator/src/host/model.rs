@@ -77,41 +77,9 @@ pub struct ExecutorArtifact {
     pub local_path: PathBuf,
 }
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyKind {
-    Backup,
-    Retention,
-    Verify,
-}
-
-impl PolicyKind {
-    /// The lowercase word used in unit names, config names and executor subcommands.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicyKind::Backup => "backup",
-            PolicyKind::Retention => "retention",
-            PolicyKind::Verify => "verify",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "backup" => Some(PolicyKind::Backup),
-            "retention" => Some(PolicyKind::Retention),
-            "verify" => Some(PolicyKind::Verify),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for PolicyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The kind of a policy, which is the kind of the job it installs on a host (the contract's
+/// `JobKind`: one word in unit names, config names and run records).
+pub use fleetsnap_contract::JobKind as PolicyKind;
 
 /// A command whose stdout is stored as one file in the snapshot (e.g. `pg_dumpall`).
 #[derive(Clone, Debug, PartialEq, Eq)]

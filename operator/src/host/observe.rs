@@ -5,9 +5,9 @@ use tracing::{Instrument, info_span, warn};
 
 use super::error::HostError;
 use super::layout::JobId;
-use super::record::RunRecord;
 use super::shell::{HostShell, StdoutLimit, run_ok, run_script_limited};
 use crate::limits::{MAX_FACT_VALUE, MAX_RECORD_NAME, MAX_RUN_RECORD, bounded, run_records_output};
+use fleetsnap_contract::RunRecord;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimerState {

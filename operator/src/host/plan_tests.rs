@@ -236,7 +236,8 @@ fn session_tokens_and_rest_logins_are_credentials_the_config_names() {
     c.aws.as_mut().unwrap().session_token = Some(SecretBytes::new(TOKEN));
     let p = policy(PolicyKind::Backup);
     let d = plan(&a, &p, &c, &fresh_host(true)).desired.unwrap();
-    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(d.files[0].content.bytes()).unwrap();
     assert_eq!(
         cfg.credentials.aws_session_token.as_deref(),
         Some("aws-session-token")
@@ -276,7 +277,8 @@ fn session_tokens_and_rest_logins_are_credentials_the_config_names() {
     let d = plan(&a, &rest_policy, &rest, &fresh_host(false))
         .desired
         .unwrap();
-    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(d.files[0].content.bytes()).unwrap();
     assert_eq!(
         (
             cfg.credentials.rest_username.as_deref(),
@@ -305,7 +307,8 @@ fn session_tokens_and_rest_logins_are_credentials_the_config_names() {
     let d = plan(&a, &broker, &creds(false), &fresh_host(true))
         .desired
         .unwrap();
-    let cfg: render::ExecutorConfig = serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(d.files[0].content.bytes()).unwrap();
     assert_eq!(
         cfg.aws_credential_process,
         ["/usr/local/bin/broker", "--host=ct1"]
@@ -433,7 +436,8 @@ fn timer_and_config_rendering() {
         (cfg_file.path.as_str(), cfg_file.mode),
         ("/etc/fleetsnap/verify-nightly.json", 0o644)
     );
-    let cfg: render::ExecutorConfig = serde_json::from_slice(cfg_file.content.bytes()).unwrap();
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(cfg_file.content.bytes()).unwrap();
     assert_eq!(cfg.kind, PolicyKind::Verify);
     assert_eq!(cfg.extra_args, ["--read-data-subset", "1/7"]);
     assert_eq!(cfg.run_record_dir, "/var/lib/fleetsnap/runs/verify-nightly");
@@ -707,8 +711,9 @@ fn fact_query_covers_what_the_plan_compares() {
         }
     }
     assert!(
-        q.files
-            .contains(&"/usr/local/lib/fleetsnap/0.1.0/fleetsnap".to_string())
+        q.large_files
+            .contains(&"/usr/local/lib/fleetsnap/0.1.0/fleetsnap".to_string()),
+        "the executor is queried through the hash memo"
     );
     assert!(
         q.units
@@ -768,4 +773,42 @@ fn fact_query_scans_every_directory_a_write_goes_through() {
     }
     assert!(q.debris_dirs.contains(&layout::executor_dir("0.1.0")));
     assert_eq!(q.scratch_dirs, vec![layout::STAGING_DIR.to_string()]);
+}
+
+/// What the operator renders is what the executor accepts: one type on both sides
+/// (`fleetsnap_contract`), and the executor's own checks (format, run-record dir, stdin
+/// commands) pass on it.
+#[test]
+fn the_rendered_config_is_one_the_executor_accepts() {
+    let job = JobId::new(PolicyKind::Backup, "nightly").unwrap();
+    let mut p = policy(PolicyKind::Backup);
+    p.stdin_sources.push(StdinSource {
+        name: "pg".into(),
+        command: ["runuser", "-u", "postgres", "--", "pg_dumpall"]
+            .map(String::from)
+            .to_vec(),
+        filename: "pg.sql".into(),
+    });
+    let ids = [
+        layout::CRED_REPOSITORY_PASSWORD,
+        layout::CRED_AWS_ACCESS_KEY_ID,
+        layout::CRED_AWS_SECRET_ACCESS_KEY,
+    ];
+    let json = render::config_json(&job, &p, &ids);
+    let cfg = fleetsnap_contract::JobConfig::parse(&json).unwrap();
+    assert_eq!(cfg.kind, PolicyKind::Backup);
+    assert_eq!(cfg.run_record_dir, job.runs_dir());
+    assert_eq!(cfg.stdin[0].command[0], "runuser");
+    assert_eq!(
+        cfg.stdin[0].user, None,
+        "the command already drops privileges"
+    );
+    assert_eq!(
+        cfg.credentials.aws_access_key_id.as_deref(),
+        Some("aws-access-key-id")
+    );
+    assert_eq!(
+        cfg.credentials.aws_session_token, None,
+        "not loaded by the unit"
+    );
 }

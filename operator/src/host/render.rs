@@ -4,67 +4,16 @@
 //! comparing content hashes with what the host has. Secrets are not inputs here at all: the
 //! units only name credential files, and the config only names credential ids.
 
-use serde::{Deserialize, Serialize};
+use fleetsnap_contract::{CONFIG_FORMAT, CredentialIds, JobConfig, StdinSource};
 
 use super::layout::{self, JobId};
 use super::model::{PolicyKind, PolicySpec};
-
-/// Schema version of [`ExecutorConfig`]; bump on incompatible changes.
-pub const CONFIG_FORMAT: u32 = 1;
-
-/// The config file the executor reads (`fleetsnap run --config <path>`). Documented in
-/// `docs/host-layout.md`; the executor can deserialize the same JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecutorConfig {
-    pub format: u32,
-    pub policy: String,
-    pub kind: PolicyKind,
-    pub repository: String,
-    pub paths: Vec<String>,
-    pub excludes: Vec<String>,
-    pub exclude_caches: bool,
-    pub one_file_system: bool,
-    pub stdin: Vec<StdinConfig>,
-    pub tags: Vec<String>,
-    pub host: String,
-    pub extra_args: Vec<String>,
-    /// Credential ids to read from `$CREDENTIALS_DIRECTORY`.
-    pub credentials: CredentialIds,
-    /// Where the executor writes its run record for each run.
-    pub run_record_dir: String,
-    pub cache_dir: String,
-    /// AWS `credential_process` command (argv), run by the executor for S3 keys.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub aws_credential_process: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StdinConfig {
-    pub name: String,
-    pub command: Vec<String>,
-    pub filename: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialIds {
-    pub repository_password: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws_access_key_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws_secret_access_key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws_session_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rest_username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rest_password: Option<String>,
-}
 
 /// The job config. `credentials` lists the credential ids the unit loads; the config names
 /// those and no others.
 pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Vec<u8> {
     let has = |id: &str| credentials.contains(&id).then(|| id.to_string());
-    let cfg = ExecutorConfig {
+    let cfg = JobConfig {
         format: CONFIG_FORMAT,
         policy: policy.name.clone(),
         kind: policy.kind,
@@ -76,10 +25,12 @@ pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Ve
         stdin: policy
             .stdin_sources
             .iter()
-            .map(|s| StdinConfig {
+            // The derived command already runs the source as its user (`runuser`).
+            .map(|s| StdinSource {
                 name: s.name.clone(),
                 command: s.command.clone(),
                 filename: s.filename.clone(),
+                user: None,
             })
             .collect(),
         tags: policy.tags.clone(),
