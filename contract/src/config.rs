@@ -148,7 +148,9 @@ mod tests {
     /// documentation cannot drift from the type.
     fn doc_example() -> String {
         let page = include_str!("../../docs/host-layout.md");
-        let after = &page[page.find("Config (`contract/src/config.rs`").expect("section")..];
+        let after = &page[page
+            .find("Config (`contract/src/config.rs`")
+            .expect("section")..];
         let start = after.find("```json\n").expect("json block") + "```json\n".len();
         let len = after[start..].find("```").expect("block end");
         after[start..start + len].to_string()

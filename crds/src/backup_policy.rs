@@ -222,32 +222,18 @@ pub struct ResourceControls {
 }
 
 impl ResourceControls {
-    /// `[Service]` directives for these controls, in a fixed order so unit files render
-    /// byte-identically across reconciles.
-    pub fn service_directives(&self) -> Vec<(&'static str, String)> {
-        let mut out = vec![
-            ("Nice", self.nice.clamp(-20, 19).to_string()),
-            (
-                "IOSchedulingClass",
-                self.io_scheduling_class.as_systemd().to_string(),
-            ),
-            (
-                "IOSchedulingPriority",
-                self.io_scheduling_priority.clamp(0, 7).to_string(),
-            ),
-        ];
-        // Only pass through the exact shape admission allows; anything else would end up
-        // verbatim in a unit file.
-        if let Some(q) = &self.cpu_quota
-            && let Some(digits) = q.strip_suffix('%')
-            && !digits.is_empty()
-            && digits.len() <= 5
-            && digits.chars().all(|c| c.is_ascii_digit())
-            && !digits.starts_with('0')
+    /// The CPU quota in percent of one CPU, in the exact shape admission allows
+    /// (`[1-9][0-9]{0,4}%`); anything else is `None`, since it would end up in a unit file.
+    pub fn cpu_quota_percent(&self) -> Option<u32> {
+        let digits = self.cpu_quota.as_deref()?.strip_suffix('%')?;
+        if digits.is_empty()
+            || digits.len() > 5
+            || digits.starts_with('0')
+            || !digits.chars().all(|c| c.is_ascii_digit())
         {
-            out.push(("CPUQuota", q.clone()));
+            return None;
         }
-        out
+        digits.parse().ok()
     }
 }
 
@@ -423,29 +409,27 @@ mod tests {
     }
 
     #[test]
-    fn resource_directives() {
-        let d = ResourceControls::default().service_directives();
-        assert_eq!(
-            d,
-            vec![
-                ("Nice", "10".to_string()),
-                ("IOSchedulingClass", "best-effort".to_string()),
-                ("IOSchedulingPriority", "7".to_string()),
-            ]
-        );
-        let with_quota = ResourceControls {
-            cpu_quota: Some("50%".into()),
-            ..ResourceControls::default()
+    fn cpu_quota_only_in_the_admitted_shape() {
+        let q = |v: &str| {
+            ResourceControls {
+                cpu_quota: Some(v.into()),
+                ..ResourceControls::default()
+            }
+            .cpu_quota_percent()
         };
-        assert_eq!(
-            with_quota.service_directives().last().unwrap(),
-            &("CPUQuota", "50%".to_string())
-        );
-        let injected = ResourceControls {
-            cpu_quota: Some("50%\nExecStartPre=/bin/sh".into()),
-            ..ResourceControls::default()
-        };
-        assert_eq!(injected.service_directives().len(), 3);
+        assert_eq!(ResourceControls::default().cpu_quota_percent(), None);
+        assert_eq!(q("50%"), Some(50));
+        assert_eq!(q("200%"), Some(200));
+        for bad in [
+            "50",
+            "050%",
+            "%",
+            "123456%",
+            "50%\nExecStartPre=/bin/sh",
+            "5 0%",
+        ] {
+            assert_eq!(q(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn policy(name: &str) -> PolicySpec {
         nice: Some(10),
         io_scheduling_class: Some(IoSchedulingClass::Idle),
         io_scheduling_priority: Some(7),
+        cpu_quota_percent: Some(50),
         max_runtime_sec: Some(43_200),
         extra_args: vec![],
         credential_process: vec![],
@@ -194,6 +195,14 @@ async fn apply_is_idempotent_secret_free_and_removable() {
     .unwrap();
     let (_, state) = sh_out(&host, &format!("systemctl is-enabled fleetsnap-{slug}.timer; systemctl is-active fleetsnap-{slug}.timer"), b"").await;
     assert_eq!(state, "enabled\nactive\n");
+    // The policy's CPU quota (50 %) is what systemd loaded, not just text in the file.
+    let (_, quota) = sh_out(
+        &host,
+        &format!("systemctl show -p CPUQuotaPerSecUSec fleetsnap-{slug}.service"),
+        b"",
+    )
+    .await;
+    assert_eq!(quota, "CPUQuotaPerSecUSec=500ms\n");
 
     // Credentials: root-only, encrypted on this host if it can, never readable as plain text
     // in units or config.

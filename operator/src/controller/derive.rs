@@ -359,6 +359,7 @@ pub fn backup_policy_spec(
         io_scheduling_class: Some(io_class(spec.resources.io_scheduling_class)),
         io_scheduling_priority: u8::try_from(spec.resources.io_scheduling_priority.clamp(0, 7))
             .ok(),
+        cpu_quota_percent: spec.resources.cpu_quota_percent(),
         max_runtime_sec: Some(
             spec.schedule
                 .max_runtime()
@@ -871,6 +872,35 @@ mod tests {
         let spec = backup_policy_spec(&p, &named, &s3_repo()).unwrap();
         assert_eq!(spec.host_tag, "web-1.prod.example");
         assert!(spec.repository.ends_with("/hosts/web-1.prod.example"));
+    }
+
+    /// Every resource control the CRD accepts reaches the unit (issue 12: `cpuQuota` was
+    /// accepted, documented and dropped).
+    #[test]
+    fn resource_controls_reach_the_service_unit() {
+        let mut p = policy("*-*-* 02:00:00");
+        p.spec.resources.cpu_quota = Some("50%".into());
+        p.spec.resources.nice = 5;
+        let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
+        let job = crate::host::layout::JobId::new(PolicyKind::Backup, "nightly").unwrap();
+        let unit =
+            String::from_utf8(crate::host::render::service_unit(&job, &spec, &[], true)).unwrap();
+        for line in [
+            "Nice=5",
+            "IOSchedulingClass=best-effort",
+            "IOSchedulingPriority=7",
+            "CPUQuota=50%",
+        ] {
+            assert!(
+                unit.lines().any(|l| l == line),
+                "{line} missing from the unit:\n{unit}"
+            );
+        }
+        p.spec.resources.cpu_quota = None;
+        let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
+        let unit =
+            String::from_utf8(crate::host::render::service_unit(&job, &spec, &[], true)).unwrap();
+        assert!(!unit.contains("CPUQuota"), "no quota unless asked for");
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub fn job_spec(
         nice: Some(10),
         io_scheduling_class: Some(crate::host::model::IoSchedulingClass::Idle),
         io_scheduling_priority: None,
+        cpu_quota_percent: None,
         max_runtime_sec: Some(schedule.max_runtime().map_err(invalid)?.as_secs()),
         extra_args,
         credential_process: derive::credential_process(repo, host),

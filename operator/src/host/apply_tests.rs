@@ -106,6 +106,7 @@ fn inputs_fixture(
         nice: None,
         io_scheduling_class: None,
         io_scheduling_priority: None,
+        cpu_quota_percent: None,
         max_runtime_sec: Some(3600),
         extra_args: vec![],
         credential_process: vec![],

@@ -134,6 +134,8 @@ pub struct PolicySpec {
     pub io_scheduling_class: Option<IoSchedulingClass>,
     /// `IOSchedulingPriority=` (0..=7).
     pub io_scheduling_priority: Option<u8>,
+    /// `CPUQuota=` in percent of one CPU (200 is two full CPUs).
+    pub cpu_quota_percent: Option<u32>,
     /// Longest one run may take, in seconds (`TimeoutStartSec=`, which bounds a oneshot
     /// service); `None` leaves systemd's default, which for a oneshot service is no limit.
     pub max_runtime_sec: Option<u64>,

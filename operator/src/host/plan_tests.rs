@@ -34,6 +34,7 @@ fn policy(kind: PolicyKind) -> PolicySpec {
         nice: Some(10),
         io_scheduling_class: Some(IoSchedulingClass::Idle),
         io_scheduling_priority: Some(7),
+        cpu_quota_percent: None,
         max_runtime_sec: Some(43_200),
         extra_args: vec![],
         credential_process: vec![],

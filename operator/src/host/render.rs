@@ -157,6 +157,9 @@ pub fn service_unit(
     if let Some(p) = policy.io_scheduling_priority {
         u.push_str(&format!("IOSchedulingPriority={p}\n"));
     }
+    if let Some(q) = policy.cpu_quota_percent {
+        u.push_str(&format!("CPUQuota={q}%\n"));
+    }
     if let Some(secs) = policy.max_runtime_sec {
         u.push_str(&max_runtime_lines(secs));
     }
