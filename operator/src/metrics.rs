@@ -73,7 +73,10 @@ pub struct Metrics {
     pub verify_expected_interval: Family<PolicyLabels, FGauge>,
     /// Repository files found overwritten (versioned bucket) by the VerifyPolicy's listing.
     pub tampered_objects: Family<PolicyHostLabels, FGauge>,
+    pub retention_host_selected: Family<PolicyHostLabels, FGauge>,
     pub retention_last_success: Family<PolicyHostLabels, FGauge>,
+    pub retention_consecutive_failures: Family<PolicyHostLabels, FGauge>,
+    pub retention_expected_interval: Family<PolicyLabels, FGauge>,
     pub retention_suspicious_snapshots: Family<PolicyHostLabels, FGauge>,
     pub host_reachable: Family<HostLabels, FGauge>,
     pub host_last_contact: Family<HostLabels, FGauge>,
@@ -148,6 +151,14 @@ impl Metrics {
             "fleetsnap_tampered_objects",
             "Repository files whose current content differs from the first stored version",
         );
+        let retention_host_selected = g(
+            "fleetsnap_retention_host_selected",
+            "The host's repository is covered by the RetentionPolicy",
+        );
+        let retention_consecutive_failures = g(
+            "fleetsnap_retention_consecutive_failures",
+            "Failed forget+prune runs since the last success",
+        );
         let retention_last_success = g(
             "fleetsnap_retention_last_success_timestamp_seconds",
             "Newest successful forget+prune",
@@ -172,6 +183,10 @@ impl Metrics {
         let verify_expected_interval = p(
             "fleetsnap_verify_expected_interval_seconds",
             "Interval between scheduled verifications",
+        );
+        let retention_expected_interval = p(
+            "fleetsnap_retention_expected_interval_seconds",
+            "Interval between scheduled forget+prune runs",
         );
         let host_reachable = Family::<HostLabels, FGauge>::default();
         registry.register(
@@ -241,7 +256,10 @@ impl Metrics {
             verify_consecutive_failures,
             verify_expected_interval,
             tampered_objects,
+            retention_host_selected,
             retention_last_success,
+            retention_consecutive_failures,
+            retention_expected_interval,
             retention_suspicious_snapshots,
             host_reachable,
             host_last_contact,
@@ -328,6 +346,8 @@ impl Metrics {
         match kind {
             PolicyKind::Backup => self.forget_backup_host(l),
             PolicyKind::Retention => {
+                self.retention_host_selected.remove(l);
+                self.retention_consecutive_failures.remove(l);
                 self.retention_last_success.remove(l);
                 self.retention_suspicious_snapshots.remove(l);
             }
@@ -490,7 +510,9 @@ mod tests {
             &m.verify_last_success,
             &m.verify_consecutive_failures,
             &m.tampered_objects,
+            &m.retention_host_selected,
             &m.retention_last_success,
+            &m.retention_consecutive_failures,
             &m.retention_suspicious_snapshots,
         ] {
             f.get_or_create(&ph).set(1.0);
@@ -499,6 +521,7 @@ mod tests {
             &m.backup_expected_interval,
             &m.backup_staleness_window,
             &m.verify_expected_interval,
+            &m.retention_expected_interval,
         ] {
             f.get_or_create(&pl).set(1.0);
         }
@@ -520,7 +543,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("| `fleetsnap_"))
             .filter_map(|l| l.split('`').next())
             .collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 28, "{names:?}");
         for n in names {
             let full = format!("fleetsnap_{n}");
             let present = text.lines().any(|l| {

@@ -869,6 +869,8 @@ fn alerts_and_dashboard_use_only_documented_metrics() {
         "fleetsnap_backup_host_selected",
         "fleetsnap_verify_consecutive_failures",
         "fleetsnap_verify_last_success_timestamp_seconds",
+        "fleetsnap_retention_consecutive_failures",
+        "fleetsnap_retention_last_success_timestamp_seconds",
         "fleetsnap_host_reachable",
     ] {
         assert!(used.contains(required), "no alert uses {required}");
@@ -883,6 +885,8 @@ fn alerts_and_dashboard_use_only_documented_metrics() {
         "FleetsnapBackupNeverSucceeded",
         "FleetsnapVerifyFailing",
         "FleetsnapVerifyOverdue",
+        "FleetsnapRetentionFailing",
+        "FleetsnapRetentionOverdue",
         "FleetsnapHostUnreachable",
     ] {
         assert!(

@@ -34,7 +34,7 @@ use super::maintenance::{self, Calendar, MaintenanceJob, MaintenanceReport};
 use super::summary::{self, to_time};
 use super::units::UnitMode;
 use crate::host::model::PolicyKind;
-use crate::metrics::PolicyHostLabels;
+use crate::metrics::{PolicyHostLabels, PolicyLabels};
 
 pub const KIND: &str = "RetentionPolicy";
 const MIN_RESYNC: Duration = Duration::from_secs(5);
@@ -166,6 +166,13 @@ async fn apply(policy: &RetentionPolicy, ctx: &Context) -> Result<Action, Error>
         Err(action) => return Ok(action),
     };
     let problem = spec_problem(policy, &targets.repository);
+    ctx.metrics
+        .retention_expected_interval
+        .get_or_create(&PolicyLabels {
+            namespace: ns.clone(),
+            policy: policy.name_any(),
+        })
+        .set(super::derive::expected_interval(&spec.schedule.on_calendar).as_secs_f64());
     let hosts = jobs::selected_hosts(ctx, &targets.selector, &ns);
     let selected: BTreeSet<String> = hosts.iter().map(|h| h.name_any()).collect();
     let mode = match (spec.run_on, &problem) {
@@ -314,8 +321,16 @@ async fn host_mode(
             host: host.clone(),
         };
         host_job::sync_host_entry::<RetentionPolicy>(ctx, &ns, &name, &host, &r).await;
+        ctx.metrics
+            .retention_host_selected
+            .get_or_create(&labels)
+            .set(1.0);
         match r {
             Ok(c) => {
+                ctx.metrics
+                    .retention_consecutive_failures
+                    .get_or_create(&labels)
+                    .set(summary::consecutive_failures(&c.observation) as f64);
                 if let Some(ok) = c.observation.last_success() {
                     ctx.metrics
                         .retention_last_success
@@ -640,7 +655,15 @@ async fn operator_mode(
                 next,
             )),
         };
+        ctx.metrics
+            .retention_host_selected
+            .get_or_create(&labels)
+            .set(1.0);
         if let Some(entry) = entry {
+            ctx.metrics
+                .retention_consecutive_failures
+                .get_or_create(&labels)
+                .set(f64::from(entry.consecutive_failures));
             host_status::sync_entry(
                 ctx,
                 &ns,
