@@ -7,7 +7,7 @@ set -euo pipefail
 DIR=$1
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-set -a; . "$DIR/env"; set +a
+. "$DIR/env"
 NS=fleetsnap-demo
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 

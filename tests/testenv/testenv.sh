@@ -68,7 +68,9 @@ await() {
 
 # The env file is both shell-sourceable and trivially parsed by the Rust harness: KEY='value'.
 envget() { sed -n "s/^$1='\\(.*\\)'\$/\\1/p" "$DIR/env"; }
-envset() { printf "%s='%s'\n" "$1" "$2" >> "$DIR/env"; }
+# `NAME='value'` is what the parsers read (tests/src, bench/fleet, `sed`); the separate
+# `export NAME` makes `source <dir>/env` hand the value to kubectl, mc and restic too.
+envset() { printf "%s='%s'\nexport %s\n" "$1" "$2" "$1" >> "$DIR/env"; }
 
 tools() {
   "$HERE/tools.sh" etcd kubernetes minio mc restic

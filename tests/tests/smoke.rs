@@ -1,7 +1,7 @@
 //! The environment is real: each test drives one real component and checks an effect that only
 //! the real thing produces.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetsnap_tests::{Options, TestEnv, read_until, wait, workspace_bin};
@@ -34,6 +34,35 @@ spec:
             properties:
               size: {type: integer, minimum: 1}
 "#;
+
+/// The README's shell setup: `source <dir>/env` in a fresh shell, then plain `kubectl` must
+/// reach this API server (a variable that is set but not exported would leave kubectl
+/// talking to localhost:8080).
+#[test]
+fn sourcing_the_env_file_is_enough_for_kubectl() {
+    let env = env();
+    let script = format!(
+        "source '{}/env' && kubectl get --raw /readyz",
+        env.dir().display()
+    );
+    let out = Command::new("env")
+        .args([
+            "-i",
+            "HOME=/root",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "kubectl after `source env` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 #[test]
 fn crd_applied_with_kubectl_is_served_and_watchable() {
