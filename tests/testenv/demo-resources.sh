@@ -7,7 +7,7 @@ set -euo pipefail
 DIR=$1
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-. "$DIR/env"
+set -a; . "$DIR/env"; set +a
 NS=fleetsnap-demo
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 
