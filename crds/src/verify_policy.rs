@@ -1,7 +1,7 @@
 //! `VerifyPolicy`: proves repositories are intact and restorable.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
-use k8s_openapi::jiff::{Timestamp, tz::TimeZone};
+use k8s_openapi::jiff::Timestamp;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,10 @@ pub struct ReadData {
     pub percentage: Option<i32>,
 }
 
+/// The most subsets a rotation may have: the executor splits packs by the first byte of
+/// their ID, as restic does (`fleetsnap_contract::rotation::MAX_SUBSETS`).
+pub const MAX_ROTATION_SUBSETS: i32 = fleetsnap_contract::rotation::MAX_SUBSETS as i32;
+
 /// Calendar unit a rotation advances by.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum RotationPeriod {
@@ -117,8 +121,9 @@ pub enum RotationPeriod {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotation {
-    /// Number of subsets the data is split into, 1 to 1000.
-    #[schemars(range(min = 1, max = 1000))]
+    /// Number of subsets the data is split into, 1 to 256 (packs are split by the first
+    /// byte of their ID, as restic's `--read-data-subset n/m` does).
+    #[schemars(range(min = 1, max = 256))]
     pub subsets: i32,
     /// How often the rotation moves to the next subset.
     #[serde(default)]
@@ -126,22 +131,23 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// The subset `n` (1-based, out of `subsets`) to read at `now`, in UTC.
+    /// The subset `n` (1-based, out of `subsets`) read at `now`: the executor's rule
+    /// (`fleetsnap_contract::rotation`), in UTC.
     ///
     /// The subset is derived from the calendar rather than from a counter, so a missed or
     /// repeated run never shifts the rotation and any host can compute the same answer.
-    /// Weeks start on Monday, as ISO weeks do.
     pub fn subset_at(&self, now: Timestamp) -> (u32, u32) {
-        let subsets = self.subsets.clamp(1, 1000) as i64;
-        let zoned = now.to_zoned(TimeZone::UTC);
-        let days = now.as_second().div_euclid(86_400);
-        let index = match self.period {
-            RotationPeriod::Day => days,
-            // 1970-01-01 was a Thursday; shifting by 3 days puts week boundaries on Monday.
-            RotationPeriod::Week => (days + 3).div_euclid(7),
-            RotationPeriod::Month => (zoned.year() as i64 - 1970) * 12 + (zoned.month() as i64 - 1),
+        use fleetsnap_contract::rotation::{self, Period};
+        let m = self.subsets.clamp(1, MAX_ROTATION_SUBSETS) as u32;
+        let date = chrono::DateTime::from_timestamp(now.as_second(), 0)
+            .unwrap_or_default()
+            .date_naive();
+        let period = match self.period {
+            RotationPeriod::Day => Period::Day,
+            RotationPeriod::Week => Period::Week,
+            RotationPeriod::Month => Period::Month,
         };
-        ((index.rem_euclid(subsets) + 1) as u32, subsets as u32)
+        (rotation::subset(m, period, date), m)
     }
 }
 

@@ -4,8 +4,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chrono::Datelike;
-
 use crate::backend::FileType;
 use crate::format::pack::{self, BlobType, PackedBlob};
 use crate::format::tree::NodeType;
@@ -25,19 +23,16 @@ pub enum Subset {
         m: u32,
     },
     Percent(f64),
-    /// A calendar rotation over m buckets: bucket (period index mod m) + 1.
+    /// A calendar rotation over m buckets, by `fleetsnap_contract::rotation` (the rule the
+    /// operator reports coverage with).
     Rotate {
         m: u32,
         period: Period,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Period {
-    Day,
-    Week,
-    Month,
-}
+use fleetsnap_contract::rotation::MAX_SUBSETS;
+pub use fleetsnap_contract::rotation::Period;
 
 impl Subset {
     /// Parse `n/m`, `x%`, or a rotation `m/week` (also `day`, `month`).
@@ -52,42 +47,32 @@ impl Subset {
         }
         let (a, b) = s.split_once('/').ok_or_else(bad)?;
         let a: u32 = a.trim().parse().map_err(|_| bad())?;
-        let period = match b.trim() {
-            "week" => Some(Period::Week),
-            "day" => Some(Period::Day),
-            "month" => Some(Period::Month),
-            _ => None,
-        };
-        if let Some(period) = period {
-            if a == 0 || a > 256 {
+        if let Some(period) = Period::parse(b.trim()) {
+            if a == 0 || a > MAX_SUBSETS {
                 return Err(bad());
             }
             return Ok(Subset::Rotate { m: a, period });
         }
         let m: u32 = b.trim().parse().map_err(|_| bad())?;
-        if a == 0 || m == 0 || a > m || m > 256 {
+        if a == 0 || m == 0 || a > m || m > MAX_SUBSETS {
             return Err(bad());
         }
         Ok(Subset::Bucket { n: a, m })
     }
 
-    /// Resolve a rotation to a concrete bucket for the given date.
+    /// Resolve a rotation to a concrete bucket for the given (UTC) date.
     pub fn resolve(self, date: chrono::NaiveDate) -> Subset {
         match self {
-            Subset::Rotate { m, period } => {
-                let k = match period {
-                    Period::Week => date.iso_week().week(),
-                    Period::Day => date.ordinal(),
-                    Period::Month => date.month(),
-                };
-                Subset::Bucket { n: k % m + 1, m }
-            }
+            Subset::Rotate { m, period } => Subset::Bucket {
+                n: fleetsnap_contract::rotation::subset(m, period, date),
+                m,
+            },
             other => other,
         }
     }
 
     pub fn select(self, packs: &[Id]) -> Vec<Id> {
-        match self.resolve(chrono::Local::now().date_naive()) {
+        match self.resolve(chrono::Utc::now().date_naive()) {
             Subset::All => packs.to_vec(),
             Subset::Bucket { n, m } => packs
                 .iter()
@@ -253,7 +238,7 @@ pub fn check(repo: Repository, read_data: Option<Subset>) -> Result<CheckReport>
         let chosen = subset.select(&all);
         rep.subset = Some(format!(
             "{:?}",
-            subset.resolve(chrono::Local::now().date_naive())
+            subset.resolve(chrono::Utc::now().date_naive())
         ));
         let errors = Mutex::new(Vec::new());
         // A download that failed is no verdict on the pack: the first such error ends the

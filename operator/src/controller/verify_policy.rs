@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fleetsnap_crds::common::{condition_types, reasons};
 use fleetsnap_crds::host::PolicyKind as CrdKind;
-use fleetsnap_crds::verify_policy::{Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus};
+use fleetsnap_crds::verify_policy::{
+    MAX_ROTATION_SUBSETS, Rotation, VerifyError, VerifyPolicy, VerifyPolicyStatus,
+};
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -57,7 +59,10 @@ pub fn extra_args(policy: &VerifyPolicy) -> Vec<String> {
                 RotationPeriod::Month => "month",
             };
             args.push("--read-data-rotate".into());
-            args.push(format!("{}/{period}", r.subsets.clamp(1, 1000)));
+            args.push(format!(
+                "{}/{period}",
+                r.subsets.clamp(1, MAX_ROTATION_SUBSETS)
+            ));
         } else if let Some(p) = rd.percentage {
             args.push("--read-data-subset".into());
             args.push(format!("{}%", p.clamp(1, 100)));
@@ -89,7 +94,11 @@ pub fn covered_subsets(
         RotationPeriod::Week => 7,
         RotationPeriod::Month => 31,
     };
-    let window = chrono::Duration::days(period_days * rotation.subsets.clamp(1, 1000) as i64);
+    // A sliding window of `subsets` periods, not "the current period and the ones before":
+    // coverage must not dip at every period boundary before that period's run has happened.
+    let window = chrono::Duration::days(
+        period_days * i64::from(rotation.subsets.clamp(1, MAX_ROTATION_SUBSETS)),
+    );
     // Which run is recent enough is judged on the operator's clock; which subset a run
     // read follows the host's, as the executor chose it by that clock.
     obs.records
@@ -260,7 +269,7 @@ async fn apply(policy: &VerifyPolicy, ctx: &Context) -> Result<Action, Error> {
                 }
                 if let Some(rot) = spec.read_data.as_ref().and_then(|r| r.rotation.as_ref()) {
                     let done = covered_subsets(rot, obs, now).len() as i32;
-                    let pct = (done * 100 / rot.subsets.clamp(1, 1000)).min(100);
+                    let pct = (done * 100 / rot.subsets.clamp(1, MAX_ROTATION_SUBSETS)).min(100);
                     coverage = Some(coverage.map_or(pct, |c| c.min(pct)));
                 }
                 if let Some(wait) = host_job::after_next_elapse(obs, now) {
@@ -590,6 +599,72 @@ mod tests {
     use fleetsnap_contract::RunRecord;
     use fleetsnap_crds::common::{LocalObjectRef, Schedule};
     use fleetsnap_crds::verify_policy::{ReadData, RestoreDrill, RotationPeriod, VerifyPolicySpec};
+
+    /// The subset the executor reads on `date` (by its own rule) for `m/<period>`.
+    fn executor_subset(m: u32, period: &str, date: chrono::NaiveDate) -> u32 {
+        let rot = fleetsnap::check::Subset::parse(&format!("{m}/{period}")).unwrap();
+        match rot.resolve(date) {
+            fleetsnap::check::Subset::Bucket { n, .. } => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn noon(date: chrono::NaiveDate) -> Timestamp {
+        Timestamp::from_second(date.and_hms_opt(12, 0, 0).unwrap().and_utc().timestamp()).unwrap()
+    }
+
+    /// Issue 12: the executor and the operator must name the same subset for a date, and
+    /// any `subsets` consecutive periods must read every subset exactly once, across year
+    /// boundaries, 53-week years and for monthly rotations with more than 12 subsets.
+    #[test]
+    fn rotation_is_one_rule_that_covers_every_subset_once() {
+        let d = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let weekly = Rotation {
+            subsets: 20,
+            period: RotationPeriod::Week,
+        };
+        let day = d(2026, 8, 24);
+        assert_eq!(
+            executor_subset(20, "week", day),
+            weekly.subset_at(noon(day)).0,
+            "executor and status disagree on the subset of {day}"
+        );
+        for (m, period, rp, step_days) in [
+            (20u32, "week", RotationPeriod::Week, 7i64),
+            (7, "day", RotationPeriod::Day, 1),
+            (20, "month", RotationPeriod::Month, 0),
+        ] {
+            let rot = Rotation {
+                subsets: m as i32,
+                period: rp,
+            };
+            // Windows that span new years, 2026 (53 ISO weeks) among them.
+            for start in [d(2025, 11, 3), d(2026, 10, 5), d(2027, 12, 27)] {
+                let mut seen = BTreeSet::new();
+                for i in 0..m as i64 {
+                    let date = if step_days == 0 {
+                        start
+                            .checked_add_months(chrono::Months::new(i as u32))
+                            .unwrap()
+                    } else {
+                        start + chrono::Duration::days(i * step_days)
+                    };
+                    let n = executor_subset(m, period, date);
+                    assert_eq!(n, rot.subset_at(noon(date)).0, "{m}/{period} on {date}");
+                    seen.insert(n);
+                }
+                assert_eq!(
+                    seen.len(),
+                    m as usize,
+                    "{m} consecutive {period}s from {start} read only {} distinct subsets",
+                    seen.len()
+                );
+            }
+        }
+        // Whatever the CRD admits, the executor runs.
+        let crd_max = fleetsnap_crds::verify_policy::MAX_ROTATION_SUBSETS;
+        assert!(fleetsnap::check::Subset::parse(&format!("{crd_max}/week")).is_ok());
+    }
 
     fn policy(read_data: Option<ReadData>, drill: Option<RestoreDrill>) -> VerifyPolicy {
         VerifyPolicy::new(
