@@ -249,3 +249,66 @@ fn latest_with_includes_picks_the_newest_snapshot_holding_them() {
         "{err}"
     );
 }
+
+/// The paths inside a snapshot, as `restic ls --json` lists them.
+fn listed_paths(bin: &Path, repo: &Path, snapshot: &str) -> Vec<String> {
+    let out = run(restic(bin, repo).args(["ls", "--json", snapshot]));
+    let mut paths: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["struct_type"] == "node")
+        .filter_map(|v| v["path"].as_str().map(String::from))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Relative targets are stored relative to the snapshot root, as restic stores them:
+/// `backup .` puts the current directory's entries at the root, `backup src` keeps `/src`,
+/// `backup ../x` drops the `..`; an absolute target keeps its whole path. Both tools back up
+/// the same targets from the same directory, and `restic ls` must list the same paths.
+#[test]
+fn relative_targets_are_placed_as_restic_places_them() {
+    let (_, bin) = restic_bins().remove(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("w");
+    fs::create_dir_all(work.join("src/sub")).unwrap();
+    fs::create_dir_all(work.join("other")).unwrap();
+    fs::write(work.join("src/a.txt"), b"a").unwrap();
+    fs::write(work.join("src/sub/b.txt"), b"b").unwrap();
+    fs::write(work.join("other/c.txt"), b"c").unwrap();
+    let abs = work.join("other").to_string_lossy().into_owned();
+    for (cwd, targets) in [
+        ("src", vec!["."]),
+        ("", vec!["src"]),
+        ("", vec!["src/sub", "other"]),
+        ("src", vec!["../other"]),
+        ("src", vec![abs.as_str()]),
+    ] {
+        let dir = work.join(cwd);
+        let mut listed = Vec::new();
+        for tool in ["fleetsnap", "restic"] {
+            let repo = tmp.path().join(format!("repo-{tool}"));
+            let _ = fs::remove_dir_all(&repo);
+            let mut init = if tool == "fleetsnap" {
+                fleetsnap(&repo)
+            } else {
+                restic(&bin, &repo)
+            };
+            run(init.arg("init"));
+            let mut backup = if tool == "fleetsnap" {
+                fleetsnap(&repo)
+            } else {
+                restic(&bin, &repo)
+            };
+            run(backup.current_dir(&dir).arg("backup").args(&targets));
+            listed.push(listed_paths(&bin, &repo, "latest"));
+        }
+        assert_eq!(
+            listed[0],
+            listed[1],
+            "`backup {}` in {cwd:?}: fleetsnap (left) and restic (right) differ",
+            targets.join(" ")
+        );
+    }
+}

@@ -306,26 +306,26 @@ impl Walker<'_> {
     }
 
     /// The root tree holds the path components of every target (`/a/b` → `a` → `b`).
-    fn virtual_dir(&mut self, prefix: &Path, v: &VDir, old: Option<&Tree>) -> Result<Id> {
+    fn virtual_dir(&mut self, v: &VDir, old: Option<&Tree>) -> Result<Id> {
         let mut nodes = Vec::new();
         for (name, child) in &v.children {
-            let path = prefix.join(std::ffi::OsStr::from_bytes(name));
             let old_node = old.and_then(|t| t.nodes.iter().find(|n| &n.name == name));
             match child {
-                VEntry::Target => {
-                    if let Some(n) = self.entry(&path, name, old_node, None)? {
+                VEntry::Target(path) => {
+                    if let Some(n) = self.entry(path, name, old_node, None)? {
                         nodes.push(n);
                     }
                 }
                 VEntry::Dir(d) => {
-                    let meta = std::fs::symlink_metadata(&path)
+                    let path = &d.fs;
+                    let meta = std::fs::symlink_metadata(path)
                         .map_err(|e| RepoError::Usage(format!("{}: {e}", path.display())))?;
-                    let mut node = node_from_metadata(name, &path, &meta, &mut self.names);
+                    let mut node = node_from_metadata(name, path, &meta, &mut self.names);
                     let old_tree = match old_node.and_then(|o| o.subtree) {
                         Some(t) => self.repo.load_tree(&t).ok(),
                         None => None,
                     };
-                    node.subtree = Some(self.virtual_dir(&path, d, old_tree.as_ref())?);
+                    node.subtree = Some(self.virtual_dir(d, old_tree.as_ref())?);
                     nodes.push(node);
                 }
             }
@@ -431,49 +431,96 @@ fn is_cache_dir(path: &Path) -> bool {
         && buf == CACHEDIR_SIGNATURE
 }
 
-#[derive(Default)]
+/// The directories above the targets, as the snapshot shows them.
 struct VDir {
+    /// Where this directory is on the filesystem (its metadata becomes the node).
+    fs: PathBuf,
     children: BTreeMap<Vec<u8>, VEntry>,
 }
 
 enum VEntry {
-    Target,
+    /// A target, with its place on the filesystem.
+    Target(PathBuf),
     Dir(VDir),
 }
 
-fn build_vdir(targets: &[PathBuf]) -> Result<VDir> {
-    let mut root = VDir::default();
+/// What the snapshot's root is made of.
+enum Layout {
+    /// The targets and the directories above them (`/etc/ssh` → `etc` → `ssh`).
+    Tree(VDir),
+    /// A target that is the snapshot root itself (`backup .`): its entries are the root's.
+    Root(PathBuf),
+}
+
+/// A target's place in the snapshot, as restic chooses it: an absolute target keeps its
+/// whole path; a relative one is placed relative to the snapshot root, lexically cleaned,
+/// with any `..` that climbs above the current directory dropped (`../x` → `/x`).
+fn snapshot_components(target: &Path) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for c in target.components() {
+        match c {
+            Component::Normal(s) => out.push(s.as_bytes().to_vec()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn build_layout(targets: &[PathBuf]) -> Result<Layout> {
+    let mut root = VDir {
+        fs: PathBuf::from("/"),
+        children: BTreeMap::new(),
+    };
     for t in targets {
-        let comps: Vec<Vec<u8>> = t
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(s) => Some(s.as_bytes().to_vec()),
-                _ => None,
-            })
-            .collect();
+        let fs = absolute(t)?;
+        let comps = snapshot_components(t);
         if comps.is_empty() {
-            return Err(RepoError::Usage(
-                "backing up `/` itself is not supported yet; list its subdirectories".into(),
-            ));
+            if t.is_absolute() {
+                return Err(RepoError::Usage(
+                    "backing up `/` itself is not supported yet; list its subdirectories".into(),
+                ));
+            }
+            if targets.len() > 1 {
+                return Err(RepoError::Usage(format!(
+                    "{} is the snapshot root (its entries go to the top of the snapshot) and \
+                     cannot be combined with other targets; back them up separately or name \
+                     the entries",
+                    t.display()
+                )));
+            }
+            return Ok(Layout::Root(fs));
         }
         let mut cur = &mut root;
         for (i, c) in comps.iter().enumerate() {
             if i + 1 == comps.len() {
-                cur.children.insert(c.clone(), VEntry::Target);
+                cur.children.insert(c.clone(), VEntry::Target(fs.clone()));
                 break;
             }
-            let e = cur
-                .children
-                .entry(c.clone())
-                .or_insert_with(|| VEntry::Dir(VDir::default()));
+            // The snapshot path is a suffix of the filesystem path, so the directory that
+            // holds component i is this many levels above the target.
+            let above = comps.len() - 1 - i;
+            let dir_fs = fs
+                .ancestors()
+                .nth(above)
+                .unwrap_or(Path::new("/"))
+                .to_path_buf();
+            let e = cur.children.entry(c.clone()).or_insert_with(|| {
+                VEntry::Dir(VDir {
+                    fs: dir_fs,
+                    children: BTreeMap::new(),
+                })
+            });
             match e {
                 VEntry::Dir(d) => cur = d,
                 // An ancestor is itself a target: it already covers this path.
-                VEntry::Target => break,
+                VEntry::Target(_) => break,
             }
         }
     }
-    Ok(root)
+    Ok(Layout::Tree(root))
 }
 
 /// Absolute, lexically normalized (no symlink resolution, like restic).
@@ -589,8 +636,20 @@ pub fn backup_checked(
                     Some((_, s)) => w.repo.load_tree(&s.tree).ok(),
                     None => None,
                 };
-                let v = build_vdir(&abs)?;
-                let tree = w.virtual_dir(Path::new("/"), &v, old_root.as_ref())?;
+                let tree = match build_layout(&targets)? {
+                    Layout::Tree(v) => w.virtual_dir(&v, old_root.as_ref())?,
+                    Layout::Root(dir) => {
+                        let meta = std::fs::symlink_metadata(&dir)
+                            .map_err(|e| RepoError::Usage(format!("{}: {e}", dir.display())))?;
+                        if !meta.is_dir() {
+                            return Err(RepoError::Usage(format!(
+                                "{} is not a directory",
+                                dir.display()
+                            )));
+                        }
+                        w.dir(&dir, old_root.as_ref(), Some(meta.dev()))?
+                    }
+                };
                 Ok((paths, parent.map(|p| p.0), tree, w.res))
             }
             Source::Stream { filename, reader } => {
