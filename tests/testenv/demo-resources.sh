@@ -95,8 +95,12 @@ kubectl -n "$NS" apply -f "$DIR/demo.yaml"
 if [ ! -e "$DIR/pids/operator" ] || ! kill -0 "$(cat "$DIR/pids/operator")" 2>/dev/null; then
   MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   echo "$MPORT" > "$DIR/operator.metrics-port"
+  # Hosts get a stripped copy: the debug build carries 230 MB of debug info (267 MB → 38 MB
+  # measured), which every host would otherwise download and hash.
+  cp "$BIN/fleetsnap" "$DIR/bin/fleetsnap-executor.tmp"
+  strip "$DIR/bin/fleetsnap-executor.tmp" && mv -f "$DIR/bin/fleetsnap-executor.tmp" "$DIR/bin/fleetsnap-executor"
   setsid "$BIN/fleetsnap-operator" --kubeconfig "$KUBECONFIG" --metrics-addr "127.0.0.1:$MPORT" \
-    --executor-path "$BIN/fleetsnap" </dev/null >"$DIR/logs/operator.log" 2>&1 &
+    --executor-path "$DIR/bin/fleetsnap-executor" </dev/null >"$DIR/logs/operator.log" 2>&1 &
   echo $! > "$DIR/pids/operator"
 fi
 

@@ -680,8 +680,36 @@ fn operator_minted_host_keys_back_up_cannot_delete_and_are_replaced() {
     step(t0, "backup with an operator-minted host key succeeded");
 
     let host = env.hosts()[0].clone();
-    let keys = host_job_keys(env, &host, "backup-opsts");
-    assert_eq!(keys.len(), 3, "{keys:?}");
+    let repo_url = format!("s3:{}/{bucket}/hosts/{host}", env.var("S3_ENDPOINT"));
+    // The clock offset makes the operator replace this key on every pass, and it writes the
+    // three credential files one after another, so one read can catch a new key id with the
+    // old token. Read until the triple works together (a quick `cat config`, cut off before
+    // restic's own 15-minute retries); a unit starting mid-write has the same window, which
+    // the closing note of issue 16 records.
+    let mut keys = Vec::new();
+    wait::until(
+        "a consistent key triple on the host",
+        Duration::from_secs(120),
+        || {
+            keys = host_job_keys(env, &host, "backup-opsts");
+            if keys.len() != 3 {
+                return Err(anyhow::anyhow!("{keys:?}"));
+            }
+            let ok = Command::new("timeout")
+                .arg("20")
+                .arg(env.tool("restic"))
+                .args(["-r", &repo_url, "cat", "config"])
+                .env("AWS_ACCESS_KEY_ID", &keys[0])
+                .env("AWS_SECRET_ACCESS_KEY", &keys[1])
+                .env("AWS_SESSION_TOKEN", &keys[2])
+                .env("RESTIC_PASSWORD", PASSWORD)
+                .output()?
+                .status
+                .success();
+            Ok(ok.then_some(()))
+        },
+    )
+    .unwrap();
     let (ak, sk, tok) = (&keys[0], &keys[1], &keys[2]);
     assert!(
         !ak.is_empty() && !tok.is_empty(),
