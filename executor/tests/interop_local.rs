@@ -312,3 +312,55 @@ fn relative_targets_are_placed_as_restic_places_them() {
         );
     }
 }
+
+/// Teardown of one host (docs/operations.md): with no keep rule, `forget` refuses unless
+/// told `--unsafe-allow-remove-all` (restic's flag since 0.17), then removes exactly the
+/// snapshots its filter selects; the other host's snapshots stay restorable and restic's
+/// check passes.
+#[test]
+fn removing_every_snapshot_of_one_host_needs_the_unsafe_flag_and_spares_the_rest() {
+    let (_, bin) = restic_bins().remove(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    run(fleetsnap(&repo).arg("init"));
+    for host in ["gone", "gone", "stays"] {
+        run(fleetsnap(&repo).args(["backup", "--host", host]).arg(&src));
+    }
+    let refused = fleetsnap(&repo)
+        .args(["forget", "--host", "gone", "--prune"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "an empty policy removed snapshots"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--unsafe-allow-remove-all"),
+        "the refusal does not name the flag: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    run(fleetsnap(&repo).args([
+        "forget",
+        "--host",
+        "gone",
+        "--unsafe-allow-remove-all",
+        "--prune",
+    ]));
+    let out = run(restic(&bin, &repo).args(["snapshots", "--json"]));
+    let snaps: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let hosts: Vec<&str> = snaps
+        .iter()
+        .filter_map(|s| s["hostname"].as_str())
+        .collect();
+    assert_eq!(hosts, ["stays"], "{out}");
+    run(restic(&bin, &repo).args(["check", "--read-data"]));
+    let target = tmp.path().join("restored");
+    run(restic(&bin, &repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    let restored = target.join(src.strip_prefix("/").unwrap()).join("f");
+    assert_eq!(fs::read(restored).unwrap(), b"data");
+}

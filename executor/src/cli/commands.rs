@@ -577,9 +577,11 @@ fn forget(g: &Global, a: ForgetArgs) -> CliResult<i32> {
             }
         }
     } else {
-        if policy.is_empty() {
+        if policy.is_empty() && !a.unsafe_allow_remove_all {
             return Err(usage(
-                "no policy given: refusing to forget every snapshot (use --keep-*)",
+                "no policy given: refusing to forget every snapshot (use --keep-*, or \
+                 --unsafe-allow-remove-all to remove every snapshot the --host/--tag \
+                 filters select)",
             ));
         }
         let by: Vec<String> = a.group_by.split(',').map(str::to_string).collect();

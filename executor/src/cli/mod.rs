@@ -228,6 +228,10 @@ pub struct ForgetArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub prune: bool,
+    /// With no keep rule, remove every snapshot the filters (`--host`, `--tag`) select, as
+    /// restic's flag of the same name does; without it an empty policy is refused.
+    #[arg(long)]
+    pub unsafe_allow_remove_all: bool,
     #[command(flatten)]
     pub limits: PruneLimits,
 }
