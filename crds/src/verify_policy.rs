@@ -117,6 +117,18 @@ pub enum RotationPeriod {
     Month,
 }
 
+impl RotationPeriod {
+    /// The same period in the executor contract.
+    pub fn period(self) -> fleetsnap_contract::rotation::Period {
+        use fleetsnap_contract::rotation::Period;
+        match self {
+            RotationPeriod::Day => Period::Day,
+            RotationPeriod::Week => Period::Week,
+            RotationPeriod::Month => Period::Month,
+        }
+    }
+}
+
 /// A calendar-keyed rotation through data subsets.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -137,17 +149,12 @@ impl Rotation {
     /// The subset is derived from the calendar rather than from a counter, so a missed or
     /// repeated run never shifts the rotation and any host can compute the same answer.
     pub fn subset_at(&self, now: Timestamp) -> (u32, u32) {
-        use fleetsnap_contract::rotation::{self, Period};
+        use fleetsnap_contract::rotation;
         let m = self.subsets.clamp(1, MAX_ROTATION_SUBSETS) as u32;
         let date = chrono::DateTime::from_timestamp(now.as_second(), 0)
             .unwrap_or_default()
             .date_naive();
-        let period = match self.period {
-            RotationPeriod::Day => Period::Day,
-            RotationPeriod::Week => Period::Week,
-            RotationPeriod::Month => Period::Month,
-        };
-        (rotation::subset(m, period, date), m)
+        (rotation::subset(m, self.period.period(), date), m)
     }
 }
 

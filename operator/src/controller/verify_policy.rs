@@ -49,19 +49,14 @@ host_job::host_job_kind!(
 
 /// Executor arguments of the verify job: what data to re-read, then the drill.
 pub fn extra_args(policy: &VerifyPolicy) -> Vec<String> {
-    use fleetsnap_crds::verify_policy::RotationPeriod;
     let mut args = Vec::new();
     if let Some(rd) = &policy.spec.read_data {
         if let Some(r) = &rd.rotation {
-            let period = match r.period {
-                RotationPeriod::Day => "day",
-                RotationPeriod::Week => "week",
-                RotationPeriod::Month => "month",
-            };
             args.push("--read-data-rotate".into());
             args.push(format!(
-                "{}/{period}",
-                r.subsets.clamp(1, MAX_ROTATION_SUBSETS)
+                "{}/{}",
+                r.subsets.clamp(1, MAX_ROTATION_SUBSETS),
+                r.period.period().as_str()
             ));
         } else if let Some(p) = rd.percentage {
             args.push("--read-data-subset".into());
