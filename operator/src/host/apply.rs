@@ -126,7 +126,8 @@ async fn apply_action<S: HostShell>(sh: &S, action: &Action) -> Result<(), HostE
             .await?;
             Ok(())
         }
-        Action::WriteFile(f) => write_file(sh, f, &f.path).await,
+        Action::WriteFile(f) => write_file(sh, f, &f.path, false).await,
+        Action::WriteCredentials(files) => write_credentials(sh, files).await,
         Action::SetMetadata {
             path,
             mode,
@@ -221,7 +222,30 @@ async fn install_executor<S: HostShell>(sh: &S, exe: &DesiredExecutor) -> Result
     }
 }
 
-async fn write_file<S: HostShell>(sh: &S, f: &DesiredFile, dest: &str) -> Result<(), HostError> {
+/// Stage every file, then rename them all in one command. A pass killed in between leaves
+/// `.<name>.fleetsnap-tmp` files, which the next pass sweeps as debris before it writes.
+async fn write_credentials<S: HostShell>(sh: &S, files: &[DesiredFile]) -> Result<(), HostError> {
+    for f in files {
+        write_file(sh, f, &f.path, true).await?;
+    }
+    let dests: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    run_script(
+        sh,
+        "promote staged credentials",
+        PROMOTE_STAGED,
+        &dests,
+        b"",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_file<S: HostShell>(
+    sh: &S,
+    f: &DesiredFile,
+    dest: &str,
+    stage: bool,
+) -> Result<(), HostError> {
     let mode = format!("{:o}", f.mode);
     let encrypt_as = match &f.role {
         FileRole::Credential {
@@ -235,7 +259,14 @@ async fn write_file<S: HostShell>(sh: &S, f: &DesiredFile, dest: &str) -> Result
         sh,
         &format!("write {dest}"),
         WRITE_FILE,
-        &[dest, &mode, &f.owner, &f.group, encrypt_as],
+        &[
+            dest,
+            &mode,
+            &f.owner,
+            &f.group,
+            encrypt_as,
+            if stage { "stage" } else { "" },
+        ],
         f.content.bytes(),
     )
     .await?;
@@ -256,7 +287,7 @@ async fn install_units<S: HostShell>(
         .map(|u| format!("{}/{}", layout::STAGING_DIR, file_name(&u.path)))
         .collect();
     for (u, dest) in units.iter().zip(&staged) {
-        write_file(sh, u, dest).await?;
+        write_file(sh, u, dest, false).await?;
     }
     let mut argv = vec!["systemd-analyze", "verify"];
     argv.extend(staged.iter().map(String::as_str));
@@ -298,7 +329,8 @@ chown -- "$3:$4" "$1"
 chmod -- "$2" "$1"
 "#;
 
-/// $1 path, $2 mode, $3 owner, $4 group, $5 credential id to encrypt as (or empty).
+/// $1 path, $2 mode, $3 owner, $4 group, $5 credential id to encrypt as (or empty),
+/// $6 `stage` to leave the finished temp file for [`PROMOTE_STAGED`] instead of renaming.
 /// The temp file is created under umask 077 and only renamed into place after mode and
 /// owner are final, so a secret is never readable by others even for a moment.
 const WRITE_FILE: &str = r#"set -eu
@@ -314,8 +346,22 @@ fi
 chown -- "$3:$4" "$tmp"
 chmod -- "$2" "$tmp"
 sync -- "$tmp"
+if [ "${6:-}" = stage ]; then trap - EXIT; exit 0; fi
 mv -f -- "$tmp" "$1"
 trap - EXIT
+"#;
+
+/// Arguments: final paths whose staged temp files (as [`WRITE_FILE`] names them) all exist;
+/// they are checked first, then renamed one right after the other. (promote staged files)
+const PROMOTE_STAGED: &str = r#"set -eu
+# promote staged files
+for f in "$@"; do
+  t="$(dirname -- "$f")/.$(basename -- "$f").fleetsnap-tmp"
+  [ -f "$t" ] || { echo "staged file $t is missing" >&2; exit 1; }
+done
+for f in "$@"; do
+  mv -f -- "$(dirname -- "$f")/.$(basename -- "$f").fleetsnap-tmp" "$f"
+done
 "#;
 
 /// $1 versioned dir, $2 expected sha256; binary on stdin.

@@ -172,6 +172,60 @@ async fn fresh_install_sends_secrets_only_on_stdin() {
     assert!(pos("daemon-reload") < pos("enable --now"));
 }
 
+/// A key rotation replaces the key id, the secret and the token together: a unit starting
+/// (or anyone reading) between two of the writes would get a key id with another key's
+/// token, which S3 refuses. All credential files are staged first and put in place by one
+/// command.
+#[tokio::test]
+async fn credential_files_are_put_in_place_by_one_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, mut p, mut c) = inputs_fixture(tmp.path(), b"#!/bin/sh\necho hi\n");
+    p.repository = "s3:https://s3.example/b/h".into();
+    c.aws = Some(crate::host::model::AwsCredentials {
+        access_key_id: SecretBytes::new("AKIDNEW"),
+        secret_access_key: SecretBytes::new("secret-new"),
+        session_token: Some(SecretBytes::new("token-new")),
+    });
+    let sh = FakeShell::new(vec![("set -u\nprintf", ok(FACTS_FRESH))]);
+    let inputs = JobInputs {
+        artifact: &a,
+        policy: &p,
+        credentials: &c,
+    };
+    reconcile_job(&sh, &inputs).await.unwrap();
+    let calls = sh.calls();
+    // Commands that leave a credential file at its final path: a write that renames into
+    // place, or the command that promotes staged files.
+    let finals: Vec<String> = calls
+        .iter()
+        .filter(|(argv, _)| {
+            let script = argv.get(2).map(String::as_str).unwrap_or_default();
+            let credential = argv
+                .iter()
+                .skip(3)
+                .any(|a| a.starts_with("/etc/fleetsnap/credstore"));
+            let renames_into_place =
+                script == WRITE_FILE && argv.last().is_none_or(|a| a != "stage");
+            credential && (renames_into_place || script.contains("promote staged files"))
+        })
+        .map(|(argv, _)| argv.join(" "))
+        .collect();
+    assert_eq!(
+        finals.len(),
+        1,
+        "credential files were put in place by {} commands: {finals:#?}",
+        finals.len()
+    );
+    for id in [
+        "repository-password",
+        "aws-access-key-id",
+        "aws-secret-access-key",
+        "aws-session-token",
+    ] {
+        assert!(finals[0].contains(id), "{id} not in the promoting command");
+    }
+}
+
 #[tokio::test]
 async fn verify_failure_installs_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -113,6 +113,9 @@ pub enum Action {
     EnsureDir(DesiredDir),
     /// Atomic write (temp file + rename) with mode and owner set before the rename.
     WriteFile(DesiredFile),
+    /// The job's changed credentials: every file staged first, then all renamed into place
+    /// by one command, so a rotated key id never sits next to the previous key's token.
+    WriteCredentials(Vec<DesiredFile>),
     /// Content is right, only mode or owner drifted.
     SetMetadata {
         path: String,
@@ -160,6 +163,10 @@ impl Action {
             }
             Action::EnsureDir(d) => format!("ensure directory {}", d.path),
             Action::WriteFile(f) => format!("write {}", f.path),
+            Action::WriteCredentials(fs) => format!(
+                "write credentials {:?}",
+                fs.iter().map(|f| f.path.as_str()).collect::<Vec<_>>()
+            ),
             Action::SetMetadata { path, .. } => format!("set mode/owner of {path}"),
             Action::InstallUnits { changed, .. } => format!("install units {changed:?}"),
             Action::DaemonReload => "systemctl daemon-reload".into(),
@@ -445,8 +452,21 @@ pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, S
         });
     }
 
+    // Changed credentials go in one action, where the first of them would have been.
+    let mut credentials: Option<usize> = None;
     for f in &desired.files {
         match drift(f, facts) {
+            Drift::Content if matches!(f.role, FileRole::Credential { .. }) => match credentials {
+                Some(i) => {
+                    if let Action::WriteCredentials(fs) = &mut actions[i] {
+                        fs.push(f.clone());
+                    }
+                }
+                None => {
+                    credentials = Some(actions.len());
+                    actions.push(Action::WriteCredentials(vec![f.clone()]));
+                }
+            },
             Drift::Content => actions.push(Action::WriteFile(f.clone())),
             Drift::Metadata => actions.push(set_metadata(f)),
             Drift::None => {}

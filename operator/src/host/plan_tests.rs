@@ -155,7 +155,7 @@ fn fresh_host_gets_everything_in_order() {
     assert!(pos("ensure directory") < pos("install executor"));
     assert!(pos("install executor") < pos("switch executor link"));
     assert!(pos("switch executor link") < pos("write /etc/fleetsnap/backup-nightly.json"));
-    assert!(pos("write /etc/fleetsnap/credstore.encrypted/") < pos("install units"));
+    assert!(pos("write credentials [\"/etc/fleetsnap/credstore.encrypted/") < pos("install units"));
     assert!(pos("install units") < pos("systemctl daemon-reload"));
     assert!(pos("systemctl daemon-reload") < pos("enable fleetsnap-backup-nightly.timer"));
     // Three credentials (password + AWS pair), encrypted, 0600 root.
