@@ -169,18 +169,40 @@ fn refuse_armed_under_the_release_name() -> anyhow::Result<()> {
 }
 
 /// SIGTERM (how Kubernetes stops a pod) or SIGINT: stop, releasing the lease so a standby
-/// takes over at once instead of after a lease duration.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// takes over at once instead of after a lease duration. Latched: Kubernetes sends SIGTERM
+/// once, and a `select!` that took another branch in the same instant drops its wait, so
+/// the signal must stay received for every later wait.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Listens from now on (inside the runtime).
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let term = signal(SignalKind::terminate());
+        tokio::spawn(async move {
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Returns once a signal has come, at once if it came before.
+    fn wait(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
         }
     }
 }
@@ -189,6 +211,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    // Before anything slow, so a SIGTERM during start-up is not lost either.
+    let shutdown = Shutdown::install();
     refuse_armed_under_the_release_name()?;
     let artifact = executor_artifact(&cli)?;
     info!(version = %artifact.version, sha256 = %artifact.sha256, path = %artifact.local_path.display(), "executor artifact");
@@ -215,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
         info!(%identity, lease = %cli.lease_name, "waiting for leadership");
         tokio::select! {
             _ = lease.acquire() => {}
-            _ = shutdown_signal() => break,
+            _ = shutdown.wait() => break,
         }
         let settings = Settings {
             namespace: cli.namespace.clone(),
@@ -240,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
             _ = lease.hold() => {
                 error!("leadership lost; stopping all host work");
             }
-            _ = shutdown_signal() => {
+            _ = shutdown.wait() => {
                 info!("shutting down");
                 break;
             }
@@ -251,4 +275,37 @@ async fn main() -> anyhow::Result<()> {
     }
     lease.release().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    /// A SIGTERM that arrives while the operator is between two waits must still stop it.
+    /// When leadership is acquired in the same instant, `select!` takes the lease branch and
+    /// drops the wait that had already received the signal; Kubernetes sends SIGTERM once,
+    /// and a replica that missed it runs on until SIGKILL, without releasing its lease.
+    #[tokio::test]
+    async fn a_sigterm_between_two_waits_is_not_lost() {
+        let shutdown = Shutdown::install();
+        let mut first = Box::pin(shutdown.wait());
+        // Polled once, as select! does, so that it is listening.
+        let waker = futures::task::noop_waker();
+        assert!(matches!(
+            first.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        ));
+        // SAFETY: raise(3) on our own process; the handler for SIGTERM is installed above.
+        unsafe {
+            libc::raise(libc::SIGTERM);
+        }
+        // The first wait received it, but its select! took the other branch.
+        tokio::time::timeout(Duration::from_secs(2), first)
+            .await
+            .expect("the signal reached the first wait");
+        let second = tokio::time::timeout(Duration::from_secs(2), shutdown.wait()).await;
+        assert!(second.is_ok(), "the SIGTERM was lost between two waits");
+    }
 }
