@@ -86,6 +86,14 @@ pub struct JobConfig {
     /// `credentials`, or else the SDK's default chain (the host's own identity).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aws_credential_process: Vec<String>,
+    /// How long the job waits for this host's other jobs and for a conflicting repository
+    /// lock (restic's `--retry-lock`) before it fails; 0 fails at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_wait_seconds: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -384,6 +384,7 @@ mod tests {
                 randomized_delay: delay.map(Into::into),
                 persistent: true,
                 max_runtime: None,
+                lock_wait: None,
             },
             resources: ResourceControls::default(),
             staleness_window: window.map(Into::into),

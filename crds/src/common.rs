@@ -236,7 +236,22 @@ pub struct Schedule {
         "self.matches('^([0-9]+(h|m|s))+$') && duration(self) >= duration('1m') && duration(self) <= duration('168h')"
     ).message("maxRuntime must be a duration like '6h' or '90m', between 1m and 168h"))]
     pub max_runtime: Option<String>,
+    /// How long a run waits for the host's other fleetsnap jobs and for a conflicting
+    /// repository lock (a running check or prune locks exclusively; restic's
+    /// `--retry-lock`) before it fails, e.g. `30m`; `0s` fails at once and lets the host's
+    /// jobs overlap. Defaults to 1h, and is never more than half of `maxRuntime`, so a run
+    /// that waited has time left to do its work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^([0-9]+(h|m|s))+$') && duration(self) <= duration('24h')"
+    ).message("lockWait must be a duration like '30m' or '0s', at most 24h"))]
+    pub lock_wait: Option<String>,
 }
+
+/// How long a run waits for a lock when its schedule says nothing (see [`Schedule::lock_wait`]).
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+const MAX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// How long a run may take when its schedule says nothing (see [`Schedule::max_runtime`]).
 pub const DEFAULT_MAX_RUNTIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -259,6 +274,7 @@ pub enum ScheduleError {
     BadDuration(String),
     DelayOutOfRange(String),
     MaxRuntimeOutOfRange(String),
+    LockWaitOutOfRange(String),
 }
 
 impl fmt::Display for ScheduleError {
@@ -278,6 +294,9 @@ impl fmt::Display for ScheduleError {
             }
             ScheduleError::MaxRuntimeOutOfRange(s) => {
                 write!(f, "maxRuntime {s:?} must be between 1m and 168h")
+            }
+            ScheduleError::LockWaitOutOfRange(s) => {
+                write!(f, "lockWait {s:?} must be at most 24h")
             }
         }
     }
@@ -348,6 +367,23 @@ impl Schedule {
             return Err(ScheduleError::MaxRuntimeOutOfRange(text.clone()));
         }
         Ok(d)
+    }
+
+    /// How long a run waits for a lock: `lockWait`, or [`DEFAULT_LOCK_WAIT`], at most half
+    /// of [`Schedule::max_runtime`] (systemd would stop a run that waited longer before it
+    /// could finish).
+    pub fn lock_wait(&self) -> Result<std::time::Duration, ScheduleError> {
+        let wait = match &self.lock_wait {
+            None => DEFAULT_LOCK_WAIT,
+            Some(text) => {
+                let d = parse_duration(text)?;
+                if d > MAX_LOCK_WAIT {
+                    return Err(ScheduleError::LockWaitOutOfRange(text.clone()));
+                }
+                d
+            }
+        };
+        Ok(wait.min(self.max_runtime()? / 2))
     }
 
     /// The upper bound of the random spread, zero when none is configured.
@@ -553,6 +589,7 @@ mod tests {
             randomized_delay: delay.map(Into::into),
             persistent,
             max_runtime: None,
+            lock_wait: None,
         }
     }
 
@@ -575,6 +612,27 @@ mod tests {
             s.max_runtime(),
             Err(ScheduleError::BadDuration(_))
         ));
+    }
+
+    #[test]
+    fn lock_wait_defaults_and_stays_within_half_the_runtime() {
+        let secs = std::time::Duration::from_secs;
+        let mut s = sched("daily", None, true);
+        assert_eq!(s.lock_wait(), Ok(DEFAULT_LOCK_WAIT));
+        s.lock_wait = Some("0s".into());
+        assert_eq!(s.lock_wait(), Ok(secs(0)));
+        s.lock_wait = Some("20m".into());
+        assert_eq!(s.lock_wait(), Ok(secs(1200)));
+        // A wait that would leave the run no time is cut to half of maxRuntime.
+        s.max_runtime = Some("30m".into());
+        assert_eq!(s.lock_wait(), Ok(secs(900)));
+        s.lock_wait = None;
+        assert_eq!(s.lock_wait(), Ok(secs(900)));
+        s.lock_wait = Some("25h".into());
+        assert_eq!(
+            s.lock_wait(),
+            Err(ScheduleError::LockWaitOutOfRange("25h".into()))
+        );
     }
 
     #[test]

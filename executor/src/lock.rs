@@ -95,6 +95,11 @@ pub struct LockTiming {
     pub attempts: u32,
     /// … after this pause, doubling each time.
     pub retry_delay: Duration,
+    /// With a lock wait ([`Repository::with_lock_wait`]), the first pause before trying a
+    /// conflicting lock again, doubling up to `wait_max` (restic's `--retry-lock`: 5 s to
+    /// 1 min): a long wait costs a LIST a minute, not a LIST a second.
+    pub wait_first: Duration,
+    pub wait_max: Duration,
 }
 
 impl Default for LockTiming {
@@ -105,6 +110,8 @@ impl Default for LockTiming {
             give_up_after: Duration::from_secs(STALE_AFTER_SECS as u64) - REFRESH_EVERY * 3 / 2,
             attempts: 4,
             retry_delay: Duration::from_millis(500),
+            wait_first: Duration::from_secs(5),
+            wait_max: Duration::from_secs(60),
         }
     }
 }
@@ -267,9 +274,50 @@ fn conflict_message(id: &Id, l: &LockFile) -> String {
 /// writing a lock of its own.
 pub fn check_no_exclusive(repo: &Repository) -> Result<()> {
     // What a shared lock would conflict with: exclusive locks, and locks that cannot be read.
-    match conflicting_lock(repo, None, false, &LockTiming::default())? {
-        Some(m) => Err(RepoError::Locked(m)),
-        None => Ok(()),
+    let timing = LockTiming::default();
+    waiting(repo, &timing, || {
+        match conflicting_lock(repo, None, false, &timing)? {
+            Some(m) => Err(RepoError::Locked(m)),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Runs `attempt` until it is not refused a lock or the repository's lock wait is up; the
+/// refusal then says how long it waited.
+fn waiting<T>(
+    repo: &Repository,
+    timing: &LockTiming,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let limit = repo.lock_wait();
+    let start = std::time::Instant::now();
+    let mut pause = timing.wait_first;
+    let mut said = false;
+    loop {
+        let msg = match attempt() {
+            Err(RepoError::Locked(m)) => m,
+            other => return other,
+        };
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            if limit.is_zero() {
+                return Err(RepoError::Locked(msg));
+            }
+            return Err(RepoError::Locked(format!(
+                "{msg}\n(gave up after waiting {}s for the lock)",
+                start.elapsed().as_secs()
+            )));
+        }
+        if !said {
+            eprintln!(
+                "repository is locked, waiting up to {}s for the lock",
+                left.as_secs()
+            );
+            said = true;
+        }
+        thread::sleep(pause.min(left));
+        pause = (pause * 2).min(timing.wait_max);
     }
 }
 
@@ -278,6 +326,10 @@ pub fn acquire(repo: &Repository, exclusive: bool) -> Result<LockGuard> {
 }
 
 pub fn acquire_with(repo: &Repository, exclusive: bool, timing: &LockTiming) -> Result<LockGuard> {
+    waiting(repo, timing, || try_acquire(repo, exclusive, timing))
+}
+
+fn try_acquire(repo: &Repository, exclusive: bool, timing: &LockTiming) -> Result<LockGuard> {
     if let Some(m) = conflicting_lock(repo, None, exclusive, timing)? {
         return Err(RepoError::Locked(m));
     }
@@ -568,6 +620,44 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_wait_waits_out_a_conflicting_lock_and_then_says_how_long() {
+        let mem = Arc::new(MemBackend::new());
+        let r = Repository::init(mem.clone(), b"pw").unwrap();
+        let quick = LockTiming {
+            settle: Duration::ZERO,
+            wait_first: Duration::from_millis(20),
+            wait_max: Duration::from_millis(80),
+            ..Default::default()
+        };
+        let holder = acquire_with(&r, true, &quick).unwrap();
+        // Without a wait: refused at once, as restic without --retry-lock.
+        let e = acquire_with(&r, false, &quick).err().unwrap();
+        assert!(matches!(e, RepoError::Locked(_)) && !e.to_string().contains("gave up"));
+        // With one: taken as soon as the holder lets go.
+        let waiting_repo = r.clone().with_lock_wait(Duration::from_secs(30));
+        let taken = thread::scope(|s| {
+            let w = s.spawn(|| acquire_with(&waiting_repo, false, &quick).map(drop));
+            thread::sleep(Duration::from_millis(300));
+            assert!(
+                !w.is_finished(),
+                "took a shared lock beside an exclusive one"
+            );
+            drop(holder);
+            w.join().unwrap()
+        });
+        taken.unwrap();
+        // A lock that stays: refused when the wait is up, saying so.
+        let _holder = acquire_with(&r, true, &quick).unwrap();
+        let short = r.clone().with_lock_wait(Duration::from_millis(200));
+        let e = acquire_with(&short, false, &quick).err().unwrap();
+        assert!(e.to_string().contains("gave up after waiting"), "{e}");
+        assert!(matches!(
+            check_no_exclusive(&short),
+            Err(RepoError::Locked(_))
+        ));
+    }
+
+    #[test]
     fn staleness_and_unlock() {
         let r = Repository::init(Arc::new(MemBackend::new()), b"pw").unwrap();
         let host = crate::repo::hostname();
@@ -600,6 +690,7 @@ mod tests {
             give_up_after: Duration::from_secs(60),
             attempts: 1,
             retry_delay: Duration::ZERO,
+            ..Default::default()
         };
         let g = acquire_with(&r, false, &timing).unwrap();
         assert_eq!(r.list(FileType::Lock).unwrap().len(), 1);

@@ -107,6 +107,7 @@ fn policy(name: &str) -> PolicySpec {
         io_scheduling_priority: Some(7),
         cpu_quota_percent: Some(50),
         max_runtime_sec: Some(43_200),
+        lock_wait_sec: 3600,
         extra_args: vec![],
         credential_process: vec![],
     }

@@ -24,7 +24,7 @@ fn filter(f: &FilterArgs) -> SnapshotFilter {
 fn open(g: &Global) -> CliResult<Repository> {
     let be = g.backend()?;
     let pw = g.password()?;
-    Ok(Repository::open(be, &pw)?)
+    Ok(Repository::open(be, &pw)?.with_lock_wait(g.retry_lock.unwrap_or_default()))
 }
 
 /// The shared lock a read-only command holds. With `--no-lock` none is written (the

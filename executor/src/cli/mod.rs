@@ -51,6 +51,10 @@ pub struct Global {
     /// credential. Commands that change the repository always lock.
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// Wait up to this long for a conflicting lock to go away instead of failing at once, as
+    /// restic's `--retry-lock` (a Go duration: `30s`, `5m`, `1h30m`).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    pub retry_lock: Option<std::time::Duration>,
     /// Backend and password supplied by the caller (`run --config`), bypassing the URL,
     /// environment and password options so secrets never pass through argv or env.
     #[arg(skip)]
@@ -298,6 +302,37 @@ impl CliError {
 
 pub type CliResult<T> = Result<T, CliError>;
 
+/// A Go duration as restic takes it (`1h30m`, `90s`, `250ms`), at most a week.
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 30s, 5m or 1h30m");
+    let mut total = 0u128;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(n.saturating_mul(ms));
+        rest = &rest[unit_len..];
+    }
+    if total > 7 * 24 * 3_600_000 {
+        return Err(format!("{s:?} is longer than a week"));
+    }
+    Ok(std::time::Duration::from_millis(total as u64))
+}
+
 impl Global {
     pub fn backend(&self) -> CliResult<Arc<dyn Backend>> {
         if let Some(p) = &self.preset {
@@ -354,5 +389,27 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("Fatal: {e}");
             e.exit_code()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wait;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_lock_takes_go_durations() {
+        assert_eq!(parse_wait("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_wait("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_wait("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "m", "5x", "-5m", "1.5h"] {
+            assert!(parse_wait(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_wait("200h")
+                .unwrap_err()
+                .contains("longer than a week")
+        );
     }
 }

@@ -427,6 +427,7 @@ fn operations_stop_when_the_lock_cannot_be_refreshed() {
         give_up_after: Duration::from_millis(50),
         attempts: 1,
         retry_delay: Duration::ZERO,
+        ..Default::default()
     };
     let guard = acquire_with(&repo, true, &timing).unwrap();
     // The refresh works while the store does.

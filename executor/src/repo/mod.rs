@@ -118,6 +118,8 @@ pub struct Repository {
     key_id: String,
     /// Locks held on this repository (shared by its clones), for [`Repository::check_lock`].
     leases: Arc<crate::lock::Leases>,
+    /// How long taking a lock waits out a conflicting one (restic's `--retry-lock`).
+    lock_wait: std::time::Duration,
 }
 
 impl Repository {
@@ -160,6 +162,7 @@ impl Repository {
             config,
             key_id,
             leases: Arc::default(),
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -205,6 +208,7 @@ impl Repository {
                 config,
                 key_id: name,
                 leases: Arc::default(),
+                lock_wait: std::time::Duration::ZERO,
             });
         }
         Err(RepoError::WrongPassword)
@@ -224,6 +228,16 @@ impl Repository {
     }
     pub fn leases(&self) -> &crate::lock::Leases {
         &self.leases
+    }
+
+    /// Locks taken on this repository wait up to `d` for a conflicting lock to go away.
+    pub fn with_lock_wait(mut self, d: std::time::Duration) -> Repository {
+        self.lock_wait = d;
+        self
+    }
+
+    pub fn lock_wait(&self) -> std::time::Duration {
+        self.lock_wait
     }
 
     /// `Err(LockLost)` once a lock held on this repository could not be kept (refresh kept

@@ -10,7 +10,7 @@ mod terminate;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
@@ -226,6 +226,8 @@ fn watch_for_sigterm(cfg: &JobConfig, started: chrono::DateTime<chrono::Utc>, t0
 }
 
 fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
+    let wait = lock_wait(cfg);
+    let _this_hosts_turn = host_job_lock(&cfg.cache_dir, wait)?;
     let secrets = Secrets::load(cfg, creds)?;
     let backend = open_backend(&cfg.repository, secrets.aws.clone(), secrets.rest.clone())?;
     let global = cli::Global {
@@ -234,6 +236,7 @@ fn execute(cfg: &JobConfig, creds: Option<&Path>) -> Result<Outcome, RunError> {
         password_command: None,
         json: false,
         no_lock: false,
+        retry_lock: Some(wait),
         preset: Some(cli::Preset {
             backend: backend.clone(),
             password: secrets.password.clone(),
@@ -434,6 +437,61 @@ fn open_or_init(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository
     }
 }
 
+fn lock_wait(cfg: &JobConfig) -> Duration {
+    Duration::from_secs(cfg.lock_wait_seconds)
+}
+
+/// One job of a host at a time, when the config allows waiting: a host's backup, verify and
+/// retention share one repository, where check and prune lock exclusively, so a backup that
+/// starts during its own host's verify would otherwise be refused the lock and its day's
+/// snapshot lost. Waiting here, on a local `flock`, costs the repository no LIST and keeps the
+/// jobs in turn. The wait is bounded by the same limit as the repository lock's.
+fn host_job_lock(cache_dir: &str, wait: Duration) -> Result<Option<std::fs::File>, RunError> {
+    if cache_dir.is_empty() || wait.is_zero() {
+        return Ok(None);
+    }
+    let path = Path::new(cache_dir).join("jobs.lock");
+    let err = |e: std::io::Error| RunError::Config {
+        path: path.display().to_string(),
+        msg: format!("cannot lock: {e}"),
+    };
+    std::fs::create_dir_all(cache_dir).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(RunError::Repo(RepoError::Locked(format!(
+                "another fleetsnap job of this host still runs after {}s (it holds {}); \
+                 hint: raise the policy's schedule.lockWait, or space the schedules apart",
+                start.elapsed().as_secs(),
+                path.display()
+            ))));
+        }
+        if !said {
+            eprintln!(
+                "fleetsnap run: another job of this host is running; waiting up to {}s for it",
+                left.as_secs()
+            );
+            said = true;
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Serialises open-or-init between the jobs of one host. Two first runs starting together
 /// on a fresh repository (a host's file and database policies on one schedule) would both
 /// initialise it: each writes its own key, the config written last wins, and the repository
@@ -480,7 +538,7 @@ fn run_backup(
     }
     let repo = {
         let _host_init = host_init_lock(&cfg.cache_dir)?;
-        open_or_init(backend, password)?
+        open_or_init(backend, password)?.with_lock_wait(lock_wait(cfg))
     };
     clear_own_stale_locks(&repo)?;
     let _lock = crate::lock::acquire(&repo, false)?;
@@ -674,7 +732,7 @@ fn run_verify(
     argv.extend(check_args);
     let code = dispatch(global, argv)?;
     if let Some((n, scratch)) = drill {
-        let repo = Repository::open(backend, password)?;
+        let repo = Repository::open(backend, password)?.with_lock_wait(lock_wait(cfg));
         let _lock = crate::lock::acquire(&repo, false)?;
         let repo = repo.load_index()?;
         let rep = restore_drill(&repo, n, &scratch).map_err(RunError::Drill)?;

@@ -283,3 +283,73 @@ fn a_killed_runs_lock_does_not_block_the_next_run() {
     assert_eq!(code, crate::cli::EXIT_LOCKED, "{rec:?}");
     assert_eq!(locks(&env), 2);
 }
+
+/// A verify (check locks exclusively) of another process is running when the backup starts:
+/// with a lock wait the backup waits it out instead of losing the day's snapshot.
+#[test]
+fn a_backup_waits_out_an_exclusive_lock_within_the_lock_wait() {
+    let env = Env::new();
+    assert_eq!(env.run(&env.config("backup", serde_json::json!({}))).0, 0);
+    let verify = plant_lock(&env, "verifier", std::process::id() as i64);
+    let path = env.p(&format!("repo/locks/{}", verify.to_hex()));
+    let cfg = env.config("backup", serde_json::json!({"lock_wait_seconds": 60}));
+    let (code, rec, released) = std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            std::fs::remove_file(&path).unwrap();
+            record::now()
+        });
+        let (code, rec) = env.run(&cfg);
+        (code, rec, holder.join().unwrap())
+    });
+    assert_eq!(code, 0, "the backup did not wait out the lock: {rec:?}");
+    assert!(
+        rec.finished >= released,
+        "finished before the lock went away"
+    );
+    assert_eq!(env.open().snapshots().unwrap().len(), 2);
+
+    // A lock that stays: refused once the wait is up, saying so.
+    plant_lock(&env, "verifier", std::process::id() as i64);
+    let short = env.config("backup", serde_json::json!({"lock_wait_seconds": 1}));
+    let (code, rec) = env.run(&short);
+    assert_eq!(code, crate::cli::EXIT_LOCKED, "{rec:?}");
+    let err = rec.error.unwrap();
+    assert!(err.contains("gave up after waiting 1s"), "{err}");
+}
+
+/// The jobs of one host take turns on a local flock before they touch the repository.
+#[test]
+fn a_hosts_jobs_take_turns() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.p("cache")).unwrap();
+    let other = std::fs::File::create(env.p("cache/jobs.lock")).unwrap();
+    other.lock().unwrap();
+    let cfg = env.config("backup", serde_json::json!({"lock_wait_seconds": 60}));
+    let (code, rec, released) = std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            let at = record::now();
+            other.unlock().unwrap();
+            at
+        });
+        let (code, rec) = env.run(&cfg);
+        (code, rec, holder.join().unwrap())
+    });
+    assert_eq!(code, 0, "{rec:?}");
+    assert!(
+        rec.finished >= released,
+        "the job ran while another job of the host held its turn"
+    );
+
+    let other = std::fs::File::create(env.p("cache/jobs.lock")).unwrap();
+    other.lock().unwrap();
+    let short = env.config("backup", serde_json::json!({"lock_wait_seconds": 1}));
+    let (code, rec) = env.run(&short);
+    assert_eq!(code, crate::cli::EXIT_LOCKED, "{rec:?}");
+    let err = rec.error.unwrap();
+    assert!(err.contains("another fleetsnap job of this host"), "{err}");
+    // Without a wait the jobs do not take turns, as before (two backups share the lock).
+    let (code, rec) = env.run(&env.config("backup", serde_json::json!({})));
+    assert_eq!(code, 0, "{rec:?}");
+}

@@ -366,6 +366,11 @@ pub fn backup_policy_spec(
                 .map_err(invalid_schedule)?
                 .as_secs(),
         ),
+        lock_wait_sec: spec
+            .schedule
+            .lock_wait()
+            .map_err(invalid_schedule)?
+            .as_secs(),
         extra_args: Vec::new(),
         credential_process: credential_process(repo, host),
     })
@@ -557,6 +562,7 @@ mod tests {
                     randomized_delay: Some("45m".into()),
                     persistent: true,
                     max_runtime: None,
+                    lock_wait: None,
                 },
                 resources: ResourceControls::default(),
                 staleness_window: None,
@@ -866,6 +872,20 @@ mod tests {
             vec!["runuser", "-u", "postgres", "--", "pg_dumpall"]
         );
         assert!(spec.extra_args.is_empty());
+        // The default lock wait (1h) travels into the job config.
+        assert_eq!(spec.lock_wait_sec, 3600);
+        let mut short = p.clone();
+        short.spec.schedule.lock_wait = Some("10m".into());
+        let spec = backup_policy_spec(&short, &host("web-1", &[]), &s3_repo()).unwrap();
+        assert_eq!(spec.lock_wait_sec, 600);
+        let cfg: fleetsnap_contract::JobConfig =
+            serde_json::from_slice(&crate::host::render::config_json(
+                &crate::host::layout::JobId::new(PolicyKind::Backup, "nightly").unwrap(),
+                &spec,
+                &[],
+            ))
+            .unwrap();
+        assert_eq!(cfg.lock_wait_seconds, 600);
 
         let mut named = host("web-1", &[]);
         named.spec.hostname = Some("web-1.prod.example".into());

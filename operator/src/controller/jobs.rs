@@ -179,6 +179,7 @@ pub fn job_spec(
         io_scheduling_priority: None,
         cpu_quota_percent: None,
         max_runtime_sec: Some(schedule.max_runtime().map_err(invalid)?.as_secs()),
+        lock_wait_sec: schedule.lock_wait().map_err(invalid)?.as_secs(),
         extra_args,
         credential_process: derive::credential_process(repo, host),
     })

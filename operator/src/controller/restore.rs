@@ -610,6 +610,7 @@ async fn restore_on_host(
             randomized_delay: None,
             persistent: false,
             max_runtime: None,
+            lock_wait: None,
         },
         host,
         repo,

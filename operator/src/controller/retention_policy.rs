@@ -828,6 +828,7 @@ mod tests {
                     randomized_delay: None,
                     persistent: true,
                     max_runtime: None,
+                    lock_wait: None,
                 },
                 run_on,
                 suspend: false,

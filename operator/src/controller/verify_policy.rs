@@ -673,6 +673,7 @@ mod tests {
                     randomized_delay: None,
                     persistent: true,
                     max_runtime: None,
+                    lock_wait: None,
                 },
                 read_data,
                 restore_drill: drill,

@@ -108,6 +108,7 @@ fn inputs_fixture(
         io_scheduling_priority: None,
         cpu_quota_percent: None,
         max_runtime_sec: Some(3600),
+        lock_wait_sec: 1800,
         extra_args: vec![],
         credential_process: vec![],
     };

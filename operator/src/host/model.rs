@@ -139,6 +139,9 @@ pub struct PolicySpec {
     /// Longest one run may take, in seconds (`TimeoutStartSec=`, which bounds a oneshot
     /// service); `None` leaves systemd's default, which for a oneshot service is no limit.
     pub max_runtime_sec: Option<u64>,
+    /// How long a run waits for the host's other jobs and a conflicting repository lock, in
+    /// seconds (the config's `lock_wait_seconds`); 0 fails at once.
+    pub lock_wait_sec: u64,
     /// Extra executor arguments (keep rules for retention, `--read-data-subset` for
     /// verify). Stored in the config file, never on the command line of the unit.
     pub extra_args: Vec<String>,

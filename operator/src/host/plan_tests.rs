@@ -36,6 +36,7 @@ fn policy(kind: PolicyKind) -> PolicySpec {
         io_scheduling_priority: Some(7),
         cpu_quota_percent: None,
         max_runtime_sec: Some(43_200),
+        lock_wait_sec: 3600,
         extra_args: vec![],
         credential_process: vec![],
     }

@@ -47,6 +47,7 @@ pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Ve
         run_record_dir: job.runs_dir(),
         cache_dir: layout::CACHE_DIR.into(),
         aws_credential_process: policy.credential_process.clone(),
+        lock_wait_seconds: policy.lock_wait_sec,
     };
     let mut out = serde_json::to_vec_pretty(&cfg).expect("config serializes");
     out.push(b'\n');
