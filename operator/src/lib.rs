@@ -4,4 +4,5 @@ pub mod host;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
+pub mod onboard;
 pub mod shard;

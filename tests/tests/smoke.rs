@@ -246,3 +246,131 @@ fn object_lock_refuses_deleting_a_locked_version() {
         "history"
     );
 }
+
+/// Onboarding: an Ansible inventory of the test hosts becomes Host objects whose host keys
+/// were read from the real sshd (the fingerprints are ssh-keygen's), and the API server
+/// admits them; an unreachable host stops the write unless it is skipped by request.
+#[test]
+fn onboarding_an_inventory_pins_the_keys_sshd_presents() {
+    let env = env();
+    fleetsnap_tests::kube::install_crds(env);
+    let ns = "onboard-smoke";
+    let _ = env.kubectl(&["create", "namespace", ns]);
+    let hosts = env.hosts();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ini = String::from("[web]\n");
+    ini += &format!(
+        "{} ansible_host=127.0.0.1 ansible_port={}\n",
+        hosts[0],
+        env.ssh_port(&hosts[0])
+    );
+    ini += "[db]\n";
+    ini += &format!(
+        "{} ansible_host=127.0.0.1 ansible_port={}\n",
+        hosts[1],
+        env.ssh_port(&hosts[1])
+    );
+    ini += "[prod:children]\nweb\ndb\n";
+    let inv = dir.path().join("hosts.ini");
+    std::fs::write(&inv, &ini).unwrap();
+    let out_yaml = dir.path().join("hosts.yaml");
+    let bin = workspace_bin("kubectl-fleetsnap").unwrap();
+    let onboard = |inv: &std::path::Path, extra: &[&str]| {
+        Command::new(&bin)
+            .arg("onboard")
+            .arg(inv)
+            .args([
+                "--ssh-key-secret",
+                "fleet-ssh",
+                "-n",
+                ns,
+                "--yes",
+                "--timeout",
+                "3",
+            ])
+            .arg("-o")
+            .arg(&out_yaml)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = onboard(&inv, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    // What sshd presents, as ssh-keygen fingerprints it.
+    let key_file = dir.path().join("host_key.pub");
+    std::fs::write(&key_file, format!("{}\n", env.var("HOST_KEY"))).unwrap();
+    let fp = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        stderr.matches(&fp).count(),
+        2,
+        "fingerprint {fp} not shown per host:\n{stderr}"
+    );
+    let want_key: Vec<&str> = env.var("HOST_KEY").split_whitespace().take(2).collect();
+    let yaml = std::fs::read_to_string(&out_yaml).unwrap();
+    let docs: Vec<serde_json::Value> = yaml
+        .split("---\n")
+        .skip(1)
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2);
+    for (d, h) in docs.iter().zip(&hosts) {
+        assert_eq!(d["metadata"]["name"], h.as_str());
+        assert_eq!(d["spec"]["hostKey"], want_key.join(" "));
+        assert_eq!(
+            d["metadata"]["labels"]["inventory.fleetsnap.io/prod"],
+            "true"
+        );
+    }
+    // Admitted by the real API server (schema and CEL rules of the Host CRD).
+    env.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        out_yaml.to_str().unwrap(),
+    ])
+    .unwrap();
+
+    // A host with no sshd: nothing is written, and the failure names it.
+    std::fs::remove_file(&out_yaml).unwrap();
+    let with_dead = dir.path().join("with-dead.ini");
+    std::fs::write(
+        &with_dead,
+        format!("{ini}[db]\ndead ansible_host=127.0.0.1 ansible_port=1\n"),
+    )
+    .unwrap();
+    let out = onboard(&with_dead, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dead") && stderr.contains("FAILED"),
+        "{stderr}"
+    );
+    assert!(!out_yaml.exists(), "written although a host failed");
+    // Skipped by request: the others are written, and the exit code says some were left out.
+    let out = onboard(&with_dead, &["--skip-failed"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_yaml)
+            .unwrap()
+            .matches("kind: Host")
+            .count(),
+        2
+    );
+}
