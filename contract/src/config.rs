@@ -3,6 +3,7 @@
 //! Unknown fields are tolerated so that an operator one version ahead does not break older
 //! executors; the format number changes only with an incompatible change.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,12 @@ pub struct JobConfig {
     /// lock (restic's `--retry-lock`) before it fails; 0 fails at once.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lock_wait_seconds: u64,
+    /// Credential id → root-only file, for hosts whose systemd cannot load credentials
+    /// (before 247). The executor opens these only when `$CREDENTIALS_DIRECTORY` is unset,
+    /// and refuses a file that is not a regular file owned by root with no group or other
+    /// permission bits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credential_files: BTreeMap<String, String>,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -34,6 +34,9 @@ pub mod reasons {
     /// An older Host has the same hostname or resolves to the same repository path; this
     /// one is refused and nothing is applied to it.
     pub const DUPLICATE_HOST: &str = "DuplicateHost";
+    /// The host cannot run the executor or its units (architecture, C library, no or too
+    /// old systemd); nothing is installed on it.
+    pub const UNSUPPORTED_HOST: &str = "UnsupportedHost";
     /// Snapshots whose claimed time the storage's write time contradicts (forged or from a
     /// badly wrong clock): retention kept them without counting them.
     pub const SUSPICIOUS_SNAPSHOTS: &str = "SuspiciousSnapshots";

@@ -51,6 +51,24 @@ use crate::common::{Condition, SecretKeyRef};
         type_ = "string",
         json_path = ".status.os.kernel",
         priority = 1
+    ),
+    printcolumn(
+        name = "OS",
+        type_ = "string",
+        json_path = ".status.os.distribution",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Systemd",
+        type_ = "integer",
+        json_path = ".status.os.systemdVersion",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".status.os.credentialMode",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -134,6 +152,15 @@ pub struct OsFacts {
     /// when false, credentials are delivered as root-only files instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creds_encrypted: Option<bool>,
+    /// C library (`getconf GNU_LIBC_VERSION`), e.g. `glibc 2.31`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libc: Option<String>,
+    /// How the host's jobs get their secrets, chosen from its systemd: `encrypted`
+    /// (`LoadCredentialEncrypted=`, systemd 250+), `load-credential` (`LoadCredential=` of
+    /// root-only files, 247+) or `file` (root-only files the executor opens itself, older
+    /// systemd); `unsupported` when nothing can be installed (the Ready condition says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_mode: Option<String>,
 }
 
 /// The executor binary installed on the host.

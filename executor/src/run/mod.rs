@@ -305,6 +305,53 @@ enum AwsAccess {
     Process(Vec<String>),
 }
 
+/// Largest credential file read (a key, a token, a password: a few KiB at most).
+const MAX_CREDENTIAL_FILE: u64 = 64 * 1024;
+
+/// A credential the executor opens itself (hosts whose systemd predates `LoadCredential=`).
+/// Only a file that no one but root could have written or read is taken: another owner or
+/// any group/other permission bit means the secret may have been read or replaced.
+fn read_credential_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if !path.is_absolute() {
+        return Err(format!("{} is not an absolute path", path.display()));
+    }
+    // O_NOFOLLOW: a symlink planted in the credential store is refused, not followed.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} must be owned by root with mode 0600 (it is uid {}, mode {:o}); refusing a \
+             secret others could read or replace",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.len() > MAX_CREDENTIAL_FILE {
+        return Err(format!(
+            "{} is {} bytes, more than the {MAX_CREDENTIAL_FILE} a credential may have",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let mut out = Vec::new();
+    f.take(MAX_CREDENTIAL_FILE)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(out)
+}
+
 impl Secrets {
     fn load(cfg: &JobConfig, dir: Option<&Path>) -> Result<Secrets, RunError> {
         let read = |id: &str| -> Result<Vec<u8>, RunError> {
@@ -315,8 +362,15 @@ impl Secrets {
             if id.is_empty() || id.contains('/') || id == "." || id == ".." {
                 return Err(err("not a valid credential id".into()));
             }
-            let dir = dir.ok_or_else(|| err("CREDENTIALS_DIRECTORY is not set".into()))?;
-            std::fs::read(dir.join(id)).map_err(|e| err(format!("cannot read: {e}")))
+            match (dir, cfg.credential_files.get(id)) {
+                (Some(dir), _) => {
+                    std::fs::read(dir.join(id)).map_err(|e| err(format!("cannot read: {e}")))
+                }
+                (None, Some(file)) => read_credential_file(Path::new(file)).map_err(err),
+                (None, None) => Err(err(
+                    "CREDENTIALS_DIRECTORY is not set and the config names no file for it".into(),
+                )),
+            }
         };
         let c = &cfg.credentials;
         // Same rule as `--password-file`, so the Secret also opens the repository for restic.

@@ -353,3 +353,67 @@ fn a_hosts_jobs_take_turns() {
     let (code, rec) = env.run(&env.config("backup", serde_json::json!({})));
     assert_eq!(code, 0, "{rec:?}");
 }
+
+/// systemd before 247 has no `LoadCredential=`: the config names root-only files, which the
+/// executor opens itself, and only when they could not have been read or replaced by others.
+#[test]
+fn without_a_credentials_directory_root_only_files_named_by_the_config_are_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let file = env.p("store/backup-nightly.repository-password");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"pw\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = env.config(
+        "backup",
+        serde_json::json!({"credential_files": {"repository-password": file.to_str().unwrap()}}),
+    );
+    let record = |code: i32| {
+        let c = config::load(&cfg).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&c.run_record_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        let rec: RunRecord =
+            serde_json::from_slice(&std::fs::read(names.last().unwrap()).unwrap()).unwrap();
+        assert_eq!(rec.exit_code, code);
+        rec
+    };
+    // This test runs as root in CI (the file is root's); elsewhere the owner check refuses it.
+    let root = unsafe { libc::geteuid() } == 0;
+    let code = run_file_with(&cfg, None);
+    if root {
+        assert_eq!(code, 0, "{:?}", record(code).error);
+        assert_eq!(env.open().snapshots().unwrap().len(), 1);
+    } else {
+        assert_eq!(code, EXIT_FATAL);
+        assert!(record(code).error.unwrap().contains("owned by root"));
+    }
+
+    // Readable by the group: the secret may have leaked, so the run stops and says why.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let code = run_file_with(&cfg, None);
+    assert_eq!(code, EXIT_FATAL);
+    let err = record(code).error.unwrap();
+    assert!(
+        err.contains("must be owned by root with mode 0600") && err.contains("mode 640"),
+        "{err}"
+    );
+
+    // A symlink in its place is not followed.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = env.p("store/link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let cfg_link = env.config(
+        "backup",
+        serde_json::json!({"credential_files": {"repository-password": link.to_str().unwrap()}}),
+    );
+    assert_eq!(run_file_with(&cfg_link, None), EXIT_FATAL);
+
+    // Without a directory and without a named file there is nothing to read.
+    let bare = env.config("backup", serde_json::json!({}));
+    assert_eq!(run_file_with(&bare, None), EXIT_FATAL);
+    let err = record(EXIT_FATAL).error.unwrap();
+    assert!(err.contains("names no file for it"), "{err}");
+}

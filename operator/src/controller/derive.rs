@@ -476,6 +476,11 @@ fn calendar_interval(expr: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BOOKWORM: crate::host::profile::HostProfile = crate::host::profile::HostProfile {
+        systemd: 252,
+        credentials: crate::host::profile::CredentialMode::Encrypted,
+    };
     use fleetsnap_crds::backup_policy::{BackupPolicySpec, ResourceControls};
     use fleetsnap_crds::common::{LocalObjectRef, Schedule, SecretRef};
     use fleetsnap_crds::host::HostSpec;
@@ -883,6 +888,7 @@ mod tests {
                 &crate::host::layout::JobId::new(PolicyKind::Backup, "nightly").unwrap(),
                 &spec,
                 &[],
+                crate::host::profile::CredentialMode::Encrypted,
             ))
             .unwrap();
         assert_eq!(cfg.lock_wait_seconds, 600);
@@ -903,8 +909,13 @@ mod tests {
         p.spec.resources.nice = 5;
         let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
         let job = crate::host::layout::JobId::new(PolicyKind::Backup, "nightly").unwrap();
-        let unit =
-            String::from_utf8(crate::host::render::service_unit(&job, &spec, &[], true)).unwrap();
+        let unit = String::from_utf8(crate::host::render::service_unit(
+            &job,
+            &spec,
+            &[],
+            BOOKWORM,
+        ))
+        .unwrap();
         for line in [
             "Nice=5",
             "IOSchedulingClass=best-effort",
@@ -918,8 +929,13 @@ mod tests {
         }
         p.spec.resources.cpu_quota = None;
         let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
-        let unit =
-            String::from_utf8(crate::host::render::service_unit(&job, &spec, &[], true)).unwrap();
+        let unit = String::from_utf8(crate::host::render::service_unit(
+            &job,
+            &spec,
+            &[],
+            BOOKWORM,
+        ))
+        .unwrap();
         assert!(!unit.contains("CPUQuota"), "no quota unless asked for");
     }
 

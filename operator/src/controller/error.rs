@@ -43,6 +43,10 @@ impl Failure {
                 (reasons::HOST_KEY_MISMATCH, Retry::Slow(e.retry_after()))
             }
             HostError::InvalidSpec { .. } => (INVALID_SPEC, Retry::OnChange),
+            // An upgraded host changes no object, so it is looked at again now and then.
+            HostError::Unsupported { .. } => {
+                (reasons::UNSUPPORTED_HOST, Retry::Slow(e.retry_after()))
+            }
             HostError::OutputTooLarge { .. } => (e.reason(), Retry::Slow(e.retry_after())),
             HostError::VerifyFailed { .. } | HostError::Protocol { .. } => {
                 (APPLY_FAILED, Retry::Slow(e.retry_after()))

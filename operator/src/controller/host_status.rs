@@ -32,6 +32,7 @@ use crate::host::apply::gather_facts;
 use crate::host::facts::{FactQuery, HostFacts};
 use crate::host::layout;
 use crate::host::model::ExecutorArtifact;
+use crate::host::profile;
 use crate::metrics::HostLabels;
 
 pub const KIND: &str = "Host";
@@ -265,7 +266,9 @@ fn last_contact(
     }
 }
 
-/// Host-level status after a successful contact.
+/// Host-level status after a successful contact. A host the jobs cannot run on
+/// ([`profile`]) is reachable but not Ready, and Stalled: only a change to the host or to the
+/// selection helps.
 pub fn reachable_status(
     previous: &HostStatus,
     facts: &HostFacts,
@@ -285,25 +288,57 @@ pub fn reachable_status(
             now,
         ),
     );
-    upsert_condition(
-        &mut conditions,
-        condition(
-            condition_types::READY,
-            true,
-            reasons::SUCCEEDED,
-            "host is reachable and managed".into(),
-            now,
-        ),
-    );
+    let profile = profile::profile(facts);
+    match &profile {
+        Ok(p) => {
+            conditions.retain(|c| {
+                !(c.type_ == condition_types::STALLED && c.reason == reasons::UNSUPPORTED_HOST)
+            });
+            upsert_condition(
+                &mut conditions,
+                condition(
+                    condition_types::READY,
+                    true,
+                    reasons::SUCCEEDED,
+                    format!(
+                        "host is reachable and managed (systemd {}, credentials: {})",
+                        p.systemd, p.credentials
+                    ),
+                    now,
+                ),
+            );
+        }
+        Err(why) => {
+            let message = format!("{why}; nothing is installed on this host");
+            for (type_, ok) in [
+                (condition_types::READY, false),
+                (condition_types::STALLED, true),
+            ] {
+                upsert_condition(
+                    &mut conditions,
+                    condition(type_, ok, reasons::UNSUPPORTED_HOST, message.clone(), now),
+                );
+            }
+        }
+    }
+    let nonempty = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
     HostStatus {
         reachable: Some(true),
         last_contact: Some(last_contact(previous, now)),
         os: Some(OsFacts {
-            arch: Some(facts.arch.clone()).filter(|s| !s.is_empty()),
-            kernel: Some(facts.kernel.clone()).filter(|s| !s.is_empty()),
-            distribution: previous.os.as_ref().and_then(|o| o.distribution.clone()),
+            arch: nonempty(&facts.arch),
+            kernel: nonempty(&facts.kernel),
+            distribution: nonempty(&facts.os)
+                .or_else(|| previous.os.as_ref().and_then(|o| o.distribution.clone())),
             systemd_version: facts.systemd_version().and_then(|v| i32::try_from(v).ok()),
             creds_encrypted: Some(facts.creds_encrypt),
+            libc: facts.libc.clone(),
+            credential_mode: Some(
+                profile
+                    .map(|p| p.credentials.as_str())
+                    .unwrap_or("unsupported")
+                    .to_string(),
+            ),
         }),
         executor: installed_executor(facts, artifact).or_else(|| previous.executor.clone()),
         policies: Vec::new(),
@@ -544,6 +579,8 @@ mod tests {
             arch: "x86_64".into(),
             kernel: "6.1.0".into(),
             systemd: "systemd 252 (252.33-1~deb12u1)".into(),
+            libc: Some("glibc 2.36".into()),
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
             creds_encrypt: true,
             ..HostFacts::default()
         };
@@ -569,6 +606,12 @@ mod tests {
         let os = s.os.unwrap();
         assert_eq!(os.systemd_version, Some(252));
         assert_eq!(os.arch.as_deref(), Some("x86_64"));
+        assert_eq!(os.libc.as_deref(), Some("glibc 2.36"));
+        assert_eq!(
+            os.distribution.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
+        assert_eq!(os.credential_mode.as_deref(), Some("encrypted"));
         let exe = s.executor.unwrap();
         assert_eq!(exe.version, "0.1.0-abc");
         assert_eq!(exe.sha256, "f".repeat(64));
@@ -578,6 +621,51 @@ mod tests {
                 .iter()
                 .all(|c| c.status == ConditionStatus::True)
         );
+    }
+
+    /// An aarch64 host is reachable, but not Ready and Stalled with the reason; once it is
+    /// replaced by one the executor runs on, the Stalled condition goes.
+    #[test]
+    fn a_host_the_jobs_cannot_run_on_is_stalled_with_the_reason() {
+        let now = Utc::now();
+        let mut arm = facts();
+        arm.arch = "aarch64".into();
+        let s = reachable_status(&HostStatus::default(), &arm, &artifact(), Some(1), now);
+        assert_eq!(s.reachable, Some(true));
+        let find = |s: &HostStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {t} condition"))
+        };
+        let ready = find(&s, "Ready");
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason, "UnsupportedHost");
+        assert!(
+            ready.message.contains("architecture \"aarch64\"")
+                && ready.message.contains("nothing is installed"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(find(&s, "Stalled").status, ConditionStatus::True);
+        assert_eq!(
+            s.os.as_ref().unwrap().credential_mode.as_deref(),
+            Some("unsupported")
+        );
+
+        let mut old = facts();
+        old.systemd = "systemd 239 (239-78.el8)".into();
+        let back = reachable_status(&s, &old, &artifact(), Some(1), now);
+        assert!(back.conditions.iter().all(|c| c.type_ != "Stalled"));
+        let ready = find(&back, "Ready");
+        assert_eq!(ready.status, ConditionStatus::True);
+        assert!(
+            ready.message.contains("credentials: file"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(back.os.unwrap().credential_mode.as_deref(), Some("file"));
     }
 
     #[test]

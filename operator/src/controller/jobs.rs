@@ -257,12 +257,7 @@ pub async fn converge_host(
                 credentials: &credentials,
             };
             let facts = gather_facts(sh, &fact_query(&job, Some(&artifact))).await?;
-            let mut plan = plan_job(&inputs, &facts).map_err(|detail| {
-                crate::host::HostError::InvalidSpec {
-                    host: sh.host_name().to_string(),
-                    detail,
-                }
-            })?;
+            let mut plan = plan_job(&inputs, &facts).map_err(|e| e.for_host(sh.host_name()))?;
             if suspended {
                 suspend_plan(&mut plan, &facts);
             }

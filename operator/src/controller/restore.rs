@@ -638,12 +638,7 @@ async fn restore_on_host(
                 policy: &install_spec,
                 credentials: &creds,
             };
-            let mut plan = plan_job(&inputs, &facts).map_err(|detail| {
-                crate::host::HostError::InvalidSpec {
-                    host: sh.host_name().to_string(),
-                    detail,
-                }
-            })?;
+            let mut plan = plan_job(&inputs, &facts).map_err(|e| e.for_host(sh.host_name()))?;
             plan.actions.retain(|a| match a {
                 HostAction::InstallExecutor(_) | HostAction::SwitchExecutorLink { .. } => true,
                 HostAction::EnsureDir(d) => exe_dir.starts_with(&d.path) || d.path == exe_dir,

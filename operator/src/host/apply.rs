@@ -56,7 +56,7 @@ pub async fn reconcile_job<S: HostShell>(
     };
     let job = JobId::new(inputs.policy.kind, &inputs.policy.name).map_err(invalid)?;
     let facts = gather_facts(sh, &plan::fact_query(&job, Some(inputs.artifact))).await?;
-    let plan = plan::plan_job(inputs, &facts).map_err(invalid)?;
+    let plan = plan::plan_job(inputs, &facts).map_err(|e| e.for_host(sh.host_name()))?;
     let report = apply_plan(sh, &plan).await?;
     Ok((plan, report))
 }

@@ -121,8 +121,7 @@ fn inputs_fixture(
     (artifact, policy, creds)
 }
 
-const FACTS_FRESH: &str =
-    "sys\tarch\tx86_64\nsys\tkernel\t6.1\nsys\tsystemd\tsystemd 252\nsys\tcreds\tencrypt\n";
+const FACTS_FRESH: &str = "sys\tarch\tx86_64\nsys\tkernel\t6.1\nsys\tsystemd\tsystemd 252\nsys\tlibc\tglibc 2.36\nsys\tcreds\tencrypt\n";
 
 #[tokio::test]
 async fn fresh_install_sends_secrets_only_on_stdin() {

@@ -47,6 +47,9 @@ pub enum HostError {
     #[error("invalid input for host {host}: {detail}")]
     InvalidSpec { host: String, detail: String },
 
+    #[error("host {host} cannot run fleetsnap's jobs, so nothing was installed: {detail}")]
+    Unsupported { host: String, detail: String },
+
     #[error("host {host} returned output that could not be understood ({what}): {detail}")]
     Protocol {
         host: String,
@@ -84,6 +87,7 @@ impl HostError {
             HostError::VerifyFailed { .. } => "UnitVerifyFailed",
             HostError::ChecksumMismatch { .. } => "ChecksumMismatch",
             HostError::InvalidSpec { .. } => "InvalidSpec",
+            HostError::Unsupported { .. } => "UnsupportedHost",
             HostError::Protocol { .. } => "UnexpectedHostOutput",
             HostError::OutputTooLarge { .. } => "HostOutputTooLarge",
             HostError::Local { .. } => "OperatorIOError",
@@ -119,6 +123,10 @@ impl HostError {
                  was not installed. Retry, and check the pinned sha256 of the executor"
             }
             HostError::InvalidSpec { .. } => "fix the policy or host spec named in the message",
+            HostError::Unsupported { .. } => {
+                "docs/security.md lists the hosts fleetsnap supports; take this host out of the \
+                 policy's selector, or upgrade it"
+            }
             HostError::Protocol { .. } => {
                 "the host's tools printed something unexpected; check the host's systemd and \
                  coreutils versions"
@@ -158,7 +166,8 @@ impl HostError {
             | HostError::VerifyFailed { .. } => Duration::from_secs(300),
             HostError::AuthFailed { .. }
             | HostError::HostKeyMismatch { .. }
-            | HostError::InvalidSpec { .. } => Duration::from_secs(900),
+            | HostError::InvalidSpec { .. }
+            | HostError::Unsupported { .. } => Duration::from_secs(900),
         }
     }
 }

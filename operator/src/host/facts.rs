@@ -64,8 +64,13 @@ pub struct UnitFact {
 pub struct HostFacts {
     pub arch: String,
     pub kernel: String,
-    /// First line of `systemctl --version`, e.g. `systemd 252 (252.33-1~deb12u1)`.
+    /// First line of `systemctl --version`, e.g. `systemd 252 (252.33-1~deb12u1)`; empty
+    /// on a host without systemd.
     pub systemd: String,
+    /// `getconf GNU_LIBC_VERSION`, e.g. `glibc 2.31`; `None` without glibc (musl).
+    pub libc: Option<String>,
+    /// `PRETTY_NAME` of /etc/os-release, e.g. `Debian GNU/Linux 11 (bullseye)`.
+    pub os: String,
     /// `systemd-creds has-tpm2` verdict (`yes`, `partial`, `no`), if the tool exists.
     pub tpm2: Option<String>,
     /// A probe `systemd-creds encrypt` succeeded, so credentials are stored encrypted.
@@ -104,6 +109,8 @@ set -u
 printf 'sys\tarch\t%s\n' "$(uname -m)"
 printf 'sys\tkernel\t%s\n' "$(uname -r)"
 printf 'sys\tsystemd\t%s\n' "$(systemctl --version 2>/dev/null | head -n1)"
+printf 'sys\tlibc\t%s\n' "$(getconf GNU_LIBC_VERSION 2>/dev/null | head -n1)"
+printf 'sys\tos\t%s\n' "$( (. /etc/os-release && printf '%s' "${PRETTY_NAME:-}") 2>/dev/null | tr -d '\t\r\n')"
 if command -v systemd-creds >/dev/null 2>&1; then
   printf 'sys\ttpm2\t%s\n' "$(systemd-creds has-tpm2 2>/dev/null | head -n1)"
   if printf probe | systemd-creds encrypt --name=fleetsnap-probe - - >/dev/null 2>&1; then
@@ -199,6 +206,8 @@ pub fn parse_gather_output(out: &str) -> Result<HostFacts, String> {
             ["sys", "arch", v] => f.arch = value(v),
             ["sys", "kernel", v] => f.kernel = value(v),
             ["sys", "systemd", v] => f.systemd = value(v),
+            ["sys", "libc", v] => f.libc = Some(value(v)).filter(|v| !v.is_empty()),
+            ["sys", "os", v] => f.os = value(v),
             ["sys", "tpm2", v] => f.tpm2 = Some(value(v)),
             ["sys", "creds", "encrypt"] => f.creds_encrypt = true,
             ["file", path, mode, owner, group, sha] => {
@@ -258,6 +267,7 @@ mod tests {
     #[test]
     fn parses_all_record_kinds() {
         let out = "sys\tarch\tx86_64\nsys\tkernel\t6.1.0\nsys\tsystemd\tsystemd 252 (252.33-1~deb12u1)\n\
+                   sys\tlibc\tglibc 2.36\nsys\tos\tDebian GNU/Linux 12 (bookworm)\n\
                    sys\ttpm2\tpartial\nsys\tcreds\tencrypt\n\
                    file\t/etc/fleetsnap/a.json\t644\troot\troot\tabc\n\
                    dir\t/var/lib/fleetsnap\t755\troot\troot\n\
@@ -273,6 +283,8 @@ mod tests {
             ]
         );
         assert_eq!(f.systemd_version(), Some(252));
+        assert_eq!(f.libc.as_deref(), Some("glibc 2.36"));
+        assert_eq!(f.os, "Debian GNU/Linux 12 (bookworm)");
         assert!(f.creds_encrypt);
         assert_eq!(f.files["/etc/fleetsnap/a.json"].mode, 0o644);
         assert_eq!(f.dirs["/var/lib/fleetsnap"].mode, 0o755);

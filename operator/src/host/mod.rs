@@ -12,6 +12,7 @@ pub mod layout;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod profile;
 pub mod render;
 pub mod shell;
 pub mod ssh;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::facts::{FactQuery, HostFacts};
 use super::layout::{self, JobId};
 use super::model::{Credentials, ExecutorArtifact, PolicySpec, SecretBytes};
+use super::profile::{self, HostProfile, Unsupported};
 use super::render;
 
 pub const ROOT: &str = "root";
@@ -308,10 +309,51 @@ fn validate(inputs: &JobInputs<'_>) -> Result<JobId, String> {
     Ok(job)
 }
 
+/// Why a job cannot be planned for a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The policy or host spec holds a value that cannot be applied.
+    Spec(String),
+    /// The host cannot run the executor or its units ([`profile`]); nothing is installed.
+    Unsupported(Unsupported),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Spec(s) => f.write_str(s),
+            PlanError::Unsupported(u) => u.fmt(f),
+        }
+    }
+}
+
+impl From<String> for PlanError {
+    fn from(s: String) -> Self {
+        PlanError::Spec(s)
+    }
+}
+
+impl PlanError {
+    /// The host layer's error for it, naming the host.
+    pub fn for_host(self, host: &str) -> super::HostError {
+        match self {
+            PlanError::Spec(detail) => super::HostError::InvalidSpec {
+                host: host.to_string(),
+                detail,
+            },
+            PlanError::Unsupported(u) => super::HostError::Unsupported {
+                host: host.to_string(),
+                detail: u.to_string(),
+            },
+        }
+    }
+}
+
 /// The desired state alone (no facts). Used by `plan_job` and by tests.
-pub fn desired_state(inputs: &JobInputs<'_>, encrypt: bool) -> Result<DesiredState, String> {
+pub fn desired_state(inputs: &JobInputs<'_>, host: HostProfile) -> Result<DesiredState, String> {
     let job = validate(inputs)?;
     let a = inputs.artifact;
+    let encrypt = host.credentials.encrypted();
 
     let mut creds: Vec<(&str, &SecretBytes)> = vec![(
         layout::CRED_REPOSITORY_PASSWORD,
@@ -329,18 +371,24 @@ pub fn desired_state(inputs: &JobInputs<'_>, encrypt: bool) -> Result<DesiredSta
         creds.push((layout::CRED_REST_PASSWORD, &rest.password));
     }
     // The config names exactly the credentials the unit loads: one list decides both.
-    let ids: Vec<&str> = creds.iter().map(|(id, _)| *id).collect();
+    let cred_refs: Vec<(String, String)> = creds
+        .iter()
+        .map(|(id, _)| (id.to_string(), job.credential_path(id, encrypt)))
+        .collect();
 
     let mut files = vec![file(
         job.config_path(),
         0o644,
-        FileContent::Public(render::config_json(&job, inputs.policy, &ids)),
+        FileContent::Public(render::config_json(
+            &job,
+            inputs.policy,
+            &cred_refs,
+            host.credentials,
+        )),
         FileRole::Config,
     )];
-    let mut cred_refs = Vec::new();
     for (id, secret) in creds {
         let path = job.credential_path(id, encrypt);
-        cred_refs.push((id.to_string(), path.clone()));
         files.push(file(
             path,
             0o600,
@@ -356,18 +404,13 @@ pub fn desired_state(inputs: &JobInputs<'_>, encrypt: bool) -> Result<DesiredSta
         file(
             layout::unit_path(&job.service_unit()),
             0o644,
-            FileContent::Public(render::service_unit(
-                &job,
-                inputs.policy,
-                &cred_refs,
-                encrypt,
-            )),
+            FileContent::Public(render::service_unit(&job, inputs.policy, &cred_refs, host)),
             FileRole::Unit,
         ),
         file(
             layout::unit_path(&job.timer_unit()),
             0o644,
-            FileContent::Public(render::timer_unit(&job, inputs.policy)),
+            FileContent::Public(render::timer_unit(&job, inputs.policy, host)),
             FileRole::Unit,
         ),
     ];
@@ -425,9 +468,11 @@ fn sweep_debris(facts: &HostFacts) -> Vec<Action> {
     }]
 }
 
-/// Plan installing or updating one job. Errors are spec errors (bad names, unsafe values).
-pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, String> {
-    let desired = desired_state(inputs, facts.creds_encrypt)?;
+/// Plan installing or updating one job. Errors are spec errors (bad names, unsafe values) and
+/// hosts that cannot run the job, which get no action at all.
+pub fn plan_job(inputs: &JobInputs<'_>, facts: &HostFacts) -> Result<HostPlan, PlanError> {
+    let host = profile::profile(facts).map_err(PlanError::Unsupported)?;
+    let desired = desired_state(inputs, host)?;
     let job = JobId::new(inputs.policy.kind, &inputs.policy.name)?;
     let mut actions = sweep_debris(facts);
 

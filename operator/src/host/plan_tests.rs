@@ -60,10 +60,16 @@ fn fresh_host(encrypt: bool) -> HostFacts {
         arch: "x86_64".into(),
         kernel: "6.1.0".into(),
         systemd: "systemd 252 (252.33-1~deb12u1)".into(),
+        libc: Some("glibc 2.36".into()),
+        os: "Debian GNU/Linux 12 (bookworm)".into(),
         tpm2: Some("partial".into()),
         creds_encrypt: encrypt,
         ..Default::default()
     }
+}
+
+fn profile_of(encrypt: bool) -> HostProfile {
+    profile::profile(&fresh_host(encrypt)).unwrap()
 }
 
 /// Facts of a host on which `desired` has been fully applied.
@@ -410,7 +416,7 @@ fn service_unit_bounds_one_run() {
         artifact: &a,
         credentials: &c,
     };
-    let Err(err) = desired_state(&job, true) else {
+    let Err(err) = desired_state(&job, profile_of(true)) else {
         panic!("maxRuntime 0 s must be refused");
     };
     assert!(err.contains("maxRuntime"), "{err}");
@@ -667,7 +673,7 @@ fn spec_errors() {
     };
     let mut p = policy(PolicyKind::Backup);
     p.on_calendar = "daily\nExecStartPre=/bin/evil".into();
-    assert!(run(&p, &a).unwrap_err().contains("onCalendar"));
+    assert!(run(&p, &a).unwrap_err().to_string().contains("onCalendar"));
     let mut p = policy(PolicyKind::Backup);
     p.name = "../etc".into();
     assert!(run(&p, &a).is_err());
@@ -691,7 +697,7 @@ fn fact_query_covers_what_the_plan_compares() {
                 policy: &p,
                 credentials: &c,
             },
-            encrypt,
+            profile_of(encrypt),
         )
         .unwrap();
         for f in d.files.iter().chain(&d.units) {
@@ -796,7 +802,11 @@ fn the_rendered_config_is_one_the_executor_accepts() {
         layout::CRED_AWS_ACCESS_KEY_ID,
         layout::CRED_AWS_SECRET_ACCESS_KEY,
     ];
-    let json = render::config_json(&job, &p, &ids);
+    let ids: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (id.to_string(), job.credential_path(id, true)))
+        .collect();
+    let json = render::config_json(&job, &p, &ids, profile::CredentialMode::Encrypted);
     let cfg = fleetsnap_contract::JobConfig::parse(&json).unwrap();
     assert_eq!(cfg.kind, PolicyKind::Backup);
     assert_eq!(cfg.run_record_dir, job.runs_dir());
@@ -813,4 +823,151 @@ fn the_rendered_config_is_one_the_executor_accepts() {
         cfg.credentials.aws_session_token, None,
         "not loaded by the unit"
     );
+}
+
+/// A host the executor cannot run on, or without systemd, gets no action at all: before host
+/// profiles every one of these got the executor, credentials and `LoadCredential=` units.
+#[test]
+fn hosts_that_cannot_run_the_job_get_nothing() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let mut arm = fresh_host(true);
+    arm.arch = "aarch64".into();
+    let mut no_systemd = fresh_host(false);
+    no_systemd.systemd = String::new();
+    let mut musl = fresh_host(false);
+    musl.libc = None;
+    for (facts, want) in [
+        (arm, "architecture \"aarch64\""),
+        (no_systemd, "no systemd"),
+        (musl, "no GNU C library"),
+    ] {
+        let inputs = JobInputs {
+            artifact: &a,
+            policy: &p,
+            credentials: &c,
+        };
+        let err = plan_job(&inputs, &facts).unwrap_err();
+        assert!(matches!(err, PlanError::Unsupported(_)), "{err:?}");
+        let host_err = err.for_host("h1");
+        assert_eq!(host_err.reason(), "UnsupportedHost");
+        assert!(!host_err.is_transient());
+        let msg = host_err.to_string();
+        assert!(
+            msg.contains(want) && msg.contains("nothing was installed"),
+            "{msg}"
+        );
+    }
+}
+
+/// systemd 239 (RHEL 8) knows no `LoadCredential=`: the unit names no credentials, the config
+/// names the root-only files, and directives newer than 239 are left out.
+#[test]
+fn old_systemd_gets_credential_files_and_the_hardening_it_knows() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let mut rhel8 = fresh_host(false);
+    rhel8.systemd = "systemd 239 (239-78.el8)".into();
+    rhel8.libc = Some("glibc 2.28".into());
+    let plan = plan(&a, &p, &c, &rhel8);
+    let d = plan.desired.as_ref().unwrap();
+    let service = unit_text(&plan, ".service");
+    assert!(!service.contains("LoadCredential"), "{service}");
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    let creds: Vec<&DesiredFile> = d
+        .files
+        .iter()
+        .filter(|f| matches!(f.role, FileRole::Credential { .. }))
+        .collect();
+    assert_eq!(creds.len(), 3);
+    for f in &creds {
+        let FileRole::Credential { id, encrypted } = &f.role else {
+            unreachable!()
+        };
+        assert!(!encrypted);
+        assert_eq!(cfg.credential_files.get(id), Some(&f.path), "{id}");
+        assert!(f.path.starts_with("/etc/fleetsnap/credstore/"));
+        assert_eq!((f.mode, f.owner.as_str()), (0o600, "root"));
+    }
+    assert_eq!(cfg.credential_files.len(), creds.len());
+    assert!(service.lines().any(|l| l == "ProtectSystem=strict"));
+    for (line, since) in render::SANDBOX {
+        assert_eq!(
+            service.lines().any(|l| l == *line),
+            *since <= 239,
+            "{line} (systemd {since}) on systemd 239"
+        );
+    }
+
+    // systemd 219 (Amazon Linux 2): no strict read-only OS and no timer splay either.
+    let mut al2 = rhel8.clone();
+    al2.systemd = "systemd 219".into();
+    let plan = super::tests::plan(&a, &p, &c, &al2);
+    let service = unit_text(&plan, ".service");
+    assert!(
+        service.lines().any(|l| l == "ProtectSystem=full"),
+        "{service}"
+    );
+    assert!(!service.contains("ReadWritePaths"));
+    assert!(!unit_text(&plan, ".timer").contains("RandomizedDelaySec"));
+
+    // systemd 247 (Debian 11) loads plain credentials itself; the config names no files.
+    let mut bullseye = rhel8.clone();
+    bullseye.systemd = "systemd 247 (247.3-7+deb11u6)".into();
+    let plan = super::tests::plan(&a, &p, &c, &bullseye);
+    let d = plan.desired.as_ref().unwrap();
+    assert!(unit_text(&plan, ".service").contains(
+        "LoadCredential=repository-password:/etc/fleetsnap/credstore/backup-nightly.repository-password"
+    ));
+    let cfg: fleetsnap_contract::JobConfig =
+        serde_json::from_slice(d.files[0].content.bytes()).unwrap();
+    assert!(cfg.credential_files.is_empty());
+    assert!(unit_text(&plan, ".timer").contains("RandomizedDelaySec=900"));
+}
+
+/// Moving to a host profile changed nothing for a current host: the bytes of the unit a
+/// systemd 252 host has are the same, so an upgrade reinstalls nothing.
+#[test]
+fn current_hosts_keep_their_units_byte_for_byte() {
+    let (a, p, c) = (artifact("0.1.0"), policy(PolicyKind::Backup), creds(true));
+    let plan = plan(&a, &p, &c, &fresh_host(true));
+    let service = unit_text(&plan, ".service");
+    let sandbox = &service[service.find("\n# Sandbox\n").unwrap()..];
+    let expected = "\n# Sandbox\nProtectSystem=strict\nReadWritePaths=/var/lib/fleetsnap /var/cache/fleetsnap\n\
+ProtectHome=read-only\nPrivateTmp=yes\nNoNewPrivileges=yes\nProtectKernelTunables=yes\nProtectKernelModules=yes\n\
+ProtectKernelLogs=yes\nProtectControlGroups=yes\nProtectClock=yes\nProtectHostname=yes\nRestrictSUIDSGID=yes\n\
+RestrictRealtime=yes\nRestrictNamespaces=yes\nLockPersonality=yes\nMemoryDenyWriteExecute=yes\n\
+SystemCallArchitectures=native\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n";
+    assert!(sandbox.starts_with(expected), "{sandbox}");
+}
+
+/// docs/security.md's table of what older systemd loses names every directive of the
+/// render table at the version it appears in, so the page cannot drift from the units.
+#[test]
+fn the_security_page_lists_each_directive_older_systemd_loses() {
+    let page = include_str!("../../../docs/security.md");
+    let table = &page[page
+        .find("| systemd below | the service runs without |")
+        .unwrap()..];
+    for (line, since) in render::SANDBOX
+        .iter()
+        .filter(|(_, v)| *v > profile::SYSTEMD_FLOOR)
+    {
+        let row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("| {since} |")))
+            .unwrap_or_else(|| panic!("no row for systemd {since}"));
+        assert!(
+            row.contains(&format!("`{line}`")),
+            "{line} missing in {row}"
+        );
+    }
+    for since in [
+        render::SYSTEMD_PROTECT_SYSTEM_STRICT,
+        render::SYSTEMD_RANDOMIZED_DELAY,
+    ] {
+        assert!(
+            table.contains(&format!("| {since} |")),
+            "no row for {since}"
+        );
+    }
 }

@@ -6,13 +6,33 @@
 
 use fleetsnap_contract::{CONFIG_FORMAT, CredentialIds, JobConfig, StdinSource};
 
+use std::collections::BTreeMap;
+
 use super::layout::{self, JobId};
 use super::model::{PolicyKind, PolicySpec};
+use super::profile::{
+    CredentialMode, HostProfile, SYSTEMD_ENCRYPTED_CREDENTIAL, SYSTEMD_LOAD_CREDENTIAL,
+};
 
-/// The job config. `credentials` lists the credential ids the unit loads; the config names
-/// those and no others.
-pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Vec<u8> {
-    let has = |id: &str| credentials.contains(&id).then(|| id.to_string());
+/// The job config. `credentials` lists the job's (credential id, file) pairs; the config
+/// names those ids and no others. In [`CredentialMode::File`] it also names the files, which
+/// the executor then opens itself (no `LoadCredential=` on that systemd).
+pub fn config_json(
+    job: &JobId,
+    policy: &PolicySpec,
+    credentials: &[(String, String)],
+    mode: CredentialMode,
+) -> Vec<u8> {
+    let has = |id: &str| {
+        credentials
+            .iter()
+            .any(|(c, _)| c == id)
+            .then(|| id.to_string())
+    };
+    let credential_files: BTreeMap<String, String> = match mode {
+        CredentialMode::File => credentials.iter().cloned().collect(),
+        CredentialMode::Encrypted | CredentialMode::LoadCredential => BTreeMap::new(),
+    };
     let cfg = JobConfig {
         format: CONFIG_FORMAT,
         policy: policy.name.clone(),
@@ -48,6 +68,7 @@ pub fn config_json(job: &JobId, policy: &PolicySpec, credentials: &[&str]) -> Ve
         cache_dir: layout::CACHE_DIR.into(),
         aws_credential_process: policy.credential_process.clone(),
         lock_wait_seconds: policy.lock_wait_sec,
+        credential_files,
     };
     let mut out = serde_json::to_vec_pretty(&cfg).expect("config serializes");
     out.push(b'\n');
@@ -73,12 +94,41 @@ pub fn validate_unit_value(field: &str, value: &str) -> Result<(), String> {
 
 const HEADER: &str = "# Managed by fleetsnap-operator. Local changes are overwritten.\n";
 
+/// Sandbox directives of the service and the systemd version that introduced each. An older
+/// systemd warns about an unknown directive and runs the service without it, so a directive
+/// is written only where it takes effect; docs/security.md lists what each version loses.
+pub const SANDBOX: &[(&str, u32)] = &[
+    ("PrivateTmp=yes", 0),
+    ("NoNewPrivileges=yes", 187),
+    ("ProtectKernelTunables=yes", 232),
+    ("ProtectKernelModules=yes", 232),
+    ("ProtectKernelLogs=yes", 244),
+    ("ProtectControlGroups=yes", 232),
+    ("ProtectClock=yes", 245),
+    ("ProtectHostname=yes", 242),
+    ("RestrictSUIDSGID=yes", 242),
+    ("RestrictRealtime=yes", 231),
+    ("RestrictNamespaces=yes", 233),
+    ("LockPersonality=yes", 235),
+    // The executor is native code without a JIT. Stdin commands that need W+X memory
+    // (JIT runtimes) would fail here; none of the usual dump tools do.
+    ("MemoryDenyWriteExecute=yes", 231),
+    ("SystemCallArchitectures=native", 209),
+    // Unix sockets for local dump commands (e.g. PostgreSQL), IP for the repository.
+    ("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", 211),
+];
+/// `ProtectSystem=strict` (and `ReadWritePaths=`); older systemd gets `ProtectSystem=full`,
+/// which leaves /var and the rest outside /usr, /boot and /etc writable.
+pub const SYSTEMD_PROTECT_SYSTEM_STRICT: u32 = 232;
+/// `RandomizedDelaySec=` in timers; older timers fire at the calendar time on every host.
+pub const SYSTEMD_RANDOMIZED_DELAY: u32 = 229;
+
 /// The service unit. `creds` lists (credential id, file path) pairs.
 pub fn service_unit(
     job: &JobId,
     policy: &PolicySpec,
     creds: &[(String, String)],
-    encrypted: bool,
+    host: HostProfile,
 ) -> Vec<u8> {
     let mut u = String::from(HEADER);
     u.push_str("[Unit]\n");
@@ -95,27 +145,39 @@ pub fn service_unit(
         layout::BIN_LINK,
         job.config_path()
     ));
-    // Secrets reach the executor only through $CREDENTIALS_DIRECTORY (a private ramfs set up
-    // by systemd for this service); the unit names files, never contents.
-    let directive = if encrypted {
-        "LoadCredentialEncrypted"
-    } else {
-        "LoadCredential"
+    // Secrets reach the executor through $CREDENTIALS_DIRECTORY (a private ramfs set up by
+    // systemd for this service) where systemd can load credentials; the unit names files,
+    // never contents. Older systemd: the config names the root-only files instead.
+    let directive = match host.credentials {
+        CredentialMode::Encrypted => Some("LoadCredentialEncrypted"),
+        CredentialMode::LoadCredential => Some("LoadCredential"),
+        CredentialMode::File => None,
     };
-    for (id, path) in creds {
-        u.push_str(&format!("{directive}={id}:{path}\n"));
+    debug_assert!(match host.credentials {
+        CredentialMode::Encrypted => host.systemd >= SYSTEMD_ENCRYPTED_CREDENTIAL,
+        CredentialMode::LoadCredential => host.systemd >= SYSTEMD_LOAD_CREDENTIAL,
+        CredentialMode::File => true,
+    });
+    if let Some(directive) = directive {
+        for (id, path) in creds {
+            u.push_str(&format!("{directive}={id}:{path}\n"));
+        }
     }
     u.push_str("UMask=0077\n");
 
     u.push_str("\n# Sandbox\n");
-    // The whole OS is read-only; only the state (run records, repository locks) and cache
-    // directories are writable.
-    u.push_str("ProtectSystem=strict\n");
-    u.push_str(&format!(
-        "ReadWritePaths={} {}\n",
-        layout::STATE_DIR,
-        layout::CACHE_DIR
-    ));
+    if host.systemd >= SYSTEMD_PROTECT_SYSTEM_STRICT {
+        // The whole OS is read-only; only the state (run records, repository locks) and
+        // cache directories are writable.
+        u.push_str("ProtectSystem=strict\n");
+        u.push_str(&format!(
+            "ReadWritePaths={} {}\n",
+            layout::STATE_DIR,
+            layout::CACHE_DIR
+        ));
+    } else {
+        u.push_str("ProtectSystem=full\n");
+    }
     let reads_host_files = job.kind == PolicyKind::Backup;
     // Backups must read home directories; retention and verify only talk to the repository.
     u.push_str(if reads_host_files {
@@ -123,28 +185,11 @@ pub fn service_unit(
     } else {
         "ProtectHome=yes\n"
     });
-    for line in [
-        "PrivateTmp=yes",
-        "NoNewPrivileges=yes",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "RestrictSUIDSGID=yes",
-        "RestrictRealtime=yes",
-        "RestrictNamespaces=yes",
-        "LockPersonality=yes",
-        // The executor is native code without a JIT. Stdin commands that need W+X memory
-        // (JIT runtimes) would fail here; none of the usual dump tools do.
-        "MemoryDenyWriteExecute=yes",
-        "SystemCallArchitectures=native",
-        // Unix sockets for local dump commands (e.g. PostgreSQL), IP for the repository.
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-    ] {
-        u.push_str(line);
-        u.push('\n');
+    for (line, since) in SANDBOX {
+        if host.systemd >= *since {
+            u.push_str(line);
+            u.push('\n');
+        }
     }
     u.push_str(&capabilities_comment_and_line(job.kind, policy));
 
@@ -206,7 +251,7 @@ fn capabilities_comment_and_line(kind: PolicyKind, policy: &PolicySpec) -> Strin
     }
 }
 
-pub fn timer_unit(job: &JobId, policy: &PolicySpec) -> Vec<u8> {
+pub fn timer_unit(job: &JobId, policy: &PolicySpec, host: HostProfile) -> Vec<u8> {
     let mut u = String::from(HEADER);
     u.push_str("[Unit]\n");
     u.push_str(&format!(
@@ -215,10 +260,12 @@ pub fn timer_unit(job: &JobId, policy: &PolicySpec) -> Vec<u8> {
     ));
     u.push_str("\n[Timer]\n");
     u.push_str(&format!("OnCalendar={}\n", policy.on_calendar.trim()));
-    u.push_str(&format!(
-        "RandomizedDelaySec={}\n",
-        policy.randomized_delay_sec
-    ));
+    if host.systemd >= SYSTEMD_RANDOMIZED_DELAY {
+        u.push_str(&format!(
+            "RandomizedDelaySec={}\n",
+            policy.randomized_delay_sec
+        ));
+    }
     u.push_str(&format!(
         "Persistent={}\n",
         if policy.persistent { "true" } else { "false" }
