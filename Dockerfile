@@ -14,12 +14,19 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 # The whole workspace (tests/ is a member, so it must be present); cargo's registry and the
 # target directory are cache mounts, so rebuilds after a source edit are incremental.
+# The executor is linked against glibc 2.17 (zig via cargo-zigbuild, from PyPI) so that it
+# runs on every supported host; deploy/build-executor.sh refuses a binary that needs more.
+RUN apt-get update && apt-get install -y --no-install-recommends python3-pip binutils \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 FLEETSNAP_CACHE=/var/cache/fleetsnap
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p fleetsnap-operator -p fleetsnap \
+    --mount=type=cache,target=/var/cache/fleetsnap \
+    cargo build --release --locked -p fleetsnap-operator \
+    && CARGO_TARGET_DIR=/src/target deploy/build-executor.sh --release \
     && mkdir -p /out \
-    && cp target/release/fleetsnap-operator target/release/fleetsnap /out/ \
+    && cp target/release/fleetsnap-operator target/x86_64-unknown-linux-gnu/release/fleetsnap /out/ \
     && cd /out && sha256sum fleetsnap > fleetsnap.sha256 \
     && ./fleetsnap --version && ./fleetsnap-operator --version
 

@@ -15,8 +15,9 @@ step "system packages"; tests/testenv/deps.sh
 # so overlapping them is the cheapest way to keep a cold run short. Their logs are printed
 # once they are done, and a failure there fails the run before any test starts.
 TOOLS_LOG=$(mktemp /tmp/fleetsnap-tools.XXXX)
-step "Go-built test tools and test-host image (background, log $TOOLS_LOG)"
-( tests/testenv/tools.sh && tests/testenv/image.sh ) >"$TOOLS_LOG" 2>&1 &
+step "Go-built test tools and test-host images (background, log $TOOLS_LOG)"
+( tests/testenv/tools.sh && tests/testenv/image.sh && tests/testenv/ct-image.sh bullseye \
+  && tests/testenv/ct-image.sh trixie ) >"$TOOLS_LOG" 2>&1 &
 TOOLS_PID=$!
 trap 'kill "$TOOLS_PID" 2>/dev/null || true' EXIT
 step "cargo fmt"; cargo fmt --all -- --check
@@ -27,6 +28,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets \
   --features fleetsnap-operator/host-tests,fleetsnap-operator/failpoints,fleetsnap/failpoints -- -D warnings
 step "build"; cargo build --workspace --all-targets
+# The executor the operator pushes, linked against glibc 2.17; the script fails if any symbol
+# needs a newer glibc (objdump -T). The mixed-fleet suite pushes it to bullseye's glibc 2.31.
+step "portable executor (glibc 2.17 floor)"; deploy/build-executor.sh >/dev/null
 step "waiting for the Go-built tools and the host image"
 if ! wait "$TOOLS_PID"; then cat "$TOOLS_LOG"; echo "tools or image build failed" >&2; exit 1; fi
 cat "$TOOLS_LOG"

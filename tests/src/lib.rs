@@ -40,6 +40,9 @@ pub struct Options {
     pub tier: Tier,
     pub kube: bool,
     pub s3: bool,
+    /// The OS of each host in order (`testenv.sh --host-os`: bookworm, bullseye, trixie or
+    /// nosystemd); hosts past the end of the list are bookworm.
+    pub host_os: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             tier: Tier::Container,
             kube: true,
             s3: true,
+            host_os: Vec::new(),
         }
     }
 }
@@ -115,6 +119,9 @@ impl TestEnv {
         }
         if !opts.s3 {
             cmd.arg("--no-s3");
+        }
+        if !opts.host_os.is_empty() {
+            cmd.arg("--host-os").arg(opts.host_os.join(","));
         }
         let log_path = dir.join("testenv.log");
         let log = std::fs::File::create(&log_path)?;

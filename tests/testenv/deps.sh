@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(debootstrap systemd-container qemu-system-x86 qemu-utils socat openssl iproute2 e2fsprogs
       openssh-client restic rclone curl prometheus lua5.4 lua-cjson postgresql-client python3
-      faketime strace)
+      faketime strace binutils)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

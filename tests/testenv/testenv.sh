@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # testenv: a complete, real local environment for fleetsnap's tests and demo.
 #
-#   testenv.sh up   [--dir D] [--hosts N] [--tier ct|vm] [--no-kube] [--no-s3] [--hold]
+#   testenv.sh up   [--dir D] [--hosts N] [--tier ct|vm] [--host-os LIST] [--no-kube] [--no-s3]
+#                   [--hold]
 #   testenv.sh down [--dir D]
 #   testenv.sh host-stop|host-start [--dir D] hostI
 #   testenv.sh apiserver-stop|apiserver-start|apiserver-restart [--dir D]
@@ -14,18 +15,22 @@
 # MinIO (root user; mc configured), and N test hosts booted from the cached Debian image with
 # systemd + sshd — nspawn containers (tier ct, default) or qemu VMs (tier vm) — in a private
 # network namespace with no route out. Hosts reach MinIO as http://10.0.2.100:9000.
+# --host-os (container tier) gives host i the i-th entry of a comma-separated LIST, the rest
+# bookworm: bookworm, bullseye or trixie (ct-image.sh) boot their systemd; nosystemd is the
+# bookworm rootfs with sshd as the container's only process (no init system, no systemd).
 # With --hold it stays in the foreground until its stdin closes (the Rust harness keeps that
 # pipe; when the test binary exits for any reason the environment is torn down).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${FLEETSNAP_CACHE:-/var/cache/fleetsnap}
 DIR=${FLEETSNAP_TESTENV_DIR:-/var/tmp/fleetsnap-testenv/demo}
-NHOSTS=3; TIER=ct; KUBE=1; S3=1; HOLD=
+NHOSTS=3; TIER=ct; KUBE=1; S3=1; HOLD=; HOST_OS=
 
 cmd=${1:-}; shift || true
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;; --hosts) NHOSTS=$2; shift 2 ;; --tier) TIER=$2; shift 2 ;;
+    --host-os) HOST_OS=$2; shift 2 ;;
     --no-kube) KUBE=; shift ;; --no-s3) S3=; shift ;; --hold) HOLD=1; shift ;;
     -*) echo "testenv: unknown option $1" >&2; exit 2 ;;
     *) ARG=$1; shift ;;
@@ -228,8 +233,17 @@ ct_net_up() {
 
 cg_dirs() { local h; for h in systemd unified; do [ -d "/sys/fs/cgroup/$h" ] && echo "/sys/fs/cgroup/$h/fleetsnap-testenv/$ID/$1"; done; return 0; }
 
+# The OS of host I (--host-os), recorded at `up` so that host-start boots the same one.
+host_os() { local os; os=$(cut -d, -f"$1" <<<"$HOST_OS,"); echo "${os:-bookworm}"; }
+
 ct_start() {   # ct_start I
-  local i=$1 port; port=$(cat "$DIR/hosts/host$i.port")
+  local i=$1 port os root; port=$(cat "$DIR/hosts/host$i.port")
+  os=$(cat "$DIR/hosts/host$i.os" 2>/dev/null || echo bookworm)
+  case $os in
+    bookworm|nosystemd) root=$IMG/rootfs ;;
+    bullseye|trixie) root=$("$HERE/ct-image.sh" "$os")/rootfs ;;
+    *) fail "host$i: unknown --host-os entry $os" ;;
+  esac
   printf '[Match]\nName=host0\n[Network]\nAddress=10.0.3.%s/24\nGateway=10.0.3.1\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
     $((10 + i)) > "$DIR/hosts/host$i.network"
   : > "$DIR/logs/host$i.log" 2>/dev/null || { mkdir -p "$DIR/logs"; : > "$DIR/logs/host$i.log"; }
@@ -237,11 +251,23 @@ ct_start() {   # ct_start I
   # must start from its own cgroup, or their systemd instances share (and kill) one tree.
   # `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the cgroup mounts).
   local cgs; cgs=$(cg_dirs "host$i")
+  if [ "$os" = nosystemd ]; then
+    # No init: the container's one process configures its address and becomes sshd.
+    local a=10.0.3.$((10 + i))
+    ( for c in $cgs; do mkdir -p "$c"; echo "$BASHPID" > "$c/cgroup.procs"; done
+      exec nsenter --net="/run/netns/$NS" systemd-nspawn --quiet --directory="$root" \
+        --machine="fs$ID-h$i" --volatile=overlay --register=no --keep-unit --console=read-only \
+        --network-bridge=br0 --hostname="host$i" \
+        /bin/sh -c "ip link set lo up && ip addr add $a/24 dev host0 && ip link set host0 up &&
+          ip route add default via 10.0.3.1 && mkdir -p /run/sshd && /usr/sbin/sshd -t &&
+          echo 'TESTENV-READY host$i' && exec /usr/sbin/sshd -D -e" ) </dev/null >"$DIR/logs/host$i.log" 2>&1 &
+  else
   ( for c in $cgs; do mkdir -p "$c"; echo "$BASHPID" > "$c/cgroup.procs"; done
-    exec nsenter --net="/run/netns/$NS" systemd-nspawn --quiet --boot --directory="$IMG/rootfs" \
+    exec nsenter --net="/run/netns/$NS" systemd-nspawn --quiet --boot --directory="$root" \
       --machine="fs$ID-h$i" --volatile=overlay --register=no --keep-unit --console=read-only \
       --network-bridge=br0 --bind-ro="$DIR/hosts/host$i.network:/etc/systemd/network/20-host0.network" \
       systemd.hostname="host$i" ) </dev/null >"$DIR/logs/host$i.log" 2>&1 &
+  fi
   echo $! > "$DIR/pids/host$i"
   daemon "host$i-sshfwd" socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
     "EXEC:nsenter --net=/run/netns/$NS socat STDIO TCP\:10.0.3.$((10 + i))\:22"
@@ -281,6 +307,8 @@ hosts_up() {
   mkdir -p "$DIR/hosts" "$DIR/pids" "$DIR/logs"
   local ports i; read -r -a ports <<<"$(free_ports "$NHOSTS")"
   for i in $(seq 1 "$NHOSTS"); do echo "${ports[$((i-1))]}" > "$DIR/hosts/host$i.port"; done
+  for i in $(seq 1 "$NHOSTS"); do host_os "$i" > "$DIR/hosts/host$i.os"; done
+  [ -z "$HOST_OS" ] || [ "$TIER" = ct ] || fail "--host-os needs the container tier"
   ssh_config
   if [ "$TIER" = ct ]; then
     sysctl -qw fs.inotify.max_user_instances=8192   # ~10 containers exhaust the default 128
@@ -297,6 +325,7 @@ hosts_up() {
   envset HOSTS "$(seq -f 'host%g' -s ' ' 1 "$NHOSTS")"
   envset HOST_TIER "$TIER"
   for i in $(seq 1 "$NHOSTS"); do envset "HOST${i}_PORT" "$(cat "$DIR/hosts/host$i.port")"; done
+  for i in $(seq 1 "$NHOSTS"); do envset "HOST${i}_OS" "$(cat "$DIR/hosts/host$i.os")"; done
   envset SSH_CONFIG "$DIR/ssh_config"
   envset SSH_KEY "$IMG/id_ed25519"
   envset SSH_KNOWN_HOSTS "$DIR/known_hosts"

@@ -13,6 +13,7 @@ fn a_vm_boots_its_own_kernel_runs_a_timer_and_reaches_minio() {
         tier: Tier::Vm,
         kube: false,
         s3: true,
+        ..Options::default()
     })
     .unwrap();
     let accel = std::fs::read_to_string(env.dir().join("hosts/host1.accel")).unwrap();

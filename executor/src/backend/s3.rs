@@ -341,11 +341,20 @@ impl S3Backend {
                 )
             })?;
 
+        let fail = |what: &str, detail: String| {
+            BackendError::new(BackendErrorKind::Other, "open", what, loc.display(), detail)
+        };
+        let trust = trust_store(loc.endpoint.as_deref()).map_err(|e| fail("CA certificates", e))?;
+        let tls_context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| fail("TLS configuration", e.to_string()))?;
         // ring is already in the tree for kube's TLS; the SDK's default would add aws-lc.
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(tls_context)
             .build_https();
         // Not the SDK's default region chain: that ends at EC2 instance metadata, which
         // means a network probe (and a delay) on every host that is not on EC2.
@@ -1458,6 +1467,27 @@ impl Backend for S3Backend {
             other => other,
         }
     }
+}
+
+/// The CA certificates the S3 client trusts. A plain-http endpoint needs none, and minimal
+/// hosts (debootstrap's minbase, appliances, containers) often have no bundle at all: the
+/// SDK would then fail on its own (a debug build asserts), so such a host is told what is
+/// missing before any request, and an http endpoint never looks for certificates.
+fn trust_store(endpoint: Option<&str>) -> Result<tls::TrustStore, String> {
+    if endpoint.is_some_and(|e| {
+        e.get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    }) {
+        return Ok(tls::TrustStore::empty());
+    }
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Err(format!(
+            "no CA certificates found on this host to verify {}: install the ca-certificates \
+             package, or point SSL_CERT_FILE at a PEM bundle",
+            endpoint.unwrap_or("the AWS endpoint")
+        ));
+    }
+    Ok(tls::TrustStore::default())
 }
 
 #[cfg(test)]

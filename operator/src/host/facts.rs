@@ -65,7 +65,7 @@ pub struct HostFacts {
     pub arch: String,
     pub kernel: String,
     /// First line of `systemctl --version`, e.g. `systemd 252 (252.33-1~deb12u1)`; empty
-    /// on a host without systemd.
+    /// on a host where systemd is not the running init system.
     pub systemd: String,
     /// `getconf GNU_LIBC_VERSION`, e.g. `glibc 2.31`; `None` without glibc (musl).
     pub libc: Option<String>,
@@ -108,7 +108,13 @@ pub const GATHER_SCRIPT: &str = r#"
 set -u
 printf 'sys\tarch\t%s\n' "$(uname -m)"
 printf 'sys\tkernel\t%s\n' "$(uname -r)"
-printf 'sys\tsystemd\t%s\n' "$(systemctl --version 2>/dev/null | head -n1)"
+# systemd is the init system only if /run/systemd/system exists (sd_booted(3)): systemctl is
+# often installed where something else is PID 1 (containers, sysvinit appliances).
+if [ -d /run/systemd/system ]; then
+  printf 'sys\tsystemd\t%s\n' "$(systemctl --version 2>/dev/null | head -n1)"
+else
+  printf 'sys\tsystemd\t\n'
+fi
 printf 'sys\tlibc\t%s\n' "$(getconf GNU_LIBC_VERSION 2>/dev/null | head -n1)"
 printf 'sys\tos\t%s\n' "$( (. /etc/os-release && printf '%s' "${PRETTY_NAME:-}") 2>/dev/null | tr -d '\t\r\n')"
 if command -v systemd-creds >/dev/null 2>&1; then

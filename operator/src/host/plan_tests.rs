@@ -838,7 +838,7 @@ fn hosts_that_cannot_run_the_job_get_nothing() {
     musl.libc = None;
     for (facts, want) in [
         (arm, "architecture \"aarch64\""),
-        (no_systemd, "no systemd"),
+        (no_systemd, "systemd is not running"),
         (musl, "no GNU C library"),
     ] {
         let inputs = JobInputs {

@@ -93,8 +93,8 @@ impl fmt::Display for Unsupported {
                 write!(f, "{v} is older than the executor's floor, glibc {ma}.{mi}")
             }
             Unsupported::NoSystemd => f.write_str(
-                "no systemd found (`systemctl --version` failed): hosts without systemd are not \
-                 supported yet",
+                "systemd is not running as the init system (no /run/systemd/system): hosts \
+                 without systemd are not supported yet",
             ),
             Unsupported::OldSystemd(v) => write!(
                 f,
@@ -252,7 +252,7 @@ mod tests {
             ),
             (
                 host("x86_64", Some("glibc 2.36"), "", false),
-                "no systemd found",
+                "systemd is not running as the init system",
             ),
             (
                 host("x86_64", Some("glibc 2.17"), "systemd 208", false),
