@@ -907,15 +907,18 @@ mod tests {
         let mut p = policy("*-*-* 02:00:00");
         p.spec.resources.cpu_quota = Some("50%".into());
         p.spec.resources.nice = 5;
-        let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
         let job = crate::host::layout::JobId::new(PolicyKind::Backup, "nightly").unwrap();
-        let unit = String::from_utf8(crate::host::render::service_unit(
-            &job,
-            &spec,
-            &[],
-            BOOKWORM,
-        ))
-        .unwrap();
+        let unit_of = |p: &BackupPolicy| {
+            let spec = backup_policy_spec(p, &host("web-1", &[]), &s3_repo()).unwrap();
+            String::from_utf8(crate::host::render::service_unit(
+                &job,
+                &spec,
+                &[],
+                BOOKWORM,
+            ))
+            .unwrap()
+        };
+        let unit = unit_of(&p);
         for line in [
             "Nice=5",
             "IOSchedulingClass=best-effort",
@@ -928,14 +931,7 @@ mod tests {
             );
         }
         p.spec.resources.cpu_quota = None;
-        let spec = backup_policy_spec(&p, &host("web-1", &[]), &s3_repo()).unwrap();
-        let unit = String::from_utf8(crate::host::render::service_unit(
-            &job,
-            &spec,
-            &[],
-            BOOKWORM,
-        ))
-        .unwrap();
+        let unit = unit_of(&p);
         assert!(!unit.contains("CPUQuota"), "no quota unless asked for");
     }
 
